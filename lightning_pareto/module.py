@@ -1,0 +1,151 @@
+"""``ClassifierModule``: the reference LightningModule for any ``nn.Module`` classifier."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_pareto.weighting import SampleWeightedMixin, unpack_batch
+
+__all__ = ["ClassifierModule", "sgd_momentum"]
+
+
+def sgd_momentum(params: Iterable[Any]) -> Optimizer:
+    """The default optimizer: ``torch.optim.SGD(params, lr=0.1, momentum=0.9)``."""
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+
+
+def _is_config(value: Any) -> bool:
+    """Whether a hyperparameter can be stored and re-created from a checkpoint (no live objects)."""
+    if isinstance(value, dict):
+        return all(_is_config(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_is_config(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+class ClassifierModule(SampleWeightedMixin, LightningModule):
+    """Trains any classifier network with per-sample-weighted cross-entropy.
+
+    The training loss is ``sum_i w_i * CE(x_i, y_i) / b`` over a batch of ``b`` samples, with ``w_i``
+    read from :attr:`sample_weights` by dataset index (ones while no callback has set weights), so
+    weights of mean one keep the loss scale. Validation and test use the unweighted mean.
+
+    Logs ``train_loss``, ``val_loss``, ``val_acc``, ``test_loss`` and ``test_acc``. Validation and
+    test steps return ``{"loss", "logits"}`` so callbacks reuse the logits.
+
+    Args:
+        net: The classifier, mapping inputs to logits of shape ``(b, num_classes)``.
+        num_classes: Number of classes.
+        class_names: One name per class (default ``"0"``, ``"1"``, ...).
+        optimizer: Builds the optimizer from the parameters (default :func:`sgd_momentum`).
+        scheduler: Builds an LR scheduler from the optimizer, or ``None``. ``ReduceLROnPlateau``
+            monitors ``val_loss``.
+
+    Example:
+        >>> from lightning_pareto.nets import MLP
+        >>> module = ClassifierModule(MLP(4, 3), num_classes=3, class_names=["a", "b", "c"])
+        >>> module.per_sample_loss(torch.zeros(2, 3), torch.tensor([0, 2])).shape
+        torch.Size([2])
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        optimizer: OptimizerCallable = sgd_momentum,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}.")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+        if class_names is None:
+            class_names = [str(c) for c in range(num_classes)]
+        class_names = [str(name) for name in class_names]
+        if len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} entries but num_classes is {num_classes}.")
+        if len(set(class_names)) != num_classes:
+            raise ValueError(f"class_names must be unique, got {class_names}.")
+        head = getattr(net, "head", None)
+        if isinstance(head, nn.Linear) and head.out_features != num_classes:
+            raise ValueError(
+                f"net.head has {head.out_features} outputs but num_classes is {num_classes}; build the net with "
+                f"num_classes={num_classes}."
+            )
+        with warnings.catch_warnings():
+            # Live objects (a network built in Python) are dropped below; LightningCLI passes their configs.
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
+        self.remove_ignored_hparams([k for k in ("net", "optimizer", "scheduler") if not _is_config(self.hparams.get(k))])
+        self.net = net
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of shape ``(b, num_classes)``."""
+        return self.net(x)
+
+    def per_sample_loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Cross-entropy per sample.
+
+        Args:
+            logits: Float tensor of shape ``(b, num_classes)``.
+            y: Int64 tensor of shape ``(b,)`` with class indices.
+
+        Returns:
+            Float tensor of shape ``(b,)``.
+        """
+        return F.cross_entropy(logits, y, reduction="none")
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Weighted cross-entropy of a batch ``(x, y, index)`` or ``(x, y)``."""
+        x, y, index = unpack_batch(batch)
+        loss = self.weighted_mean(self.per_sample_loss(self(x), y), index)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.shape[0])
+        return loss
+
+    def _evaluate(self, batch: Any, stage: str, accuracy: MulticlassAccuracy) -> dict[str, Tensor]:
+        x, y, _ = unpack_batch(batch)
+        logits = self(x)
+        loss = self.per_sample_loss(logits, y).mean()
+        accuracy(logits, y)
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=y.shape[0])
+        self.log(f"{stage}_acc", accuracy, prog_bar=True, batch_size=y.shape[0])
+        return {"loss": loss, "logits": logits.detach()}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """Unweighted loss and accuracy; returns ``{"loss", "logits"}``."""
+        return self._evaluate(batch, "val", self.val_accuracy)
+
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """Unweighted loss and accuracy; returns ``{"loss", "logits"}``."""
+        return self._evaluate(batch, "test", self.test_accuracy)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Class probabilities of shape ``(b, num_classes)``."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(dim=-1)
+
+    def configure_optimizers(self) -> Any:
+        """The optimizer (and scheduler, if given) built from the init callables."""
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
