@@ -1,0 +1,35 @@
+"""Influence functions for classifiers: torch only, no Lightning.
+
+- ``category_influence``: seed 003's category-wise influence vectors ``I[i, c]`` (n x K).
+- ``influence_value``: IV, influence on the whole validation loss (n,).
+- ``fit_curvature``: exact, K-FAC or EKFAC damped curvature with ``inverse_hvp`` in the layer layout.
+- ``LayerCapture`` / ``tracked_modules``: the hooks and layer selection the passes are built on.
+"""
+
+from lightning_pareto.influence._timings import InfluenceTimings
+from lightning_pareto.influence.capture import LayerCapture, tracked_modules
+from lightning_pareto.influence.category import category_influence, influence_value
+from lightning_pareto.influence.curvature import (
+    DEFAULT_DAMPING_FACTOR,
+    MAX_EXACT_PARAMETERS,
+    Curvature,
+    ExactCurvature,
+    KroneckerCurvature,
+    KroneckerFactors,
+    fit_curvature,
+)
+
+__all__ = [
+    "DEFAULT_DAMPING_FACTOR",
+    "MAX_EXACT_PARAMETERS",
+    "Curvature",
+    "ExactCurvature",
+    "InfluenceTimings",
+    "KroneckerCurvature",
+    "KroneckerFactors",
+    "LayerCapture",
+    "category_influence",
+    "fit_curvature",
+    "influence_value",
+    "tracked_modules",
+]

@@ -1,0 +1,180 @@
+"""Shared plumbing of the engine's data passes: batches, model state, labels and captured layers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_pareto.influence._progress import progress_bar
+from lightning_pareto.influence.capture import LayerCapture
+
+FISHERS = ("empirical", "sampled", "ggn")
+
+
+def unpack(batch: object) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Split a loader batch ``(x, y)`` or ``(x, y, index)``.
+
+    Args:
+        batch: A tuple or list of two or three items.
+
+    Returns:
+        ``(x, y, index)``; ``index`` is an int64 tensor of dataset indices or ``None``.
+
+    Raises:
+        TypeError: If the batch has another structure.
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise TypeError(
+            f"loaders must yield (x, y) or (x, y, index) batches, got {type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        )
+    x, y = batch[0], batch[1]
+    index = torch.as_tensor(batch[2], dtype=torch.int64) if len(batch) == 3 else None
+    return x, torch.as_tensor(y), index
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (CPU for a model without parameters)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@contextmanager
+def influence_mode(model: nn.Module, tracked: Mapping[str, nn.Module]) -> Iterator[torch.device]:
+    """Put the model in the state the passes need and restore it afterwards, also on exceptions.
+
+    Inside: every submodule in eval mode (no dropout, no batch statistics, so per-sample losses are
+    independent), ``requires_grad`` only on the tracked layers' weights (so backward reaches exactly
+    the tracked outputs and nothing else gets a gradient), autocast disabled. On exit each
+    submodule's training flag and each parameter's ``requires_grad`` are restored.
+
+    Args:
+        model: The classifier.
+        tracked: Qualified name -> tracked layer.
+
+    Yields:
+        The model's device.
+    """
+    device = model_device(model)
+    training = {module: module.training for module in model.modules()}
+    requires_grad = {param: param.requires_grad for param in model.parameters()}
+    try:
+        model.eval()
+        for param in requires_grad:
+            param.requires_grad_(False)
+        for module in tracked.values():
+            module.weight.requires_grad_(True)
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield device
+    finally:
+        for module, flag in training.items():
+            module.training = flag
+        for param, flag in requires_grad.items():
+            param.requires_grad_(flag)
+
+
+def per_sample_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of each sample, ``reduction="none"``.
+
+    Args:
+        logits: Model output of shape ``(batch, num_classes)``.
+        labels: int64 class indices of shape ``(batch,)``.
+
+    Returns:
+        Tensor of shape ``(batch,)``.
+
+    Raises:
+        ValueError: If the model output is not a ``(batch, num_classes)`` logit matrix.
+    """
+    if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"the model must return logits of shape (batch, num_classes); got {tuple(logits.shape)} "
+            f"for a batch of {labels.shape[0]} labels"
+        )
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def fisher_labels(logits: Tensor, labels: Tensor, fisher: str, generator: torch.Generator | None) -> Tensor:
+    """Labels whose loss gradients define the curvature.
+
+    Args:
+        logits: Model output of shape ``(batch, num_classes)``.
+        labels: Observed int64 labels of shape ``(batch,)``.
+        fisher: ``"empirical"`` (observed labels) or ``"sampled"`` (drawn from the model's softmax).
+        generator: CPU generator for ``"sampled"``.
+
+    Returns:
+        int64 labels of shape ``(batch,)`` on the logits' device.
+    """
+    if fisher != "sampled":
+        return labels
+    probs = torch.softmax(logits.detach().double(), dim=-1).cpu()
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
+
+
+@dataclass
+class CapturedBatch:
+    """One batch of a capture pass.
+
+    Attributes:
+        layers: Layer name -> ``(a, g)``: inputs ``(batch, T, in + has_bias)`` and gradients of the
+            per-sample loss with respect to the outputs ``(batch, T, out)``.
+        labels: Observed int64 labels ``(batch,)`` on the model's device.
+        index: Dataset indices ``(batch,)`` (int64, CPU), or ``None`` when the loader yields ``(x, y)``.
+    """
+
+    layers: dict[str, tuple[Tensor, Tensor]]
+    labels: Tensor
+    index: Tensor | None
+
+    @property
+    def size(self) -> int:
+        """Number of samples in the batch."""
+        return self.labels.shape[0]
+
+
+def captured_batches(
+    model: nn.Module,
+    loader: Iterable,
+    tracked: Mapping[str, nn.Module],
+    *,
+    fisher: str = "empirical",
+    seed: int = 0,
+    desc: str,
+    progress: bool | None,
+) -> Iterator[CapturedBatch]:
+    """Run the model over a loader and yield each batch's captured layer inputs and output gradients.
+
+    The backward pass starts from the sum of per-sample cross-entropies, so the captured output
+    gradients are exact per-sample gradients; only the tracked weights are differentiated and their
+    gradients are discarded (no ``.grad`` is written). Call inside ``influence_mode``.
+
+    Args:
+        model: The classifier, in ``influence_mode``.
+        loader: Yields ``(x, y)`` or ``(x, y, index)``.
+        tracked: Qualified name -> tracked layer.
+        fisher: Labels of the loss: ``"empirical"`` (observed) or ``"sampled"`` (from the softmax).
+        seed: Seed of the label sampler for ``"sampled"``.
+        desc: Progress bar label.
+        progress: See ``progress_bar``.
+
+    Yields:
+        One ``CapturedBatch`` per loader batch.
+    """
+    device = model_device(model)
+    generator = torch.Generator().manual_seed(seed) if fisher == "sampled" else None
+    weights = [module.weight for module in tracked.values()]
+    with LayerCapture(tracked) as capture:
+        for batch in progress_bar(loader, desc=desc, enabled=progress):
+            x, y, index = unpack(batch)
+            x, y = x.to(device), y.to(device)
+            capture.clear()
+            logits = model(x)
+            loss = per_sample_loss(logits, fisher_labels(logits, y, fisher, generator)).sum()
+            torch.autograd.grad(loss, weights, allow_unused=True)
+            yield CapturedBatch({name: capture.layer(name) for name in tracked}, y, index)

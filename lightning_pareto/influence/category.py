@@ -1,0 +1,296 @@
+"""Category-wise influence vectors (seed 003) and the influence value IV (Chhabra et al. 2024).
+
+``I[i, c] = g_c^T (G + lambda I)^{-1} g_i`` with ``g_i`` the gradient of training sample i's
+cross-entropy, ``g_c`` the gradient of the *mean* cross-entropy over the class-c validation samples
+and ``G`` the damped curvature of the mean training loss (see ``curvature``), all over the tracked
+layers' parameters. ``I[i, c] > 0``: up-weighting sample i lowers the class-c validation loss (the
+sample helps class c). To first order, removing sample i from a training set of ``n`` changes the
+class-c validation loss by ``+I[i, c] / n``.
+
+Computed in four steps: fit the curvature (``fit_curvature``), one pass over the validation set
+accumulating the per-class gradient sums ``sum_{i in c} sum_t g_{i,t} a_{i,t}^T`` by per-sample
+contraction, one ``inverse_hvp`` of the ``K`` class queries, and one pass over the training set in
+which ``I[i, c] = sum_layers sum_t g_{i,t}^T Q_c a_{i,t}`` is contracted from the captured layer
+inputs ``a`` and output gradients ``g``: no per-sample gradient is built and memory is bounded by
+the batch, not the data set.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_pareto.influence._passes import captured_batches, influence_mode
+from lightning_pareto.influence._timings import InfluenceTimings, timed
+from lightning_pareto.influence.capture import tracked_modules
+from lightning_pareto.influence.curvature import Curvature, check_options, fit_tracked_curvature, resolve_damping
+
+__all__ = ["category_influence", "influence_value"]
+
+# Elements of the (rows x queries x features) intermediate of the score contraction held at once.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def category_influence(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable,
+    num_classes: int,
+    *,
+    curvature: str | Curvature = "ekfac",
+    damping: float | None = None,
+    modules: Sequence[str] | None = None,
+    fisher: str = "empirical",
+    seed: int = 0,
+    progress: bool | None = None,
+    timings: InfluenceTimings | None = None,
+) -> Tensor:
+    """Category-wise influence of every training sample on every class's validation loss.
+
+    Args:
+        model: A classifier returning logits ``(batch, num_classes)``; left in its training mode and
+            ``requires_grad`` state, with no ``.grad`` written.
+        train_loader: Yields ``(x, y, index)`` (row ``index`` of the result) or ``(x, y)`` (rows in
+            loader order, so the loader must not shuffle). Iterated two or three times (curvature
+            fit, scores).
+        val_loader: Yields ``(x, y)`` or ``(x, y, index)``; labels in ``[0, num_classes)``.
+        num_classes: Number of classes ``K``.
+        curvature: ``"exact"``, ``"kfac"``, ``"ekfac"``, or a ``Curvature`` already fitted on this
+            model (then ``modules`` must be ``None``, ``fisher``/``seed`` are not used and a
+            ``damping`` given replaces the fitted one).
+        damping: ``lambda >= 0``, or ``None`` for ``DEFAULT_DAMPING_FACTOR * trace(G) / P``.
+        modules: Qualified names of the layers to track (for example ``["head"]``); ``None`` tracks
+            every Linear/Conv2d and warns about other parameterised layers.
+        fisher: Curvature's labels: ``"empirical"``, ``"sampled"``, or ``"ggn"`` (exact only).
+        seed: Seed of the label sampler for ``fisher="sampled"``.
+        progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
+        timings: Filled with the seconds of each phase.
+
+    Returns:
+        float32 CPU tensor of shape ``(n, K)`` with ``n = len(train_loader.dataset)`` (without a
+        ``dataset`` attribute: the number of rows seen, or the largest index + 1). Row i is dataset
+        index i. Rows the loader never yielded are NaN, and any non-finite row is reported in one
+        ``UserWarning`` with its count, not replaced. A class without validation samples has a zero
+        column and a warning.
+
+    Raises:
+        ValueError: On a bad option, labels outside ``[0, num_classes)``, an empty loader, or an
+            index outside ``[0, n)``.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+
+    def class_of(labels: Tensor) -> Tensor:
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(
+                f"val_loader labels must lie in [0, num_classes={num_classes}), got "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
+        return labels
+
+    return _influence(
+        model, train_loader, val_loader, num_classes, class_of,
+        curvature=curvature, damping=damping, modules=modules, fisher=fisher, seed=seed,
+        progress=progress, timings=timings, group_names=[f"class {c}" for c in range(num_classes)],
+    )  # fmt: skip
+
+
+def influence_value(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable,
+    num_classes: int | None = None,
+    *,
+    curvature: str | Curvature = "ekfac",
+    damping: float | None = None,
+    modules: Sequence[str] | None = None,
+    fisher: str = "empirical",
+    seed: int = 0,
+    progress: bool | None = None,
+    timings: InfluenceTimings | None = None,
+) -> Tensor:
+    """IV: influence of every training sample on the mean loss of the whole validation set.
+
+    ``IV[i] = g_V^T (G + lambda I)^{-1} g_i`` with ``g_V`` the gradient of the mean validation
+    cross-entropy, equal to ``sum_c (n_c / n_V) I[i, c]`` of ``category_influence``; positive means
+    the sample lowers the validation loss. Arguments as in ``category_influence``; ``num_classes``
+    only validates the labels when given.
+
+    Returns:
+        float32 CPU tensor of shape ``(n,)``, rows as in ``category_influence``.
+    """
+
+    def whole_set(labels: Tensor) -> Tensor:
+        if num_classes is not None and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(f"val_loader labels must lie in [0, num_classes={num_classes})")
+        return torch.zeros_like(labels)
+
+    scores = _influence(
+        model, train_loader, val_loader, 1, whole_set,
+        curvature=curvature, damping=damping, modules=modules, fisher=fisher, seed=seed,
+        progress=progress, timings=timings, group_names=["validation set"],
+    )  # fmt: skip
+    return scores[:, 0]
+
+
+def _influence(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable,
+    num_groups: int,
+    group_of: Callable[[Tensor], Tensor],
+    *,
+    curvature: str | Curvature,
+    damping: float | None,
+    modules: Sequence[str] | None,
+    fisher: str,
+    seed: int,
+    progress: bool | None,
+    timings: InfluenceTimings | None,
+    group_names: Sequence[str],
+) -> Tensor:
+    if isinstance(curvature, Curvature):
+        if modules is not None:
+            raise ValueError("modules must be None when a fitted Curvature is passed: it fixes the tracked layers")
+        _check_owned(model, curvature)
+        tracked = curvature.tracked
+        fitted: Curvature | None = curvature.with_damping(damping) if damping is not None else curvature
+    else:
+        check_options(curvature, fisher)
+        resolve_damping(damping, 1.0)  # validate before any pass
+        tracked = tracked_modules(model, modules)
+        fitted = None
+    # The validation pass runs first so that bad labels fail before the training passes.
+    with influence_mode(model, tracked) as device, timed(timings, "queries", device):
+        queries = _mean_gradients(model, val_loader, tracked, num_groups, group_of, group_names, progress)
+    if fitted is None:
+        fitted = fit_tracked_curvature(
+            model, train_loader, tracked, curvature=curvature, damping=damping, fisher=fisher, seed=seed,
+            progress=progress, timings=timings,
+        )  # fmt: skip
+    with influence_mode(model, tracked) as device:
+        with timed(timings, "precondition", device):
+            preconditioned = fitted.inverse_hvp(queries)
+        with timed(timings, "scores", device):
+            scores = _score(model, train_loader, tracked, preconditioned, progress)
+    bad = int((~torch.isfinite(scores)).any(dim=1).sum())
+    if bad:
+        warnings.warn(
+            f"{bad} of {scores.shape[0]} influence rows are not finite (NaN/inf; rows the train loader never "
+            "yielded are NaN): they are returned as they are, filter them before use",
+            UserWarning,
+            stacklevel=3,
+        )
+    return scores
+
+
+def _check_owned(model: nn.Module, curvature: Curvature) -> None:
+    owned = {id(module) for module in model.modules()}
+    foreign = [name for name, module in curvature.tracked.items() if id(module) not in owned]
+    if foreign:
+        raise ValueError(f"the Curvature was fitted on another model (layers {foreign} are not in this one)")
+
+
+def _mean_gradients(
+    model: nn.Module,
+    loader: Iterable,
+    tracked: Mapping[str, nn.Module],
+    num_groups: int,
+    group_of: Callable[[Tensor], Tensor],
+    group_names: Sequence[str],
+    progress: bool | None,
+) -> dict[str, Tensor]:
+    """Per-group mean loss gradients in the layer layout, ``(num_groups, out, in + has_bias)`` per layer."""
+    sums: dict[str, Tensor] = {}
+    counts = torch.zeros(num_groups, dtype=torch.int64)
+    for batch in captured_batches(model, loader, tracked, desc="influence: queries", progress=progress):
+        groups = group_of(batch.labels)
+        counts += torch.bincount(groups.cpu(), minlength=num_groups)
+        for name, (a, g) in batch.layers.items():
+            if name not in sums:
+                sums[name] = a.new_zeros(num_groups, g.shape[2], a.shape[2])
+            row_groups = groups.repeat_interleave(a.shape[1])
+            rows_a, rows_g = a.flatten(end_dim=1), g.flatten(end_dim=1)
+            for group in groups.unique().tolist():
+                members = (row_groups == group).nonzero().squeeze(1)
+                sums[name][group].addmm_(rows_g[members].T, rows_a[members])
+    if int(counts.sum()) == 0:
+        raise ValueError("val_loader yielded no samples")
+    empty = [group_names[group] for group in range(num_groups) if counts[group] == 0]
+    if empty:
+        warnings.warn(
+            f"no validation samples for {', '.join(empty)}: their influence column is zero", UserWarning, stacklevel=4
+        )
+    scale = 1.0 / counts.clamp(min=1).to(next(iter(sums.values())).dtype)
+    return {name: total * scale.to(total.device)[:, None, None] for name, total in sums.items()}
+
+
+def _score(
+    model: nn.Module,
+    loader: Iterable,
+    tracked: Mapping[str, nn.Module],
+    queries: Mapping[str, Tensor],
+    progress: bool | None,
+) -> Tensor:
+    """Scores ``sum_layers sum_t g_t^T Q_k a_t`` of every training sample against the K queries."""
+    rows: list[tuple[Tensor | None, Tensor]] = []
+    for batch in captured_batches(model, loader, tracked, desc="influence: scores", progress=progress):
+        total = None
+        for name, (a, g) in batch.layers.items():
+            layer_scores = _contract(a, g, queries[name].to(a.dtype))
+            total = layer_scores if total is None else total + layer_scores
+        rows.append((batch.index, total.float().cpu()))
+    return _assemble(loader, rows)
+
+
+def _contract(a: Tensor, g: Tensor, query: Tensor) -> Tensor:
+    """``sum_t g[b, t]^T query[k] a[b, t]`` for a ``(b, T, i)``, g ``(b, T, o)``, query ``(K, o, i)`` -> ``(b, K)``.
+
+    Contracts the larger feature axis first with one matmul, so the intermediate is
+    ``(rows, K, min(o, i))``; rows are chunked to bound it.
+    """
+    batch, positions = a.shape[:2]
+    num_queries, outputs, inputs = query.shape
+    rows_a, rows_g = a.flatten(end_dim=1), g.flatten(end_dim=1)
+    if outputs <= inputs:
+        big, small, weights = rows_a, rows_g, query.reshape(num_queries * outputs, inputs).T
+    else:
+        big, small, weights = rows_g, rows_a, query.transpose(1, 2).reshape(num_queries * inputs, outputs).T
+    width = small.shape[1]
+    chunk = max(1, _CHUNK_ELEMENTS // (num_queries * width))
+    parts = [
+        torch.bmm((big[start : start + chunk] @ weights).view(-1, num_queries, width), small[start : start + chunk, :, None])
+        for start in range(0, big.shape[0], chunk)
+    ]
+    return torch.cat(parts).view(batch, positions, num_queries).sum(dim=1)
+
+
+def _assemble(loader: Iterable, rows: list[tuple[Tensor | None, Tensor]]) -> Tensor:
+    """Place batch scores at their dataset indices (or in loader order); unseen rows are NaN."""
+    if not rows:
+        raise ValueError("train_loader yielded no samples")
+    indexed = [index is not None for index, _ in rows]
+    if any(indexed) and not all(indexed):
+        raise ValueError("train_loader mixes (x, y) and (x, y, index) batches")
+    seen = sum(scores.shape[0] for _, scores in rows)
+    if all(indexed):
+        index = torch.cat([index for index, _ in rows])
+        dataset = getattr(loader, "dataset", None)
+        size = len(dataset) if dataset is not None else int(index.max()) + 1
+        if int(index.min()) < 0 or int(index.max()) >= size:
+            raise ValueError(
+                f"train_loader indices must lie in [0, len(train_loader.dataset)={size}), got "
+                f"[{int(index.min())}, {int(index.max())}]"
+            )
+    else:
+        dataset = getattr(loader, "dataset", None)
+        size = len(dataset) if dataset is not None else seen
+        index = torch.arange(seen)
+        if seen > size:
+            raise ValueError(f"train_loader yielded {seen} samples, more than len(train_loader.dataset)={size}")
+    scores = torch.full((size, rows[0][1].shape[1]), float("nan"))
+    scores[index] = torch.cat([batch_scores for _, batch_scores in rows])
+    return scores
