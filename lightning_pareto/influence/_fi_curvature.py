@@ -21,6 +21,7 @@ from torch import nn
 from lightning_pareto.influence._fi_data import ScopeInputs
 from lightning_pareto.influence._fi_operator import FIOperator
 from lightning_pareto.influence._fi_scope import Scope
+from lightning_pareto.influence._layout import flatten_layout, unflatten_layout
 
 # A dense p x p float64 Hessian beyond this many entries (~2 GB) is refused with a hint.
 _MAX_DENSE_ENTRIES = 16_000 * 16_000
@@ -45,14 +46,14 @@ class DenseInverse:
         eigenvalues, self.eigenvectors = torch.linalg.eigh(hessian)
         scale = eigenvalues.abs().max().clamp_min(torch.finfo(hessian.dtype).tiny)
         tolerance = hessian.shape[0] * torch.finfo(hessian.dtype).eps * scale
-        if bool((eigenvalues < -tolerance).any()):
+        shifted = eigenvalues + (damping or 0.0)
+        if bool((shifted < -tolerance).any()):
             warnings.warn(
-                "the training-loss Hessian has negative eigenvalues (the model is not at a minimum); "
-                "FI's parameter response assumes one: train further or pass damping",
+                "the (damped) training-loss Hessian has negative eigenvalues (the model is not at a minimum); "
+                "FI's parameter response assumes one: train further or pass a larger damping",
                 RuntimeWarning,
                 stacklevel=3,
             )
-        shifted = eigenvalues + (damping or 0.0)
         self.inverse_eigenvalues = torch.where(shifted.abs() > tolerance, 1.0 / shifted, torch.zeros_like(shifted))
 
     @classmethod
@@ -100,9 +101,8 @@ class EngineInverse:
     """
 
     def __init__(self, curvature: object, scope: Scope) -> None:
-        tracked = list(curvature.tracked)
-        if tracked != scope.tracked_names:
-            raise ValueError(f"the curvature engine tracked {tracked}, FI needs {scope.tracked_names}")
+        if list(curvature.tracked) != list(scope.tracked):
+            raise ValueError(f"the curvature engine tracked {list(curvature.tracked)}, FI needs {list(scope.tracked)}")
         self.curvature = curvature
         self.scope = scope
 
@@ -124,12 +124,12 @@ class EngineInverse:
         """
         from lightning_pareto.influence.curvature import fit_curvature
 
-        curvature = fit_curvature(model, train_loader, curvature=kind, damping=damping, modules=scope.tracked_names)
+        curvature = fit_curvature(model, train_loader, curvature=kind, damping=damping, modules=list(scope.tracked))
         return cls(curvature, scope)
 
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """The engine's inverse applied to each row of ``vectors`` ``(m, p)``, in float64."""
-        blocks = self.scope.split(vectors)
-        dtypes = {name: block.module.weight.dtype for name, block in zip(self.scope.tracked_names, self.scope.blocks)}
-        solved = self.curvature.inverse_hvp({name: value.to(dtypes[name]) for name, value in blocks.items()})
-        return self.scope.join({name: value.to(vectors.dtype) for name, value in solved.items()})
+        tracked = self.scope.tracked
+        blocks = unflatten_layout(tracked, vectors)
+        solved = self.curvature.inverse_hvp({name: value.to(tracked[name].weight.dtype) for name, value in blocks.items()})
+        return flatten_layout(tracked, solved).to(vectors.dtype)

@@ -15,6 +15,8 @@ from lightning_pareto.influence._fi_scope import Scope
 class ScopeInputs:
     """Everything FI needs from one data set, in loader order.
 
+    Rows are in dataset-index order when the loader yields indices, else in loader order.
+
     Attributes:
         x: Scope inputs flattened to ``(n, d)``, float64, on the model's device.
         y: Labels ``(n,)`` int64 (all ``-1`` when the loader yields inputs only).
@@ -77,7 +79,8 @@ def collect(model: nn.Module, scope: Scope, loader: Iterable, *, need_labels: bo
             output is not the model's output, or indices mixed with index-less batches.
     """
     device = next(model.parameters()).device
-    single_linear = scope.blocks[0].module if len(scope.blocks) == 1 and isinstance(scope.blocks[0].module, nn.Linear) else None
+    layers = list(scope.tracked.values())
+    single_linear = layers[0] if len(layers) == 1 and isinstance(layers[0], nn.Linear) else None
     captured: dict[str, list[torch.Tensor]] = {"scope_in": [], "scope_out": [], "linear_in": [], "linear_out": []}
 
     def record(prefix: str):
@@ -135,5 +138,10 @@ def collect(model: nn.Module, scope: Scope, loader: Iterable, *, need_labels: bo
         raise ValueError("the loader yielded no batches")
     if any(index is None for index in indices) and not all(index is None for index in indices):
         raise ValueError("either every batch carries sample indices or none does")
-    index = None if indices[0] is None else torch.cat([i.reshape(-1).to(torch.int64).cpu() for i in indices])
-    return ScopeInputs(torch.cat(xs), torch.cat(ys), index, torch.Size(sample_shape), num_classes, linear_equivalent)
+    x, y = torch.cat(xs), torch.cat(ys)
+    index = None
+    if indices[0] is not None:
+        # Dataset-index order makes every result independent of loader shuffling.
+        index, order = torch.sort(torch.cat([i.reshape(-1).to(torch.int64).cpu() for i in indices]))
+        x, y = x[order.to(x.device)], y[order.to(y.device)]
+    return ScopeInputs(x, y, index, torch.Size(sample_shape), num_classes, linear_equivalent)

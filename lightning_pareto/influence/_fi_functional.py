@@ -42,7 +42,7 @@ class FunctionalOperator:
         return torch.log_softmax(logits.reshape(-1), dim=-1)
 
     def _loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return -self._log_probs(theta, x)[y]
+        return -self._log_probs(theta, x).gather(0, y.reshape(1))[0]
 
     def _loss_grad(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return grad(self._loss)(theta, x, y)

@@ -68,7 +68,7 @@ def make_operator(scope: Scope, sample_shape: torch.Size, linear_equivalent: boo
     Returns:
         A :class:`SoftmaxLinearOperator` or a :class:`FunctionalOperator`.
     """
-    module = scope.blocks[0].module
-    if linear_equivalent and isinstance(module, nn.Linear):
-        return SoftmaxLinearOperator(module)
+    layers = list(scope.tracked.values())
+    if linear_equivalent and len(layers) == 1 and isinstance(layers[0], nn.Linear):
+        return SoftmaxLinearOperator(layers[0])
     return FunctionalOperator(scope, sample_shape)
