@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-__all__ = ["accuracy_heatmap"]
+if TYPE_CHECKING:
+    from lightning_pareto.pareto.ceiling import CeilingReport
+
+__all__ = ["accuracy_heatmap", "ceiling_figure", "influence_scatter", "weights_histogram"]
 
 
 def accuracy_heatmap(accuracy: np.ndarray, class_names: Sequence[str], epochs: Sequence[int] | None = None) -> Figure:
@@ -49,3 +54,142 @@ def accuracy_heatmap(accuracy: np.ndarray, class_names: Sequence[str], epochs: S
                 axes.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
                           color="black" if value > 0.6 else "white")
     return figure
+
+
+def influence_scatter(
+    influence: np.ndarray,
+    targets: Sequence[int],
+    class_names: Sequence[str],
+    weights: np.ndarray | None = None,
+) -> Figure:
+    """Category-wise influence of every training sample on the targeted classes, as in seed 003 Figures 1-2.
+
+    The x axis is the influence on the target classes (their mean when there are several), the y
+    axis the mean influence on all other classes; with all classes targeted, the first target is
+    plotted against the mean of the others. Positive means the sample helps. The quadrant counts are
+    printed in the corners: the lower-left quadrant holds the samples that hurt both sides.
+
+    Args:
+        influence: Float array of shape ``(n, K)``.
+        targets: Target class indices (non-empty).
+        class_names: ``K`` class names for the axis labels.
+        weights: Optional per-sample weights, float array of shape ``(n,)``, shown as colour
+            (blue below one, red above one).
+
+    Returns:
+        A matplotlib ``Figure`` not tracked by pyplot.
+
+    Raises:
+        ValueError: If the shapes disagree or ``targets`` is empty.
+    """
+    influence = np.asarray(influence, dtype=np.float64)
+    if influence.ndim != 2 or influence.shape[1] != len(class_names):
+        raise ValueError(f"influence must have shape (n, {len(class_names)}), got {influence.shape}.")
+    targets = list(targets)
+    if not targets:
+        raise ValueError("targets is empty; name at least one class to plot against the others.")
+    others = [c for c in range(influence.shape[1]) if c not in targets]
+    if not others:
+        targets, others = targets[:1], targets[1:]
+    x, y = influence[:, targets].mean(axis=1), influence[:, others].mean(axis=1)
+    figure = Figure(figsize=(5.5, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    if weights is None:
+        axes.scatter(x, y, s=8, alpha=0.6, color="tab:blue", linewidths=0)
+    else:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != x.shape:
+            raise ValueError(f"weights must have shape ({x.shape[0]},), got {weights.shape}.")
+        norm = TwoSlopeNorm(vmin=min(float(weights.min()), 1.0 - 1e-6), vcenter=1.0, vmax=max(float(weights.max()), 1.0 + 1e-6))
+        points = axes.scatter(x, y, c=weights, cmap="coolwarm", norm=norm, s=8, alpha=0.8, linewidths=0)
+        figure.colorbar(points, ax=axes, label="sample weight")
+    axes.axhline(0.0, color="0.4", linewidth=0.8)
+    axes.axvline(0.0, color="0.4", linewidth=0.8)
+    for sign_x, sign_y, (h, v) in ((1, 1, (0.98, 0.98)), (-1, 1, (0.02, 0.98)), (-1, -1, (0.02, 0.02)), (1, -1, (0.98, 0.02))):
+        count = int(np.sum((sign_x * x > 0) & (sign_y * y > 0)))
+        axes.text(h, v, str(count), transform=axes.transAxes, ha="right" if h > 0.5 else "left",
+                  va="top" if v > 0.5 else "bottom", fontsize=9, color="0.2")
+    axes.set_xlabel("influence on " + _joined(class_names, targets))
+    axes.set_ylabel("mean influence on " + _joined(class_names, others))
+    return figure
+
+
+def weights_histogram(weights: np.ndarray, w_min: float | None = None, w_max: float | None = None) -> Figure:
+    """Histogram of per-sample weights (log counts), with the uniform weight one marked.
+
+    Args:
+        weights: Float array of shape ``(n,)``.
+        w_min: Lower bound of the weights, drawn as a dotted line when given.
+        w_max: Upper bound of the weights, drawn as a dotted line when given.
+
+    Returns:
+        A matplotlib ``Figure`` not tracked by pyplot.
+
+    Raises:
+        ValueError: If ``weights`` is not a non-empty 1-D array.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 1 or weights.size == 0:
+        raise ValueError(f"weights must be a non-empty 1-D array, got shape {weights.shape}.")
+    figure = Figure(figsize=(5.5, 3.5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.hist(weights, bins=50, color="tab:blue", log=True)
+    axes.axvline(1.0, color="black", linewidth=1.0, label="uniform")
+    for bound in (w_min, w_max):
+        if bound is not None:
+            axes.axvline(bound, color="0.5", linestyle=":", linewidth=1.0)
+    down, up = int(np.sum(weights < 1.0 - 1e-9)), int(np.sum(weights > 1.0 + 1e-9))
+    axes.set_title(f"{down} down-weighted ({int(np.sum(weights <= 1e-9))} at 0), {up} up-weighted of {weights.size}",
+                   fontsize=9)
+    axes.set_xlabel("sample weight")
+    axes.set_ylabel("samples")
+    return figure
+
+
+def ceiling_figure(report: CeilingReport, class_names: Sequence[str]) -> Figure:
+    """The Pareto ceiling check: region counts and the trade-off normal found by the exact criterion.
+
+    Left: how many samples help every class, hurt every class or trade classes off (also restricted
+    to the target classes when the report has targets). Right: the simplex weights ``lambda`` that
+    minimise ``||C lambda|| / ||C||``, i.e. the class trade-off rates of the hyperplane the influence
+    vectors lie closest to; the title gives that ratio, the paper's PCA ratio and the verdict.
+
+    Args:
+        report: A :class:`~lightning_pareto.pareto.CeilingReport`.
+        class_names: ``K`` class names.
+
+    Returns:
+        A matplotlib ``Figure`` not tracked by pyplot.
+
+    Raises:
+        ValueError: If ``class_names`` does not have one name per class of the report.
+    """
+    if len(class_names) != report.num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names for a report over {report.num_classes} classes.")
+    figure = Figure(figsize=(9.0, 3.5), layout="constrained")
+    counts_axes, weights_axes = figure.subplots(1, 2, width_ratios=[1.0, 1.6])
+    regions = ("helps all", "hurts all", "trade-off")
+    groups = [("all classes", report.counts)]
+    if report.target_counts is not None:
+        groups.append(("targets", report.target_counts))
+    width = 0.8 / len(groups)
+    for position, (label, counts) in enumerate(groups):
+        values = [counts.helps_all, counts.hurts_all, counts.trade_off]
+        offsets = np.arange(3) + (position - (len(groups) - 1) / 2) * width
+        counts_axes.bar(offsets, values, width=width, label=label)
+    counts_axes.set_xticks(range(3), regions)
+    counts_axes.set_ylabel("training samples")
+    counts_axes.legend(fontsize=8)
+    weights_axes.bar(range(report.num_classes), report.simplex_weights, color="tab:gray")
+    weights_axes.set_xticks(range(report.num_classes), [str(n) for n in class_names],
+                            rotation=45 if report.num_classes > 10 else 0)
+    weights_axes.set_ylim(0.0, 1.0)
+    weights_axes.set_ylabel("lambda (trade-off normal)")
+    figure.suptitle(f"{report.verdict}: min ||C lambda||/||C|| = {report.ratio:.2e}, PCA ratio {report.pca_ratio:.2f}",
+                    fontsize=10)
+    return figure
+
+
+def _joined(class_names: Sequence[str], classes: Sequence[int], limit: int = 4) -> str:
+    names = [str(class_names[c]) for c in classes]
+    return ", ".join(names) if len(names) <= limit else ", ".join(names[:limit]) + f" (+{len(names) - limit})"
