@@ -15,7 +15,7 @@ IMPROVABLE = "improvable"
 AT_CEILING = "at the ceiling within tolerance"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class RegionCounts:
     """How many training samples help every class, hurt every class, or trade one class for another.
 
