@@ -18,6 +18,7 @@ from lightning_pareto.influence.curvature import (
     KroneckerFactors,
     fit_curvature,
 )
+from lightning_pareto.influence.local import MetricFactors, fi_util, metric_factors, pairwise_fi, query_gradients
 
 __all__ = [
     "DEFAULT_DAMPING_FACTOR",

@@ -22,9 +22,7 @@ from lightning_pareto.influence._fi_data import ScopeInputs
 from lightning_pareto.influence._fi_operator import FIOperator
 from lightning_pareto.influence._fi_scope import Scope
 from lightning_pareto.influence._layout import flatten_layout, unflatten_layout
-
-# A dense p x p float64 Hessian beyond this many entries (~2 GB) is refused with a hint.
-_MAX_DENSE_ENTRIES = 16_000 * 16_000
+from lightning_pareto.influence.curvature import MAX_EXACT_PARAMETERS, Curvature, fit_curvature
 
 
 class Preconditioner(Protocol):
@@ -70,13 +68,14 @@ class DenseInverse:
             The fitted inverse.
 
         Raises:
-            ValueError: If the dense ``p x p`` matrix would be too large.
+            ValueError: If ``p`` exceeds the engine's ``MAX_EXACT_PARAMETERS``.
         """
         p = operator.num_params
-        if p * p > _MAX_DENSE_ENTRIES:
+        if p > MAX_EXACT_PARAMETERS:
             raise ValueError(
-                f"curvature='exact' would build a dense {p} x {p} Hessian; use curvature='kfac' or 'ekfac', "
-                "or restrict FI to the last layer with modules=['head']"
+                f"curvature='exact' would build a dense {p} x {p} Hessian (more than MAX_EXACT_PARAMETERS="
+                f"{MAX_EXACT_PARAMETERS}); use curvature='kfac' or 'ekfac', or restrict FI to the last layer "
+                "with modules=['head']"
             )
         total = torch.zeros(p, p, dtype=torch.float64, device=train.x.device)
         for start in range(0, len(train), chunk_size):
@@ -93,14 +92,14 @@ class EngineInverse:
     """The curvature engine's K-FAC/EKFAC inverse, on FI's flat layout.
 
     Args:
-        curvature: A fitted ``Curvature`` (``.tracked``, ``.inverse_hvp``).
+        curvature: A fitted engine curvature.
         scope: The layout; its tracked layers must match ``curvature.tracked``.
 
     Raises:
         ValueError: If the engine tracks different layers.
     """
 
-    def __init__(self, curvature: object, scope: Scope) -> None:
+    def __init__(self, curvature: Curvature, scope: Scope) -> None:
         if list(curvature.tracked) != list(scope.tracked):
             raise ValueError(f"the curvature engine tracked {list(curvature.tracked)}, FI needs {list(scope.tracked)}")
         self.curvature = curvature
@@ -122,14 +121,10 @@ class EngineInverse:
         Returns:
             The wrapped inverse.
         """
-        from lightning_pareto.influence.curvature import fit_curvature
-
         curvature = fit_curvature(model, train_loader, curvature=kind, damping=damping, modules=list(scope.tracked))
         return cls(curvature, scope)
 
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """The engine's inverse applied to each row of ``vectors`` ``(m, p)``, in float64."""
         tracked = self.scope.tracked
-        blocks = unflatten_layout(tracked, vectors)
-        solved = self.curvature.inverse_hvp({name: value.to(tracked[name].weight.dtype) for name, value in blocks.items()})
-        return flatten_layout(tracked, solved).to(vectors.dtype)
+        return flatten_layout(tracked, self.curvature.inverse_hvp(unflatten_layout(tracked, vectors)))

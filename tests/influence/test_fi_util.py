@@ -8,10 +8,21 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 from torch import nn
-from torch.func import functional_call, grad, hessian, jacrev
+from torch.func import functional_call, grad, hessian, jacrev, vmap
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_pareto.influence._layout import flatten_layout, unflatten_layout
+from lightning_pareto.influence.curvature import fit_curvature
 from lightning_pareto.influence.local import fi_util, metric_factors, pairwise_fi, query_gradients
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These problems are tiny: one thread avoids thread contention on a shared 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class _Indexed(Dataset):
@@ -71,10 +82,11 @@ def _problem(d: int, k: int, model: nn.Module, seed: int = 0, n: int = 30):
     return model, train, val, (x, y, xv, yv)
 
 
-def _naive_fi(model: nn.Module, x, y, xv, yv, *, damping: float | None = None, query=None) -> torch.Tensor:
+def _naive_fi(model: nn.Module, x, y, xv, yv, *, damping: float | None = None, query=None, h_inv=None) -> torch.Tensor:
     """Algorithm 1, literally: per-sample J by jacrev, dense H^{-1}, pinv(G_z); float64.
 
-    ``query`` (a function theta -> scalar loss) replaces the validation mean loss (Algorithm 2).
+    ``query`` (a function theta -> scalar loss) replaces the validation mean loss (Algorithm 2);
+    ``h_inv`` (in ``model.parameters()`` order) replaces the inverse Hessian.
     """
     names = [name for name, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
@@ -94,8 +106,10 @@ def _naive_fi(model: nn.Module, x, y, xv, yv, *, damping: float | None = None, q
         return -log_probs(flat, inputs)[label]
 
     n = len(x)
-    h = hessian(lambda flat: sum(loss(flat, x[i], y[i]) for i in range(n)) / n)(theta)
-    h_inv = torch.linalg.pinv(h, hermitian=True) if damping is None else torch.linalg.inv(h + damping * torch.eye(len(h), dtype=h.dtype))
+    if h_inv is None:
+        h = hessian(lambda flat: vmap(loss, in_dims=(None, 0, 0))(flat, x, y).mean())(theta)
+        identity = torch.eye(len(h), dtype=h.dtype)
+        h_inv = torch.linalg.pinv(h, hermitian=True) if damping is None else torch.linalg.inv(h + damping * identity)
     if query is None:
         g_v = grad(lambda flat: sum(loss(flat, xv[j], yv[j]) for j in range(len(xv))) / len(xv))(theta)
     else:
@@ -150,6 +164,22 @@ def test_rows_follow_dataset_index_and_loader_order_without_index() -> None:
     by_index = fi_util(model, train, val)  # the training loader shuffles
     ordered = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=7)
     torch.testing.assert_close(fi_util(model, ordered, val), by_index, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["kfac", "ekfac"])
+def test_kronecker_curvature_equals_naive_with_the_engines_inverse(kind: str) -> None:
+    d, k = 3, 3
+    model, train, val, (x, y, xv, yv) = _problem(d, k, nn.Linear(d, k), seed=11)
+    curvature = fit_curvature(model, train, curvature=kind, damping=0.1)
+    basis = torch.eye(k * (d + 1), dtype=torch.float64)
+    layout_inverse = flatten_layout(curvature.tracked, curvature.inverse_hvp(unflatten_layout(curvature.tracked, basis)))
+    # Layout entry (class c, column l) is weight[c, l] for l < d and bias[c] for l = d.
+    rows, cols = torch.meshgrid(torch.arange(k), torch.arange(d + 1), indexing="ij")
+    to_naive = torch.where(cols < d, rows * d + cols, k * d + rows).reshape(-1)
+    h_inv = torch.empty_like(layout_inverse)
+    h_inv[to_naive[:, None], to_naive[None, :]] = layout_inverse
+    expected = _naive_fi(model, x, y, xv, yv, h_inv=h_inv)
+    _assert_close(fi_util(model, train, val, curvature=kind, damping=0.1), expected)
 
 
 def test_shu_zhu_closed_form_without_parameter_path() -> None:
