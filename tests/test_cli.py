@@ -1,0 +1,80 @@
+"""The ``lightning-pareto`` CLI: a real digits run from YAML, TensorBoard tags, resume, dispatch."""
+
+from __future__ import annotations
+
+import sys
+import types
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_pareto import cli
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "digits.yaml")
+QUIET = ["--trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LightningCLI warns when sys.argv (here pytest's) and args are both given."""
+    monkeypatch.setattr(sys, "argv", ["lightning-pareto"])
+
+
+def _scalar_tags(run_dir: Path) -> set[str]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
+def test_fit_from_yaml_logs_every_digit_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli.main(["fit", "--config", CONFIG, "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}", *QUIET])
+    run = tmp_path / "lightning_logs" / "version_0"
+    tags = _scalar_tags(run)
+    assert {f"val_acc/{digit}" for digit in range(10)} | {"val_acc/mean", "val_acc/worst"} <= tags
+    assert len([t for t in tags if t.startswith("val_acc/")]) == 12
+    summary = capsys.readouterr().out
+    assert "Per-class validation accuracy" in summary and "epoch   0  epoch   1" in summary
+    assert (run / "config.yaml").is_file()
+
+    checkpoint = next((run / "checkpoints").glob("*.ckpt"))
+    cli.main(["fit", "--config", CONFIG, "--trainer.max_epochs=3", f"--trainer.default_root_dir={tmp_path}",
+              f"--ckpt_path={checkpoint}", *QUIET])
+    # The resumed run's history starts at the first run's epoch 0: the monitor state came back.
+    assert "epoch   0  epoch   2" in capsys.readouterr().out
+
+    cli.main(["test", "--config", CONFIG, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={checkpoint}",
+              *QUIET])
+    assert "test_acc" in capsys.readouterr().out
+
+
+def test_print_config_resolves_short_class_names(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "--config", CONFIG, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    for class_path in ("lightning_pareto.data.DigitsDataModule", "lightning_pareto.nets.MLP", "PerClassAccuracy"):
+        assert class_path in printed
+
+
+def test_experiments_dispatch_to_their_main(monkeypatch: pytest.MonkeyPatch) -> None:
+    received: list[list[str]] = []
+    fake = types.ModuleType("fake_trim")
+    fake.main = received.append  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_trim", fake)
+    monkeypatch.setitem(cli.EXPERIMENTS, "trim", "fake_trim")
+    cli.main(["trim", "--config", "x.yaml"])
+    assert received == [["--config", "x.yaml"]]
+
+
+def test_missing_experiment_module_gives_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(cli.EXPERIMENTS, "active", "lightning_pareto.experiments_not_there.active")
+    with pytest.raises(SystemExit, match="lightning-pareto active: this experiment is not available"):
+        cli.main(["active"])
+
+
+def test_console_script_points_at_main() -> None:
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts["lightning-pareto"] == "lightning_pareto.cli:main"
