@@ -1,0 +1,270 @@
+"""``CourseCorrection``: roll back an epoch that hurt some classes and train it again, reweighted (seed 003, CC)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_pareto.callbacks._intervention import InterventionCallback, InterventionRecord, InterventionSettings
+from lightning_pareto.callbacks._snapshot import TrainingSnapshot, restore_rng_state
+from lightning_pareto.callbacks.monitor import class_indices
+from lightning_pareto.weighting import require_sample_weights
+
+__all__ = ["CourseCorrection"]
+
+
+class CourseCorrection(InterventionCallback):
+    """Course Correction: undo a detrimental epoch and redo it with influence-based sample weights.
+
+    At every training-epoch start it snapshots the training state (model, optimizers, LR
+    schedulers, precision plugin, RNG states of torch/CUDA/numpy/``random``; CPU copies). When the
+    validation after an epoch shows a class (among ``classes``) whose accuracy fell by more than
+    ``drop_threshold`` against the previous epoch, that epoch is detrimental: at the next epoch start
+    the snapshot is restored, the category-wise influence is computed there with the dropped classes
+    as targets, Pareto-LP-GA searches weights (trial fitness compares with the detrimental epoch's
+    accuracy, as the paper does), and the epoch is trained again with them; afterwards the weights
+    are uniform again.
+
+    Lightning's progress counters are not rewound: the redo is an extra epoch, so
+    ``trainer.fit_loop.max_epochs`` grows by one per correction (with ``max_steps`` set, it grows by
+    one epoch of steps) and the run still trains its budgeted number of epochs. The redo replays the
+    detrimental epoch's batch order and learning rate; an epoch-wise LR schedule therefore runs one
+    epoch behind ``trainer.current_epoch`` after each correction. A redo is never corrected itself,
+    and at most ``max_corrections`` rollbacks are attempted. If an intervention is skipped (NaN
+    influence, infeasible LP, no improving candidate), the state after the detrimental epoch is put
+    back and training goes on without a redo. Other callbacks' state (early stopping, checkpoint
+    bookkeeping) is not rolled back.
+
+    Each correction is a line of ``interventions.jsonl`` in the log directory with ``before`` (the
+    epoch preceding the detrimental one), ``bad`` (the detrimental epoch) and ``after`` (the redo),
+    and a table printed at the end of fit. Needs :class:`~lightning_pareto.PerClassAccuracy`, a module
+    with the sample-weight contract and training batches with sample indices.
+
+    Args:
+        drop_threshold: Accuracy drop (a fraction, e.g. ``0.03`` = 3 points) of a class between two
+            consecutive validated epochs that makes the later one detrimental.
+        classes: Classes watched for drops: ``"any"``, or a list of names or indices.
+        max_corrections: Most rollbacks attempted in one run (applied or skipped).
+        curvature: Influence curvature: ``"ekfac"``, ``"kfac"`` or ``"exact"`` (small models only).
+        damping: Curvature damping ``lambda >= 0``; ``None`` picks ``0.1 * trace(G) / P``.
+        modules: Layers the influence differentiates, e.g. ``["head"]`` (names in ``pl_module.net``);
+            ``None`` uses every Linear/Conv2d layer.
+        fitness: ``"predicted"`` (first-order gains, no training, fast) or ``"trial"`` (train from the
+            restored state with the candidate weights and compare with the detrimental epoch).
+        trial_batches: Batches per trial with ``fitness="trial"``; ``None`` trains a full epoch.
+        preset: GA size: ``"fast"`` (a few evaluations) or ``"paper"`` (20 generations of 24).
+        w_min: Smallest sample weight, in ``[0, 1]``.
+        w_max: Largest sample weight, at least 1.
+        trust: Trust radius: mean ``|w - 1|`` allowed.
+        time_budget: Wall-clock seconds for one weight search, or ``None`` for no limit.
+        seed: Seed of the search and of the trial epochs.
+        log_figures: Log the ceiling figure, influence scatter and weights histogram to TensorBoard.
+        influence_batch_size: Batch size of the influence passes.
+
+    Example::
+
+        trainer = Trainer(max_epochs=30, callbacks=[PerClassAccuracy(), CourseCorrection(drop_threshold=0.03)])
+    """
+
+    mode = "course_correction"
+
+    def __init__(
+        self,
+        drop_threshold: float = 0.03,
+        classes: str | list[int | str] = "any",
+        max_corrections: int = 3,
+        curvature: str = "ekfac",
+        damping: float | None = None,
+        modules: list[str] | None = None,
+        fitness: str = "predicted",
+        trial_batches: int | None = None,
+        preset: str = "fast",
+        w_min: float = 0.0,
+        w_max: float = 3.0,
+        trust: float = 0.5,
+        time_budget: float | None = None,
+        seed: int = 0,
+        log_figures: bool = True,
+        influence_batch_size: int = 256,
+    ) -> None:
+        super().__init__(
+            InterventionSettings(
+                curvature=curvature, damping=damping, modules=None if modules is None else tuple(modules),
+                fitness=fitness, trial_batches=trial_batches, preset=preset, w_min=w_min, w_max=w_max, trust=trust,
+                time_budget=time_budget, seed=seed, log_figures=log_figures, influence_batch_size=influence_batch_size,
+            )  # fmt: skip
+        )
+        if isinstance(drop_threshold, bool) or not isinstance(drop_threshold, (int, float)) or not 0 < drop_threshold < 1:
+            raise ValueError(f"drop_threshold must be a fraction in (0, 1) (0.03 = 3 accuracy points), got {drop_threshold!r}.")
+        if isinstance(classes, str):
+            if classes != "any":
+                raise ValueError(f"classes must be 'any' or a list of class names/indices, got {classes!r}.")
+        elif not isinstance(classes, (list, tuple)) or not classes:
+            raise ValueError(f"classes must be 'any' or a non-empty list of class names/indices, got {classes!r}.")
+        if isinstance(max_corrections, bool) or not isinstance(max_corrections, int) or max_corrections < 1:
+            raise ValueError(f"max_corrections must be a positive integer, got {max_corrections!r}.")
+        self.drop_threshold = float(drop_threshold)
+        self.classes = classes
+        self.max_corrections = max_corrections
+        self._watched: list[int] = []
+        self.attempts = 0
+        self._previous: list[float] | None = None
+        self._snapshot: TrainingSnapshot | None = None
+        self._pending: InterventionRecord | None = None
+        self._redo: InterventionRecord | None = None
+        self._in_epoch = False
+        self._extra_epochs = 0
+        self._extra_steps = 0
+        self._applied_epochs = 0
+        self._applied_steps = 0
+
+    # ---------------------------------------------------------------- Lightning hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Validate the watched classes against the run (raises before training)."""
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit":
+            return
+        every = list(range(len(self.class_names)))
+        self._watched = every if self.classes == "any" else class_indices(list(self.classes), self.class_names, "classes")
+        self._applied_epochs = self._applied_steps = 0
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Re-extend the epoch budget by the redos a resumed run already made (the Trainer's limits are not saved)."""
+        super().on_fit_start(trainer, pl_module)
+        self._extend_budget(trainer, self._extra_epochs - self._applied_epochs, self._extra_steps - self._applied_steps)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Roll back and reweight if the last epoch was detrimental; else snapshot the state."""
+        self._in_epoch = True
+        if self._pending is not None:
+            self._correct(trainer, pl_module)
+        else:
+            self._snapshot = TrainingSnapshot.take(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After validation: close a redo, or detect a drop and mark a rollback for the next epoch start."""
+        self._in_epoch = False
+        epoch = trainer.current_epoch
+        accuracy = self.accuracy_at(epoch)
+        if self._redo is not None:
+            record, self._redo = self._redo, None
+            require_sample_weights(pl_module, type(self).__name__).clear()
+            record.after = accuracy
+            record.weighted_epochs.append(epoch)
+            self.finish(trainer, record)
+            self._previous = accuracy if accuracy is not None else self._previous
+            return
+        if accuracy is None:
+            return
+        previous, self._previous = self._previous, accuracy
+        if previous is None or self.attempts >= self.max_corrections or self._snapshot is None:
+            return
+        dropped = [c for c in self._watched if _drop(previous, accuracy, c) > self.drop_threshold]
+        if dropped and self._snapshot.epoch == epoch:
+            self._pending = InterventionRecord(
+                epoch=epoch, mode=self.mode, targets=dropped, before=list(previous), bad=list(accuracy)
+            )
+            self._change_budget(trainer, 1)  # now, so that even the last epoch gets its redo
+            names = [self.class_names[c] for c in dropped]
+            rank_zero_info(f"CourseCorrection: epoch {epoch} lowered {names} by more than {self.drop_threshold:.3f}; "
+                           "rolling back to its start and training it again with sample weights.")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Record a redo or pending rollback cut short by the end of fit, clear weights, print the table."""
+        for record in (self._redo, self._pending):
+            if record is not None:
+                record.reason = record.reason or "the run ended before the redo finished"
+                if record is self._pending:
+                    record.status = "skipped"
+                self.finish(trainer, record)
+        if self._redo is not None:
+            require_sample_weights(pl_module, type(self).__name__).clear()
+        self._redo = self._pending = None
+        super().on_fit_end(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Records, counters, the pending rollback or redo in progress, and (when needed) the snapshot.
+
+        The snapshot (a copy of the model and optimizer state) is saved only while it may still be
+        restored: with a rollback pending, or mid-epoch.
+        """
+        state = super().state_dict()
+        keep_snapshot = self._snapshot is not None and (self._pending is not None or self._in_epoch)
+        state.update(
+            attempts=self.attempts,
+            previous=self._previous,
+            pending=None if self._pending is None else self._pending.to_dict(),
+            redo=None if self._redo is None else self._redo.to_dict(),
+            extra_epochs=self._extra_epochs,
+            extra_steps=self._extra_steps,
+            snapshot=self._snapshot.state_dict() if keep_snapshot else None,
+        )
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the weights of a redo in progress are in the module's checkpoint)."""
+        super().load_state_dict(state_dict)
+        self.attempts = int(state_dict.get("attempts", 0))
+        self._previous = state_dict.get("previous")
+        self._pending = _record_or_none(state_dict.get("pending"))
+        self._redo = _record_or_none(state_dict.get("redo"))
+        self._extra_epochs = int(state_dict.get("extra_epochs", 0))
+        self._extra_steps = int(state_dict.get("extra_steps", 0))
+        snapshot = state_dict.get("snapshot")
+        self._snapshot = None if snapshot is None else TrainingSnapshot.from_state_dict(snapshot)
+
+    # ---------------------------------------------------------------- internals
+    def _correct(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        record, self._pending = self._pending, None
+        assert record is not None and self._snapshot is not None
+        self.attempts += 1
+        after_bad_epoch = TrainingSnapshot.take(trainer, pl_module)
+        self._snapshot.restore(trainer, pl_module)
+        if self.intervene(trainer, pl_module, record, reference=record.bad or []):
+            # The redo starts from the detrimental epoch's RNG state, so it replays that epoch's batches.
+            restore_rng_state(self._snapshot.rng)
+            self._redo = record
+            return
+        after_bad_epoch.restore(trainer, pl_module)
+        self._snapshot = after_bad_epoch  # this epoch starts from here: the next drop rolls back to it
+        self._change_budget(trainer, -1)
+        if trainer.fit_loop.max_epochs is not None and 0 <= trainer.fit_loop.max_epochs <= trainer.current_epoch:
+            trainer.should_stop = True  # the detrimental epoch was the last one budgeted: end as after it
+        self.finish(trainer, record)
+
+    def _change_budget(self, trainer: Trainer, epochs: int) -> None:
+        steps = epochs * _steps_per_epoch(trainer) if trainer.max_steps >= 0 else 0
+        self._extra_epochs += epochs
+        self._extra_steps += steps
+        self._extend_budget(trainer, epochs, steps)
+
+    def _extend_budget(self, trainer: Trainer, epochs: int, steps: int) -> None:
+        # Only the Trainer's limits; _change_budget also counts the change for a resumed run.
+        fit_loop = trainer.fit_loop
+        if epochs and fit_loop.max_epochs is not None and fit_loop.max_epochs >= 0:
+            fit_loop.max_epochs += epochs
+        if steps and fit_loop.epoch_loop.max_steps >= 0:
+            fit_loop.epoch_loop.max_steps += steps
+        self._applied_epochs += epochs
+        self._applied_steps += steps
+
+
+def _drop(previous: list[float | None], current: list[float | None], c: int) -> float:
+    before, after = previous[c], current[c]
+    if before is None or after is None or math.isnan(before) or math.isnan(after):
+        return 0.0
+    return before - after
+
+
+def _steps_per_epoch(trainer: Trainer) -> int:
+    batches = trainer.num_training_batches
+    if not isinstance(batches, int) and not (isinstance(batches, float) and math.isfinite(batches)):
+        return 0
+    return math.ceil(int(batches) / max(1, trainer.accumulate_grad_batches))
+
+
+def _record_or_none(state: dict[str, Any] | None) -> InterventionRecord | None:
+    return None if state is None else InterventionRecord.from_dict(state)
