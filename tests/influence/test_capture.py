@@ -1,0 +1,145 @@
+"""Capture hooks reproduce per-sample gradients; layer selection warns and fails as documented."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from lightning_pareto.influence import LayerCapture, tracked_modules
+from lightning_pareto.influence._layout import (
+    flatten_layout,
+    layout_from_named,
+    layout_to_named,
+    matrix_to_weight_bias,
+    unflatten_layout,
+    weight_bias_to_matrix,
+)
+
+
+class Zoo(nn.Module):
+    """Conv2d with integer, "same" (even kernel) and strided/dilated padding, a bias-free conv, a
+    Linear over a sequence axis and a Linear called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_int = nn.Conv2d(2, 3, 3, padding=1)
+        self.conv_same = nn.Conv2d(3, 4, (2, 3), padding="same", dilation=(1, 2))
+        self.conv_strided = nn.Conv2d(4, 4, 3, stride=2, dilation=2, padding=2, bias=False)
+        self.sequence = nn.Linear(4, 5)
+        self.shared = nn.Linear(5, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.tanh(self.conv_same(torch.tanh(self.conv_int(x))))
+        x = torch.tanh(self.conv_strided(x))  # (b, 4, 4, 4)
+        tokens = torch.tanh(self.sequence(x.flatten(2).transpose(1, 2)))  # (b, 16, 5)
+        tokens = torch.tanh(self.shared(torch.tanh(self.shared(tokens))))
+        return self.head(tokens.mean(dim=1))
+
+
+def test_captured_inputs_and_output_grads_give_per_sample_gradients() -> None:
+    torch.manual_seed(0)
+    model = Zoo().double()
+    x, y = torch.randn(5, 2, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 1, 0])
+    tracked = tracked_modules(model)
+    assert list(tracked) == ["conv_int", "conv_same", "conv_strided", "sequence", "shared", "head"]
+
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+
+    expected = layout_from_named(tracked, vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y))
+    with LayerCapture(tracked) as capture:
+        total = F.cross_entropy(model(x), y, reduction="sum")
+        torch.autograd.grad(total, [m.weight for m in tracked.values()])
+        for name in tracked:
+            a, g = capture.layer(name)
+            per_sample = torch.einsum("bto,bti->boi", g, a)
+            torch.testing.assert_close(per_sample, expected[name], rtol=1e-10, atol=1e-12)
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_hooks_are_removed_when_the_block_raises() -> None:
+    model = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(RuntimeError, match="boom"), LayerCapture(tracked_modules(model)):
+        assert model[0]._forward_hooks
+        raise RuntimeError("boom")
+    assert not model[0]._forward_hooks
+
+
+def test_layer_not_reached_by_backward_is_an_error() -> None:
+    model = nn.Sequential(nn.Linear(3, 2))
+    with LayerCapture(tracked_modules(model)) as capture, torch.no_grad():
+        model(torch.randn(4, 3))
+        with pytest.raises(RuntimeError, match="no output gradient reached"):
+            capture.layer("0")
+
+
+def test_layout_round_trips() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 4, bias=False))
+    tracked = tracked_modules(model)
+    conv = model[0]
+    matrix = weight_bias_to_matrix(conv, conv.weight[None], conv.bias[None])
+    assert matrix.shape == (1, 3, 19)
+    torch.testing.assert_close(matrix[0, :, -1], conv.bias)
+    weight, bias = matrix_to_weight_bias(conv, matrix)
+    torch.testing.assert_close(weight[0], conv.weight)
+    torch.testing.assert_close(bias[0], conv.bias)
+    named = {name: p.detach()[None].repeat(2, *[1] * p.dim()) for name, p in model.named_parameters()}
+    layout = layout_from_named(tracked, named)
+    flat = flatten_layout(tracked, layout)
+    assert flat.shape == (2, 3 * 19 + 4 * 12)
+    back = layout_to_named(tracked, unflatten_layout(tracked, flat))
+    assert back.keys() == named.keys()
+    for key in named:
+        torch.testing.assert_close(back[key], named[key])
+
+
+class WithNorms(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.grouped = nn.Conv2d(4, 4, 1, groups=2)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 2)
+
+
+def test_unsupported_parameterised_layers_are_listed_in_one_warning() -> None:
+    with pytest.warns(UserWarning) as record:
+        tracked = tracked_modules(WithNorms())
+    assert list(tracked) == ["head"]
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 1
+    for name in ["embed (Embedding)", "grouped (Conv2d)", "norm (LayerNorm)"]:
+        assert name in messages[0]
+
+
+def test_named_modules_track_only_those_without_warning(recwarn) -> None:
+    tracked = tracked_modules(WithNorms(), ["head"])
+    assert list(tracked) == ["head"]
+    assert not recwarn.list
+
+
+@pytest.mark.parametrize(
+    ("modules", "error", "match"),
+    [
+        (["nope"], ValueError, r"not in the model; trackable layers are \['head'\]"),
+        (["norm"], ValueError, "not trackable"),
+        ([], ValueError, "modules is empty"),
+        ("head", TypeError, r"use \['head'\]"),
+    ],
+)
+def test_bad_module_names_are_rejected(modules, error, match) -> None:
+    with pytest.raises(error, match=match):
+        tracked_modules(WithNorms(), modules)
+
+
+def test_model_without_trackable_layer_is_an_error() -> None:
+    model = nn.Sequential(nn.LayerNorm(4), nn.ReLU())
+    with pytest.raises(ValueError, match=r"no trackable layer.*0 \(LayerNorm\)"):
+        tracked_modules(model)
