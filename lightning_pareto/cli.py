@@ -8,6 +8,7 @@ imported here, where jsonargparse finds them as subclasses.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         _run_experiment(words[0], words[1:])
         return
     _register_interventions()
+    # LightningCLI itself calls jsonargparse APIs that jsonargparse deprecates; a user cannot act on those warnings.
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     ParetoCLI(
         ClassifierModule,
         LightningDataModule,
