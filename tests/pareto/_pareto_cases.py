@@ -74,9 +74,11 @@ def reference_lp_gains(
     scale = np.abs(influence).mean(axis=0)
     identity = sp.identity(num_samples, format="csr")
     # Variables [delta, t].
-    cost = np.concatenate([-(influence[:, targets] / scale[targets]).sum(axis=1) / num_samples, np.zeros(num_samples)])
-    gain_rows = [(-influence[:, c] / num_samples, tau) for c, tau in thresholds.items()]
-    gain_rows += [(-influence[:, t] / num_samples, 0.0) for t in targets]
+    cost = np.concatenate([-(influence[:, targets] / scale[targets]).sum(axis=1), np.zeros(num_samples)])
+    # Rows -Delta_c * n / scale_c <= tau_c * n / scale_c: coefficients of order one, so that HiGHS's
+    # absolute feasibility tolerance (1e-7) is negligible.
+    gain_rows = [(-influence[:, c] / scale[c], tau * num_samples / scale[c]) for c, tau in thresholds.items()]
+    gain_rows += [(-influence[:, t] / scale[t], 0.0) for t in targets]
     a_ub = sp.vstack(
         [
             sp.hstack([identity, -identity]),
@@ -91,4 +93,4 @@ def reference_lp_gains(
     result = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=[0.0], bounds=bounds, method="highs")
     assert result.status == 0, result.message
     delta = result.x[:num_samples]
-    return float(-result.fun), influence.T @ delta / num_samples
+    return float(-result.fun) / num_samples, influence.T @ delta / num_samples
