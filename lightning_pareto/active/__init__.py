@@ -1,0 +1,33 @@
+"""Pool-based active learning (seed 000 section 4): acquisition strategies and a Lightning acquisition loop."""
+
+from lightning_pareto.active.strategies import (
+    BALD,
+    STRATEGIES,
+    EntropySampling,
+    FIActive,
+    FIActiveApprox,
+    InfluenceValueSampling,
+    MarginSampling,
+    RandomSampling,
+    Strategy,
+    bald_scores,
+    entropy_scores,
+    make_strategy,
+    margin_scores,
+)
+
+__all__ = [
+    "BALD",
+    "STRATEGIES",
+    "EntropySampling",
+    "FIActive",
+    "FIActiveApprox",
+    "InfluenceValueSampling",
+    "MarginSampling",
+    "RandomSampling",
+    "Strategy",
+    "bald_scores",
+    "entropy_scores",
+    "make_strategy",
+    "margin_scores",
+]
