@@ -576,7 +576,7 @@ def intervention_table(records: Sequence[InterventionRecord], class_names: Seque
         change; target classes are starred. Skipped interventions show their reason.
     """
     blocks = ["Interventions: per-class validation accuracy (%), * = target"]
-    width = max([len("class"), *(len(str(n)) + 2 for n in class_names)])
+    width = max([len("mean targets"), *(len(str(n)) + 2 for n in class_names)])
     for number, record in enumerate(records, start=1):
         names = [class_names[t] for t in record.targets if t < len(class_names)]
         header = f"#{number} {record.mode} at epoch {record.epoch}, targets {names}: {record.status}"

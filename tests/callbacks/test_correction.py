@@ -1,0 +1,174 @@
+"""CourseCorrection: bit-for-bit rollback, extra epoch, no correction of a redo, max_corrections, skips, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from _intervention_helpers import (
+    Probe,
+    ScriptedAccuracy,
+    blobs_datamodule,
+    classifier,
+    patch_influence,
+    random_influence,
+    states_equal,
+    trainer,
+)
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_pareto import CourseCorrection
+
+GOOD = (0.8, 0.8, 0.8)
+
+
+def _fit(root: Path, callbacks: list, max_epochs: int, ckpt_path: str | None = None, **overrides: object) -> L.Trainer:
+    L.seed_everything(0)
+    run = trainer(root, callbacks, max_epochs, **overrides)
+    run.fit(classifier(), blobs_datamodule(), ckpt_path=ckpt_path)
+    return run
+
+
+def _assert_same_start(a: dict, b: dict) -> None:
+    assert states_equal(a["params"], b["params"])
+    assert states_equal(a["optimizer"], b["optimizer"])
+    assert states_equal(a["scheduler"], b["scheduler"])
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+    assert np.array_equal(a["numpy_rng"], b["numpy_rng"])
+
+
+def test_rollback_restores_model_optimizer_scheduler_and_rng_bit_for_bit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    correction, probe = CourseCorrection(drop_threshold=0.05, log_figures=False), Probe()
+    monitor = ScriptedAccuracy({2: (0.6, 0.8, 0.8)})
+    run = _fit(tmp_path, [monitor, correction, probe], max_epochs=4)
+
+    assert [s["epoch"] for s in probe.starts] == [0, 1, 2, 3, 4]  # one extra epoch: the redo
+    assert run.current_epoch == 5 and run.fit_loop.max_epochs == 5
+    redo, bad = probe.starts[3], probe.starts[2]
+    _assert_same_start(redo, bad)
+    assert bad["optimizer"]["state"], "momentum buffers exist, so the optimizer comparison is not vacuous"
+    assert not states_equal(probe.starts[3]["params"], probe.starts[4]["params"])  # the redo did train
+    assert probe.weighted_epochs() == [3]
+    assert not run.lightning_module.sample_weights.active
+
+    (record,) = correction.records
+    assert (record.epoch, record.status, record.targets, record.weighted_epochs) == (2, "applied", [0], [3])
+    assert record.before == pytest.approx(GOOD) and record.bad == pytest.approx([0.6, 0.8, 0.8])
+    assert record.after == pytest.approx(GOOD)
+    line = json.loads((tmp_path / "interventions.jsonl").read_text().splitlines()[0])
+    for key in ("epoch", "mode", "targets", "before", "after", "bad", "status", "reason", "seconds", "ceiling",
+                "n_weighted", "thresholds"):
+        assert key in line
+    assert line["mode"] == "course_correction" and line["bad"] == pytest.approx([0.6, 0.8, 0.8])
+    assert line["n_weighted"] > 0 and line["ceiling"]["verdict"] in ("improvable", "at the ceiling within tolerance")
+
+
+def test_a_redo_is_never_corrected_and_max_corrections_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    script = {
+        1: (0.8, 0.5, 0.8),  # drop of class b -> redo at epoch 2
+        2: (0.8, 0.3, 0.8),  # the redo is even worse than the epoch it replaced: not corrected
+        4: (0.8, 0.8, 0.5),  # drop of class c -> redo at epoch 5 (second correction)
+        6: (0.5, 0.8, 0.8),  # drop of class a, but max_corrections=2 is used up
+    }
+    correction, probe = CourseCorrection(drop_threshold=0.05, max_corrections=2, log_figures=False), Probe()
+    run = _fit(tmp_path, [ScriptedAccuracy(script), correction, probe], max_epochs=6)
+
+    assert [(r.epoch, r.targets, r.weighted_epochs, r.status) for r in correction.records] == [
+        (1, [1], [2], "applied"),
+        (4, [2], [5], "applied"),
+    ]
+    assert correction.attempts == 2
+    assert probe.weighted_epochs() == [2, 5]
+    assert run.current_epoch == 8
+
+
+def test_watched_classes_limit_what_counts_as_a_drop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = patch_influence(monkeypatch, random_influence)
+    correction = CourseCorrection(drop_threshold=0.05, classes=["a", 2], log_figures=False)
+    run = _fit(tmp_path, [ScriptedAccuracy({1: (0.8, 0.2, 0.8)}), correction], max_epochs=3)
+    assert correction.records == [] and calls == [] and run.current_epoch == 3
+
+
+def test_skipped_correction_leaves_no_trace_and_adds_no_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, lambda n, k: torch.full((n, k), float("nan")))
+    script = {1: (0.6, 0.8, 0.8), 2: (0.8, 0.6, 0.8)}  # epoch 2 is the last one budgeted
+    correction, probe = CourseCorrection(drop_threshold=0.05, log_figures=False), Probe()
+    with pytest.warns(UserWarning, match="non-finite"):
+        run = _fit(tmp_path / "cc", [ScriptedAccuracy(script), correction, probe], max_epochs=3)
+    reference_probe = Probe()
+    reference = _fit(tmp_path / "plain", [ScriptedAccuracy(script), reference_probe], max_epochs=3)
+
+    assert [(r.epoch, r.status) for r in correction.records] == [(1, "skipped"), (2, "skipped")]
+    assert all("non-finite" in r.reason for r in correction.records)
+    assert probe.weighted_epochs() == []
+    # Same states as a run without the callback: every epoch start and the final model.
+    for ours, theirs in zip(probe.starts[:3], reference_probe.starts):
+        _assert_same_start(ours, theirs)
+    assert sorted(probe.batch_weights) == [0, 1, 2]  # the budget extension for epoch 2 was taken back
+    assert run.fit_loop.max_epochs == 3
+    assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
+    lines = [json.loads(line) for line in (tmp_path / "cc" / "interventions.jsonl").read_text().splitlines()]
+    assert [line["status"] for line in lines] == ["skipped", "skipped"] and lines[0]["after"] is None
+
+
+def test_resume_with_a_pending_rollback_restores_the_same_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    script = {1: (0.8, 0.5, 0.8)}
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    correction, probe = CourseCorrection(drop_threshold=0.05, log_figures=False), Probe()
+    _fit(tmp_path / "a", [ScriptedAccuracy(script), correction, probe, checkpoints], max_epochs=4,
+         enable_checkpointing=True)
+
+    resumed, resumed_probe = CourseCorrection(drop_threshold=0.05, log_figures=False), Probe()
+    run = _fit(tmp_path / "b", [ScriptedAccuracy(script), resumed, resumed_probe], max_epochs=4,
+               ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+    assert resumed_probe.starts[0]["epoch"] == 2
+    _assert_same_start(resumed_probe.starts[0], probe.starts[2])  # the redo starts from the rolled-back state
+    _assert_same_start(resumed_probe.starts[0], probe.starts[1])
+    assert [(r.epoch, r.status, r.weighted_epochs) for r in resumed.records] == [
+        (r.epoch, r.status, r.weighted_epochs) for r in correction.records
+    ] == [(1, "applied", [2])]
+    assert run.current_epoch == 5
+
+    # A checkpoint taken after the redo: the resumed run gets the extra epoch again.
+    after_redo = CourseCorrection(drop_threshold=0.05, log_figures=False)
+    run = _fit(tmp_path / "c", [ScriptedAccuracy(script), after_redo], max_epochs=4,
+               ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))
+    assert run.current_epoch == 5 and after_redo.attempts == 1 and len(after_redo.records) == 1
+
+
+def test_course_correction_with_real_influence_applies_weights(tmp_path: Path) -> None:
+    correction, probe = CourseCorrection(drop_threshold=0.05, curvature="exact", log_figures=False), Probe()
+    run = _fit(tmp_path, [ScriptedAccuracy({2: (0.8, 0.8, 0.5)}), correction, probe], max_epochs=3)
+    (record,) = correction.records
+    assert record.status == "applied", record.reason
+    assert record.predicted_gain[2] > 0 and record.search["status"] == "improved"
+    assert probe.weighted_epochs() == [3] and run.current_epoch == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"drop_threshold": 0.0}, "drop_threshold"),
+        ({"drop_threshold": 3}, "drop_threshold"),
+        ({"classes": "all"}, "classes"),
+        ({"classes": []}, "classes"),
+        ({"max_corrections": 0}, "max_corrections"),
+        ({"fitness": "measured"}, "fitness"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CourseCorrection(**kwargs)
+
+
+@pytest.mark.parametrize(("classes", "message"), [(["zebra"], "unknown class 'zebra'"), ([7], "out of range")])
+def test_unknown_watched_classes_fail_at_setup(tmp_path: Path, classes: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _fit(tmp_path, [ScriptedAccuracy({}), CourseCorrection(classes=classes)], max_epochs=2)
