@@ -1,0 +1,164 @@
+"""The GA over LP thresholds: determinism, improvement where possible, trial mode, time budget."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from _pareto_cases import trade_off_influence
+
+from lightning_pareto.pareto import NOT_IMPROVED_FITNESS, search_weights
+
+
+@pytest.fixture(scope="module")
+def influence() -> np.ndarray:
+    return trade_off_influence(300, 4, seed=21)
+
+
+def _relative_gains(influence: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return influence.T @ (weights - 1.0) / len(weights) / np.abs(influence).mean(axis=0)
+
+
+def test_same_seed_same_result(influence: np.ndarray) -> None:
+    first = search_weights(influence, [0, 2], seed=3)
+    second = search_weights(influence, [0, 2], seed=3)
+    assert first.fitness == second.fitness
+    np.testing.assert_array_equal(first.weights, second.weights)
+    np.testing.assert_array_equal(first.thresholds, second.thresholds)
+    assert first.trust == second.trust
+    assert first.evaluations == second.evaluations
+
+
+def test_finds_a_predicted_improvement_that_exists(influence: np.ndarray) -> None:
+    result = search_weights(influence, [0, 2])
+    assert result.status == "improved"
+    assert result.reason == ""
+    gains = _relative_gains(influence, result.weights)
+    assert gains[0] > 0 and gains[2] > 0
+    degradation = np.maximum(-gains[[1, 3]], 0.0).sum()
+    assert result.fitness == pytest.approx(gains[0] + gains[2] - degradation, rel=1e-6)
+    assert result.weights.mean() == pytest.approx(1.0, abs=1e-9)
+    assert np.abs(result.weights - 1.0).mean() <= result.trust * (1 + 1e-9)
+    assert 0.05 <= result.trust <= 0.5
+    assert result.generations == 3
+    # Every candidate is distinct and at most population + generations * (population - elites).
+    assert 1 < result.evaluations <= 6 + 3 * 4
+
+
+def test_a_trade_off_line_gives_no_improvement() -> None:
+    first = np.random.default_rng(22).normal(size=200)
+    result = search_weights(np.stack([first, -2.0 * first], axis=1), [0])
+    assert result.status == "no_improvement"
+    assert result.weights is None
+    assert "uniform weights are kept" in result.reason
+    assert result.fitness <= 1e-9
+
+
+def test_the_penalty_decides_how_much_loss_is_accepted(influence: np.ndarray) -> None:
+    lenient = search_weights(influence, [0], degradation_penalty=0.0)
+    strict = search_weights(influence, [0], degradation_penalty=10.0)
+    lenient_loss = np.maximum(-_relative_gains(influence, lenient.weights)[1:], 0.0).sum()
+    strict_loss = np.maximum(-_relative_gains(influence, strict.weights)[1:], 0.0).sum()
+    assert strict_loss < lenient_loss
+
+
+def test_trial_mode_calls_the_trial_and_follows_its_verdict(influence: np.ndarray) -> None:
+    reference = np.array([0.5, 0.6, 0.7, 0.8])
+    calls: list[np.ndarray] = []
+
+    def trial(weights: np.ndarray) -> np.ndarray:
+        calls.append(weights.copy())
+        # A "training" whose class accuracies follow the first-order gains, scaled to accuracy units.
+        return reference + 0.01 * _relative_gains(influence, weights)
+
+    result = search_weights(influence, [1], fitness=trial, reference=reference)
+    assert result.status == "improved"
+    assert result.trials == len(calls) >= 1
+    assert any(np.array_equal(result.weights, weights) for weights in calls)
+    np.testing.assert_allclose(result.trial_accuracy, trial(result.weights))
+    change = result.trial_accuracy - reference
+    assert result.fitness == pytest.approx(change[1] - np.maximum(-change[[0, 2, 3]], 0.0).sum(), rel=1e-9)
+
+
+def test_trial_mode_rejects_what_training_does_not_confirm(influence: np.ndarray) -> None:
+    reference = np.full(4, 0.9)
+
+    def trial(weights: np.ndarray) -> np.ndarray:
+        return reference - 0.01  # the LP predicts gains, training disagrees
+
+    result = search_weights(influence, [1], fitness=trial, reference=reference)
+    assert result.status == "no_improvement"
+    assert result.weights is None
+    assert result.fitness == pytest.approx(NOT_IMPROVED_FITNESS - 0.01)
+    assert result.trials >= 1
+
+
+def test_time_budget_stops_the_search(influence: np.ndarray) -> None:
+    def slow_trial(weights: np.ndarray) -> np.ndarray:
+        time.sleep(0.1)
+        return np.full(4, 0.5)
+
+    start = time.perf_counter()
+    result = search_weights(
+        influence, [0], fitness=slow_trial, reference=np.full(4, 0.4), preset="paper", time_budget=0.5
+    )
+    elapsed = time.perf_counter() - start
+    assert result.stopped_early
+    assert elapsed < 0.5 + 1.5  # one candidate may finish after the deadline, plus LP/GA overhead
+    assert result.generations < 20
+    assert result.status == "improved"
+
+
+def test_fixed_trust_is_kept(influence: np.ndarray) -> None:
+    result = search_weights(influence, [0], search_trust=False, trust=0.2)
+    assert result.trust == 0.2
+
+
+def test_all_classes_as_targets_needs_no_genes(influence: np.ndarray) -> None:
+    result = search_weights(influence, [0, 1, 2, 3], search_trust=False)
+    assert result.evaluations == 1
+    assert result.generations == 0
+
+
+def test_overrides_change_the_ga(influence: np.ndarray) -> None:
+    result = search_weights(influence, [0], generations=1, population=3, elites=1)
+    assert result.generations == 1
+    assert result.evaluations <= 3 + 2
+
+
+def test_result_serialises(influence: np.ndarray) -> None:
+    data = search_weights(influence, [0], generations=1, population=2, elites=0).to_dict()
+    assert data["status"] in {"improved", "no_improvement", "infeasible"}
+    assert len(data["thresholds"]) == 4 and "weights" not in data
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"fitness": "exact"}, ValueError, "fitness"),
+        ({"fitness": 3}, TypeError, "fitness"),
+        ({"fitness": lambda w: np.zeros(4)}, ValueError, "reference"),
+        ({"fitness": lambda w: np.zeros(4), "reference": np.zeros(3)}, ValueError, "reference"),
+        ({"reference": np.zeros(4)}, ValueError, "reference"),
+        ({"preset": "slow"}, ValueError, "preset"),
+        ({"generations": 0}, ValueError, "generations"),
+        ({"population": 1}, ValueError, "population"),
+        ({"elites": 7}, ValueError, "elites"),
+        ({"mutation_rate": 1.5}, ValueError, "mutation_rate"),
+        ({"mutation_strength": 0.0}, ValueError, "mutation_strength"),
+        ({"degradation_penalty": -1.0}, ValueError, "degradation_penalty"),
+        ({"time_budget": 0.0}, ValueError, "time_budget"),
+        ({"trust": -0.1}, ValueError, "trust"),
+        ({"targets": []}, ValueError, "targets"),
+    ],
+)
+def test_bad_input_names_the_argument(influence: np.ndarray, kwargs: dict, error: type, message: str) -> None:
+    arguments = {"targets": [0]} | kwargs
+    with pytest.raises(error, match=message):
+        search_weights(influence, **arguments)
+
+
+def test_a_malformed_trial_result_is_an_error(influence: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="trial function"):
+        search_weights(influence, [0], fitness=lambda weights: np.zeros(3), reference=np.zeros(4))
