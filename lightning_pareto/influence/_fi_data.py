@@ -120,6 +120,7 @@ def collect(model: nn.Module, scope: Scope, loader: Iterable, *, need_labels: bo
                     linear_in, linear_out = captured["linear_in"], captured["linear_out"]
                     linear_equivalent = (
                         len(linear_in) == 1
+                        and linear_in[0] is not None
                         and linear_in[0].reshape(len(x), -1).shape == scope_in.reshape(len(x), -1).shape
                         and torch.equal(linear_in[0].reshape(len(x), -1), scope_in.reshape(len(x), -1))
                         and torch.equal(linear_out[0], logits)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 
 from lightning_pareto.influence._fi_curvature import Preconditioner
-from lightning_pareto.influence._fi_operator import FIOperator
+from lightning_pareto.influence._fi_operator import FIOperator, JacobianProducts
 
 
 def whitened_factor(
     operator: FIOperator,
-    jacobian: FIOperator,
+    jacobian: JacobianProducts,
     preconditioner: Preconditioner | None,
     x: torch.Tensor,
     y: torch.Tensor,

@@ -18,7 +18,19 @@ from lightning_pareto.influence._fi_linear import SoftmaxLinearOperator
 from lightning_pareto.influence._fi_scope import Scope
 
 
-class FIOperator(Protocol):
+class JacobianProducts(Protocol):
+    """Products with each sample's ``J(z)``: an operator's exact ones or a low-rank approximation's."""
+
+    def jt(self, x: torch.Tensor, y: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """``J(z_i)^T q`` for each sample's queries: ``queries`` ``(b, m, p)`` -> ``(b, m, d)``."""
+        ...
+
+    def jv(self, x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+        """``J(z_i) v`` for each sample's directions: ``directions`` ``(b, m, d)`` -> ``(b, m, p)``."""
+        ...
+
+
+class FIOperator(JacobianProducts, Protocol):
     """Batched first and mixed second derivatives of the cross-entropy loss."""
 
     num_params: int
@@ -45,14 +57,6 @@ class FIOperator(Protocol):
 
     def hessian_sum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Sum over the batch of the per-sample Hessians ``d^2/dtheta^2 L``, shape ``(p, p)``."""
-        ...
-
-    def jt(self, x: torch.Tensor, y: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """``J(z_i)^T q`` for each sample's queries: ``queries`` ``(b, m, p)`` -> ``(b, m, d)``."""
-        ...
-
-    def jv(self, x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-        """``J(z_i) v`` for each sample's directions: ``directions`` ``(b, m, d)`` -> ``(b, m, p)``."""
         ...
 
 

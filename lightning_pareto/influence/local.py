@@ -413,7 +413,8 @@ def _check_common(curvature: str | None, damping: float | None, svd_tol: float, 
         curvature = "kfac" if "kfsvd" in approximations else "exact"
     if curvature not in _CURVATURES:
         raise ValueError(f"curvature must be one of {_CURVATURES}, got {curvature!r}")
-    if damping is not None and not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping >= 0):
+    valid_number = isinstance(damping, (int, float)) and not isinstance(damping, bool)
+    if damping is not None and not (valid_number and math.isfinite(damping) and damping >= 0):
         raise ValueError(f"damping must be None or a finite number >= 0, got {damping!r}")
     if not (isinstance(svd_tol, (int, float)) and 0.0 <= svd_tol < 1.0):
         raise ValueError(f"svd_tol must lie in [0, 1), got {svd_tol!r}")

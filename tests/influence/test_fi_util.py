@@ -206,6 +206,12 @@ def test_kfsvd_with_full_rank_and_exact_curvature_equals_exact() -> None:
     assert torch.isfinite(truncated).all() and not torch.allclose(truncated, exact, rtol=1e-3)
 
 
+def test_kfsvd_full_rank_equals_exact_on_the_generic_path() -> None:
+    model, train, val, _ = _problem(2, 3, _MLP(2, 3), seed=12, n=20)
+    exact = fi_util(model, train, val, damping=1e-2)
+    _assert_close(fi_util(model, train, val, damping=1e-2, curvature="exact", approx="kfsvd", rank=2), exact)
+
+
 def test_subsampling_with_alpha_one_gives_the_exact_ranking() -> None:
     model, train, val, _ = _problem(3, 2, nn.Linear(3, 2), seed=7, n=40)
     exact = fi_util(model, train, val)
