@@ -104,6 +104,7 @@ def _fit(tmp_path: Path, monitor: PerClassAccuracy, max_epochs: int, ckpt_path: 
     return trainer, checkpoint
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_history_survives_fit_checkpoint_resume(tmp_path: Path) -> None:
     first = PerClassAccuracy()
     _, checkpoint = _fit(tmp_path, first, max_epochs=2, num_sanity_val_steps=2)
