@@ -48,6 +48,18 @@ class _MLP(nn.Module):
         return self.head(self.body(x))
 
 
+class _TinyCNN(nn.Module):
+    """A Conv2d on flat 4x4 one-channel images, tanh, and a Linear head."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, kernel_size=3, padding=1)
+        self.head = nn.Linear(2 * 4 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.conv(x.reshape(-1, 1, 4, 4))).flatten(1))
+
+
 def _blobs(n: int, d: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % k
@@ -149,6 +161,11 @@ def test_fi_util_generic_path_equals_naive_for_a_whole_mlp() -> None:
     # modules=None on a non-linear net goes through torch.func: all parameters, raw input.
     model, train, val, (x, y, xv, yv) = _problem(2, 3, _MLP(2, 3), seed=2)
     _assert_close(fi_util(model, train, val, damping=1e-2), _naive_fi(model, x, y, xv, yv, damping=1e-2))
+
+
+def test_fi_util_equals_naive_for_a_small_conv_net() -> None:
+    model, train, val, (x, y, xv, yv) = _problem(16, 3, _TinyCNN(3), seed=13, n=24)
+    _assert_close(fi_util(model, train, val, damping=0.1), _naive_fi(model, x, y, xv, yv, damping=0.1))
 
 
 def test_last_layer_mode_equals_naive_on_penultimate_features() -> None:
