@@ -94,6 +94,15 @@ class WeightLP:
         w_max: Largest allowed weight, at least 1.
         scale: ``"mean_abs"`` divides each target column by its mean absolute value before summing
             (classes count equally whatever their influence magnitude); ``"none"`` sums raw gains.
+        sifting: Solve large LPs by sifting (default); ``False`` hands every LP to HiGHS whole, which
+            gives the same optimum more slowly (kept for checks and benchmarks).
+
+    Attributes:
+        targets: Target class indices.
+        non_targets: The other classes, in increasing order (the order of per-non-target thresholds).
+        column_scale: Mean absolute influence per class, float64 array of shape ``(K,)`` (1 for an
+            all-zero column): the unit of thresholds in :func:`search_weights` and of the rows.
+        scale: The objective's per-class divisor (``column_scale`` or ones), shape ``(K,)``.
 
     Raises:
         ValueError: On a bad matrix, targets, weight box or scale (the message names the argument).
@@ -107,6 +116,7 @@ class WeightLP:
         w_min: float = 0.0,
         w_max: float = 3.0,
         scale: Scale = "mean_abs",
+        sifting: bool = True,
     ) -> None:
         matrix = as_influence_matrix(influence, name="influence")
         num_samples, num_classes = matrix.shape
@@ -138,7 +148,7 @@ class WeightLP:
         gain_direction = (matrix[:, self.targets] / self.scale[list(self.targets)]).sum(axis=1)
         self._cost = np.concatenate([-gain_direction, gain_direction])
         self._upper = np.concatenate([np.full(num_samples, self.w_max - 1.0), np.full(num_samples, 1.0 - self.w_min)])
-        self._levels = _nested_subsets(num_samples)
+        self._levels = _nested_subsets(num_samples) if sifting else [np.arange(num_samples)]
 
     @property
     def num_samples(self) -> int:

@@ -1,0 +1,133 @@
+"""Speed of the Pareto-LP-GA maths: one LP solve, and a paper-preset GA search in predicted mode.
+
+Influence matrices are synthetic with the trade-off structure seen in practice (each sample helps its
+own class and mildly hurts the others, 5% hurt every class; ``tests/pareto/_pareto_cases.py``),
+K = 10 classes, targets [0, 2], non-target thresholds of 1% of each column's mean |I|, trust 0.5.
+Times are medians over repeats. Prints a table and writes ``benchmarks/results/lp_search.json``.
+
+    python benchmarks/lp_search.py                      # n = 5,000 and 50,000, 3 repeats
+    python benchmarks/lp_search.py --sizes 5000 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pygad
+import scipy
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY / "tests" / "pareto"))
+sys.path.insert(0, str(REPOSITORY))
+
+from _pareto_cases import trade_off_influence  # noqa: E402
+
+from lightning_pareto.pareto import WeightLP, search_weights, solve_weights  # noqa: E402
+
+NUM_CLASSES = 10
+TARGETS = [0, 2]
+THRESHOLD_FRACTION = 0.01
+TRUST = 0.5
+
+
+def _timed(function: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = function()
+    return time.perf_counter() - start, value
+
+
+def benchmark_size(num_samples: int, repeats: int, search: bool) -> dict[str, Any]:
+    """Times one LP (sifting and plain HiGHS) and, if asked, one paper-preset search at one size."""
+    influence = trade_off_influence(num_samples, NUM_CLASSES, seed=0)
+    non_targets = [c for c in range(NUM_CLASSES) if c not in TARGETS]
+    thresholds = THRESHOLD_FRACTION * np.abs(influence).mean(axis=0)[non_targets]
+
+    solve_times, plain_times, objectives = [], [], []
+    for _ in range(repeats):
+        seconds, solution = _timed(lambda: solve_weights(influence, TARGETS, thresholds, trust=TRUST))
+        solve_times.append(seconds)
+        plain_lp = WeightLP(influence, TARGETS, sifting=False)
+        seconds, plain = _timed(lambda: plain_lp.solve(thresholds, TRUST))
+        plain_times.append(seconds)
+        objectives.append((solution.objective, plain.objective))
+    row: dict[str, Any] = {
+        "num_samples": num_samples,
+        "solve_weights_seconds": solve_times,
+        "solve_weights_median": statistics.median(solve_times),
+        "plain_highs_seconds": plain_times,
+        "plain_highs_median": statistics.median(plain_times),
+        "objective_sifting_minus_plain": max(abs(a - b) for a, b in objectives),
+    }
+    if search:
+        search_times, results = [], []
+        for _ in range(repeats):
+            seconds, result = _timed(lambda: search_weights(influence, TARGETS, preset="paper", progress=False))
+            search_times.append(seconds)
+            results.append(result)
+        row |= {
+            "search_paper_seconds": search_times,
+            "search_paper_median": statistics.median(search_times),
+            "search_evaluations": results[0].evaluations,
+            "search_seconds_per_evaluation": statistics.median(search_times) / results[0].evaluations,
+            "search_status": results[0].status,
+            "search_fitness": results[0].fitness,
+            "search_deterministic": len({r.fitness for r in results}) == 1,
+        }
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 50000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-search", action="store_true", help="time the LP only")
+    arguments = parser.parse_args()
+
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pygad": pygad.__version__,
+    }
+    rows = []
+    for num_samples in arguments.sizes:
+        row = benchmark_size(num_samples, arguments.repeats, search=not arguments.no_search)
+        rows.append(row)
+        line = (
+            f"n={num_samples:>6}  solve_weights {row['solve_weights_median']:.3f}s  "
+            f"(plain HiGHS {row['plain_highs_median']:.3f}s, |objective diff| {row['objective_sifting_minus_plain']:.1e})"
+        )
+        if "search_paper_median" in row:
+            line += (
+                f"  search(paper) {row['search_paper_median']:.1f}s for {row['search_evaluations']} LPs, "
+                f"{row['search_status']}, deterministic={row['search_deterministic']}"
+            )
+        print(line, flush=True)
+
+    output = REPOSITORY / "benchmarks" / "results" / "lp_search.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "num_classes": NUM_CLASSES,
+        "targets": TARGETS,
+        "threshold_fraction_of_mean_abs": THRESHOLD_FRACTION,
+        "trust": TRUST,
+        "repeats": arguments.repeats,
+    }
+    output.write_text(json.dumps({"machine": machine, "settings": settings, "results": rows}, indent=2) + "\n")
+    print(f"wrote {output.relative_to(REPOSITORY)}")
+
+
+if __name__ == "__main__":
+    main()
