@@ -40,7 +40,7 @@ from lightning_pareto.influence._fi_curvature import DenseInverse, EngineInverse
 from lightning_pareto.influence._fi_data import ScopeInputs, collect
 from lightning_pareto.influence._fi_kfsvd import LowRankJacobian
 from lightning_pareto.influence._fi_metric import quadratic_form, whitened_factor
-from lightning_pareto.influence._fi_operator import FIOperator, make_operator
+from lightning_pareto.influence._fi_operator import FIOperator, JacobianProducts, make_operator
 from lightning_pareto.influence._fi_scope import Scope, resolve_scope
 from lightning_pareto.influence._fi_subsample import choose_subsample, forest_rank_scores
 
@@ -156,20 +156,13 @@ def fi_util(
 
         started = time.perf_counter()
         chosen = choose_subsample(len(train), alpha, seed) if "subsample" in approximations else np.arange(len(train))
-        chosen_rows = torch.as_tensor(chosen, device=train.x.device)
-        values = torch.empty(len(chosen), dtype=torch.float64, device=train.x.device)
-        generator = torch.Generator().manual_seed(seed)
-        chunk = _chunk_size(operator.num_params, train)
-        for start in range(0, len(chosen), chunk):
-            rows = chosen_rows[start : start + chunk]
-            x, y = train.x[rows], train.y[rows]
-            jacobian = LowRankJacobian.fit(operator, x, y, rank, generator) if rank is not None else operator
-            whitened = whitened_factor(operator, jacobian, preconditioner, x, y, len(train), svd_tol)
-            queries = val_query.expand(len(rows), 1, -1)
-            sensitivity = -jacobian.jt(x, y, queries)[:, 0] / len(train)
-            values[start : start + len(rows)] = quadratic_form(whitened, sensitivity)
-            if progress is not None:
-                progress(min(start + chunk, len(chosen)), len(chosen))
+        parts = []
+        for x, y, jacobian, whitened in _factor_chunks(
+            operator, preconditioner, train, torch.as_tensor(chosen), rank, seed, svd_tol, progress
+        ):
+            sensitivity = -jacobian.jt(x, y, val_query.expand(len(x), 1, -1))[:, 0] / len(train)
+            parts.append(quadratic_form(whitened, sensitivity))
+        values = torch.cat(parts)
         timings["scores"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -238,21 +231,16 @@ def metric_factors(
         preconditioner = None
         if parameter_path:
             preconditioner = _fit_preconditioner(kind, operator, model, train_loader, train, scope, damping)
-        generator = torch.Generator().manual_seed(seed)
         whitened_parts, row_parts = [], []
-        chunk = _chunk_size(operator.num_params, train)
-        for start in range(0, len(train), chunk):
-            x, y = train.x[start : start + chunk], train.y[start : start + chunk]
-            jacobian = LowRankJacobian.fit(operator, x, y, rank, generator) if rank is not None else operator
-            whitened = whitened_factor(operator, jacobian, preconditioner, x, y, len(train), svd_tol)
+        for x, y, jacobian, whitened in _factor_chunks(
+            operator, preconditioner, train, torch.arange(len(train)), rank, seed, svd_tol, progress
+        ):
             whitened_parts.append(whitened.cpu())
             if preconditioner is not None:
                 b, r, _ = whitened.shape
                 # param_rows_j = -(1/n) (H^{-1} J_j W_j^T)^T, H^{-1} being symmetric.
                 pushed = jacobian.jv(x, y, whitened).reshape(b * r, -1)
                 row_parts.append((-preconditioner.apply(pushed) / len(train)).reshape(b, r, -1).cpu())
-            if progress is not None:
-                progress(min(start + chunk, len(train)), len(train))
     index = train.index if train.index is not None else torch.arange(len(train))
     param_rows = torch.cat(row_parts) if row_parts else None
     return MetricFactors(torch.cat(whitened_parts), param_rows, index, len(train))
@@ -332,6 +320,28 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes.items():
             module.train(training)
+
+
+def _factor_chunks(
+    operator: FIOperator,
+    preconditioner: Preconditioner | None,
+    train: ScopeInputs,
+    rows: torch.Tensor,
+    rank: int | None,
+    seed: int,
+    svd_tol: float,
+    progress: Progress | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, JacobianProducts, torch.Tensor]]:
+    """Chunks of the given training rows with their ``J`` products (exact or KFSVD) and ``W`` factors."""
+    generator = torch.Generator().manual_seed(seed)
+    chunk = _chunk_size(operator.num_params, train)
+    rows = rows.to(train.x.device)
+    for start in range(0, len(rows), chunk):
+        x, y = train.x[rows[start : start + chunk]], train.y[rows[start : start + chunk]]
+        jacobian = LowRankJacobian.fit(operator, x, y, rank, generator) if rank is not None else operator
+        yield x, y, jacobian, whitened_factor(operator, jacobian, preconditioner, x, y, len(train), svd_tol)
+        if progress is not None:
+            progress(min(start + chunk, len(rows)), len(rows))
 
 
 def _fit_preconditioner(
