@@ -59,7 +59,7 @@ def _run_experiment(name: str, argv: list[str]) -> None:
     except ModuleNotFoundError as error:
         if error.name is None or not module_name.startswith(error.name):
             raise
-        sys.exit(f"lightning-pareto {name}: this experiment is not available in this version ({module_name} is missing).")
+        sys.exit(f"lightning-pareto {name}: this experiment is not available ({module_name} is missing).")
     module.main(argv)
 
 

@@ -88,7 +88,8 @@ class ClassifierModule(SampleWeightedMixin, LightningModule):
             # Live objects (a network built in Python) are dropped below; LightningCLI passes their configs.
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
-        self.remove_ignored_hparams([k for k in ("net", "optimizer", "scheduler") if not _is_config(self.hparams.get(k))])
+        live_objects = [k for k in ("net", "optimizer", "scheduler") if not _is_config(self.hparams.get(k))]
+        self.remove_ignored_hparams(live_objects)
         self.net = net
         self.num_classes = num_classes
         self.class_names = class_names

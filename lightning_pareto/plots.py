@@ -37,7 +37,8 @@ def accuracy_heatmap(accuracy: np.ndarray, class_names: Sequence[str], epochs: S
     if len(epochs) != accuracy.shape[0]:
         raise ValueError(f"epochs has {len(epochs)} labels for {accuracy.shape[0]} rows.")
     num_epochs, num_classes = accuracy.shape
-    figure = Figure(figsize=(min(1.0 + 0.6 * num_classes, 16.0), min(1.5 + 0.3 * num_epochs, 12.0)), layout="constrained")
+    size = (min(1.0 + 0.6 * num_classes, 16.0), min(1.5 + 0.3 * num_epochs, 12.0))
+    figure = Figure(figsize=size, layout="constrained")
     axes = figure.add_subplot()
     axes.set_facecolor("0.8")  # the colour of missing (NaN) cells
     image = axes.imshow(np.ma.masked_invalid(accuracy), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto",

@@ -82,7 +82,9 @@ class SampleWeightStore:
                 + "; convert with torch.as_tensor(weights, dtype=torch.float32)."
             )
         if weights.ndim != 1 or weights.numel() == 0:
-            raise ValueError(f"weights must be a non-empty 1-D tensor (one weight per sample), got shape {tuple(weights.shape)}.")
+            raise ValueError(
+                f"weights must be a non-empty 1-D tensor (one weight per sample), got shape {tuple(weights.shape)}."
+            )
         if not bool(torch.isfinite(weights).all()):
             raise ValueError("weights contain NaN or inf; every weight must be finite.")
         if bool((weights < 0).any()):
@@ -170,7 +172,9 @@ class SampleWeightedMixin:
             ValueError: If weights are set but the batch carries no indices, or the shapes differ.
         """
         if per_sample_loss.ndim != 1:
-            raise ValueError(f"per_sample_loss must have shape (b,), got {tuple(per_sample_loss.shape)}; use reduction='none'.")
+            raise ValueError(
+                f"per_sample_loss must have shape (b,), got {tuple(per_sample_loss.shape)}; use reduction='none'."
+            )
         if index is None:
             if self.sample_weights.active:
                 raise ValueError(
@@ -179,7 +183,9 @@ class SampleWeightedMixin:
                 )
             return per_sample_loss.mean()
         if index.shape != per_sample_loss.shape:
-            raise ValueError(f"index shape {tuple(index.shape)} does not match per_sample_loss shape {tuple(per_sample_loss.shape)}.")
+            raise ValueError(
+                f"index shape {tuple(index.shape)} does not match per_sample_loss shape {tuple(per_sample_loss.shape)}."
+            )
         weights = self.sample_weights.lookup(index).to(per_sample_loss.dtype)
         return (weights * per_sample_loss).sum() / per_sample_loss.shape[0]
 
@@ -214,16 +220,16 @@ def unpack_batch(batch: Any) -> tuple[Any, Tensor, Tensor | None]:
         >>> unpack_batch((torch.zeros(2, 3), torch.tensor([0, 1])))[2] is None
         True
     """
-    if isinstance(batch, (tuple, list)):
-        if len(batch) == 3:
-            return batch[0], batch[1], batch[2]
-        if len(batch) == 2:
-            return batch[0], batch[1], None
-    raise TypeError(
-        "batches must be (x, y) or (x, y, index) tuples, got "
-        + (f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__)
-        + "; wrap the dataset in lightning_pareto.IndexedDataset."
-    )
+    if not isinstance(batch, (tuple, list)):
+        raise TypeError(
+            f"batches must be (x, y) or (x, y, index) tuples, got a {type(batch).__name__}; "
+            "wrap the dataset in lightning_pareto.IndexedDataset."
+        )
+    if len(batch) == 3:
+        return batch[0], batch[1], batch[2]
+    if len(batch) == 2:
+        return batch[0], batch[1], None
+    raise TypeError(f"batches must be (x, y) or (x, y, index) tuples, got {len(batch)} elements.")
 
 
 def require_sample_weights(pl_module: LightningModule, who: str) -> SampleWeightStore:

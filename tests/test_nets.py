@@ -49,7 +49,8 @@ def test_mnist_cnn_follows_table_6_of_seed_000() -> None:
 
 
 def test_mlp_is_linear_relu_stack_with_requested_widths() -> None:
-    widths = [(m.in_features, m.out_features) for m in MLP(64, 10, hidden=(32, 16)).modules() if isinstance(m, nn.Linear)]
+    net = MLP(64, 10, hidden=(32, 16))
+    widths = [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, nn.Linear)]
     assert widths == [(64, 32), (32, 16), (16, 10)]
 
 

@@ -13,7 +13,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_pareto import ClassifierModule, IndexedDataset, SampleWeightStore
 from lightning_pareto.nets import MLP
-from lightning_pareto.weighting import SampleWeightedMixin, require_indexed_batches, require_sample_weights, unpack_batch
+from lightning_pareto.weighting import (
+    SampleWeightedMixin,
+    require_indexed_batches,
+    require_sample_weights,
+    unpack_batch,
+)
 
 
 def test_store_is_ones_until_set_then_returns_weights_by_index() -> None:
@@ -114,7 +119,7 @@ def test_unpack_batch_accepts_pairs_and_triples_only() -> None:
     assert unpack_batch([x, y])[2] is None
     with pytest.raises(TypeError, match="IndexedDataset"):
         unpack_batch({"x": x})
-    with pytest.raises(TypeError, match="length 1"):
+    with pytest.raises(TypeError, match="got 1 elements"):
         unpack_batch((x,))
 
 

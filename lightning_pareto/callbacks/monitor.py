@@ -23,7 +23,9 @@ __all__ = ["PerClassAccuracy", "class_indices", "find_monitor", "require_monitor
 TAG_PREFIX = "val_acc"
 
 
-def resolve_class_names(trainer: Trainer, pl_module: LightningModule, class_names: Sequence[str] | None = None) -> list[str]:
+def resolve_class_names(
+    trainer: Trainer, pl_module: LightningModule, class_names: Sequence[str] | None = None
+) -> list[str]:
     """The class names of a run: given ones, else the module's, else the datamodule's, else ``"0"``, ``"1"``, ...
 
     Args:
@@ -114,7 +116,10 @@ class PerClassAccuracy(Callback):
 
     def __init__(self, class_names: list[str] | None = None, log_figure_every_n_epochs: int = 5) -> None:
         if not isinstance(log_figure_every_n_epochs, int) or log_figure_every_n_epochs < 0:
-            raise ValueError(f"log_figure_every_n_epochs must be a non-negative integer, got {log_figure_every_n_epochs!r}.")
+            raise ValueError(
+                "log_figure_every_n_epochs must be a non-negative integer (0 disables it), "
+                f"got {log_figure_every_n_epochs!r}."
+            )
         self._given_names = None if class_names is None else [str(n) for n in class_names]
         self.log_figure_every_n_epochs = log_figure_every_n_epochs
         self.class_names: list[str] = list(self._given_names or [])
@@ -255,7 +260,10 @@ class PerClassAccuracy(Callback):
         return {
             "per-class accuracy": {
                 "validation accuracy, every class": ["Multiline", per_class],
-                "validation accuracy, mean and worst class": ["Multiline", [f"^{TAG_PREFIX}/mean$", f"^{TAG_PREFIX}/worst$"]],
+                "validation accuracy, mean and worst class": [
+                    "Multiline",
+                    [f"^{TAG_PREFIX}/mean$", f"^{TAG_PREFIX}/worst$"],
+                ],
             }
         }
 

@@ -61,7 +61,9 @@ class CIFAR10DataModule(ClassificationDataModule):
         standardize: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(val_size=val_size, test_size=test_size, train_size=train_size, standardize=standardize, **kwargs)
+        super().__init__(
+            val_size=val_size, test_size=test_size, train_size=train_size, standardize=standardize, **kwargs
+        )
         root = Path(root).expanduser()
         self.folder = root if root.name == _FOLDER else root / _FOLDER
         missing = [n for n in (*_TRAIN_FILES, "test_batch", "batches.meta") if not (self.folder / n).is_file()]

@@ -28,9 +28,13 @@ class DigitsDataModule(ClassificationDataModule):
         super().__init__(standardize=standardize, **kwargs)
 
     def load(self) -> LoadedData:
-        digits = load_digits()
-        return LoadedData((digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64),
-                          [str(c) for c in range(10)])
+        return _from_sklearn(load_digits(), scale=1 / 16)  # pixel intensities are 0..16
+
+
+def _from_sklearn(bunch: Any, scale: float = 1.0) -> LoadedData:
+    """A scikit-learn data set bunch as float32 features, int64 targets and string class names."""
+    features = (bunch.data * scale).astype(np.float32)
+    return LoadedData(features, bunch.target.astype(np.int64), [str(n) for n in bunch.target_names])
 
 
 class BreastCancerDataModule(ClassificationDataModule):
@@ -41,8 +45,7 @@ class BreastCancerDataModule(ClassificationDataModule):
     """
 
     def load(self) -> LoadedData:
-        data = load_breast_cancer()
-        return LoadedData(data.data.astype(np.float32), data.target.astype(np.int64), [str(n) for n in data.target_names])
+        return _from_sklearn(load_breast_cancer())
 
 
 class WineDataModule(ClassificationDataModule):
@@ -53,8 +56,7 @@ class WineDataModule(ClassificationDataModule):
     """
 
     def load(self) -> LoadedData:
-        data = load_wine()
-        return LoadedData(data.data.astype(np.float32), data.target.astype(np.int64), [str(n) for n in data.target_names])
+        return _from_sklearn(load_wine())
 
 
 def _class_names(num_classes: int, class_names: list[str] | None) -> list[str]:
@@ -81,7 +83,9 @@ class ArrayDataModule(ClassificationDataModule):
         self.features = np.asarray(features, dtype=np.float32)
         targets = np.asarray(targets)
         if targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
-            raise ValueError(f"targets must be a 1-D array of integer labels, got shape {targets.shape}, {targets.dtype}.")
+            raise ValueError(
+                f"targets must be a 1-D array of integer labels, got shape {targets.shape} and dtype {targets.dtype}."
+            )
         if targets.size and targets.min() < 0:
             raise ValueError(f"targets must be class indices >= 0, got a minimum of {targets.min()}.")
         num_classes = len(class_names) if class_names is not None else int(targets.max()) + 1
@@ -134,14 +138,18 @@ class CSVDataModule(ClassificationDataModule):
         column = header.index(self.target)
         labels = [row[column] for row in body]
         try:
-            features = np.array([[float(v) for i, v in enumerate(row) if i != column] for row in body], dtype=np.float32)
+            features = np.array(
+                [[float(v) for i, v in enumerate(row) if i != column] for row in body], dtype=np.float32
+            )
         except ValueError as error:
             raise ValueError(f"{self.path}: every column except {self.target!r} must be numeric ({error}).") from None
         if all(_is_int(v) for v in labels):
             targets = np.array([int(v) for v in labels], dtype=np.int64)
             num_classes = int(targets.max()) + 1 if self._given_names is None else len(self._given_names)
             if targets.min() < 0 or targets.max() >= num_classes:
-                raise ValueError(f"{self.path}: labels must be in [0, {num_classes}), got {targets.min()}..{targets.max()}.")
+                raise ValueError(
+                    f"{self.path}: labels must be in [0, {num_classes}), got {targets.min()}..{targets.max()}."
+                )
             names = _class_names(num_classes, self._given_names)
         else:
             if self._given_names is not None:

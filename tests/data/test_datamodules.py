@@ -54,7 +54,9 @@ def make(request: pytest.FixtureRequest) -> Callable[..., ClassificationDataModu
     return FACTORIES[request.param]
 
 
-def test_every_datamodule_yields_indices_into_its_training_arrays(make: Callable[..., ClassificationDataModule]) -> None:
+def test_every_datamodule_yields_indices_into_its_training_arrays(
+    make: Callable[..., ClassificationDataModule],
+) -> None:
     dm = make(batch_size=16, seed=3)
     dm.setup("fit")
     x, y, index = next(iter(dm.train_dataloader()))
@@ -123,7 +125,9 @@ def test_feature_noise_outside_unit_interval_is_rejected() -> None:
         DigitsDataModule(feature_noise=1.0)
 
 
-@pytest.mark.parametrize(("argument", "value"), [("val_size", 0.0), ("val_size", 0), ("test_size", 1.2), ("batch_size", 0)])
+@pytest.mark.parametrize(
+    ("argument", "value"), [("val_size", 0.0), ("val_size", 0), ("test_size", 1.2), ("batch_size", 0)]
+)
 def test_bad_sizes_are_rejected(argument: str, value: float) -> None:
     with pytest.raises(ValueError, match=argument):
         DigitsDataModule(**{argument: value})
