@@ -107,7 +107,8 @@ def main() -> None:
         rows.append(row)
         line = (
             f"n={num_samples:>6}  solve_weights {row['solve_weights_median']:.3f}s  "
-            f"(plain HiGHS {row['plain_highs_median']:.3f}s, |objective diff| {row['objective_sifting_minus_plain']:.1e})"
+            f"(plain HiGHS {row['plain_highs_median']:.3f}s, "
+            f"|objective diff| {row['objective_sifting_minus_plain']:.1e})"
         )
         if "search_paper_median" in row:
             line += (

@@ -115,7 +115,9 @@ def solve_boxed_lp(
         if not violated.any():
             x = np.where(at_upper, upper, 0.0)
             x[working] = small.x
-            return BoxedLPResult(x=x, fun=float(cost @ x), status=0, message=small.message, duals=duals, rounds=round_index)
+            return BoxedLPResult(
+                x=x, fun=float(cost @ x), status=0, message=small.message, duals=duals, rounds=round_index
+            )
         # Free the worst violators, at most as many as are free already, so that duals of a small LP
         # that is still far from the full one do not drag half the columns in at once.
         violation = np.where(violated, np.abs(reduced_cost), 0.0)
@@ -133,6 +135,10 @@ def _linprog(
 
 def _from_linprog(result: OptimizeResult, rounds: int) -> BoxedLPResult:
     if result.status != 0:
-        return BoxedLPResult(x=None, fun=float("nan"), status=result.status, message=result.message, duals=None, rounds=rounds)
+        return BoxedLPResult(
+            x=None, fun=float("nan"), status=result.status, message=result.message, duals=None, rounds=rounds
+        )
     duals = np.concatenate([result.ineqlin.marginals, result.eqlin.marginals])
-    return BoxedLPResult(x=result.x, fun=float(result.fun), status=0, message=result.message, duals=duals, rounds=rounds)
+    return BoxedLPResult(
+        x=result.x, fun=float(result.fun), status=0, message=result.message, duals=duals, rounds=rounds
+    )

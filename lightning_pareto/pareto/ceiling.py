@@ -99,7 +99,8 @@ class CeilingReport:
             lines.append(f"  targets {list(self.targets)}: " + _format_counts(self.target_counts, self.num_samples))
         lines.append(f"  PCA first-component explained variance (paper's check): {self.pca_ratio:.3f}")
         lines.append(
-            f"  min ||C lam|| / ||C||_F, total weight fixed: {self.ratio:.3e} at lam = {_format_vector(self.simplex_weights)}"
+            f"  min ||C lam|| / ||C||_F, total weight fixed: {self.ratio:.3e} "
+            f"at lam = {_format_vector(self.simplex_weights)}"
         )
         lines.append(f"  same without the fixed total (I uncentred):  {self.ratio_uncentred:.3e}")
         comparison = ">" if self.improvable else "<="

@@ -125,7 +125,9 @@ class WeightLP:
         if not (np.isfinite(w_min) and 0.0 <= w_min <= 1.0):
             raise ValueError(f"`w_min` must lie in [0, 1] so that uniform weights are allowed; got {w_min!r}.")
         if not (np.isfinite(w_max) and w_max >= 1.0):
-            raise ValueError(f"`w_max` must be a finite number >= 1 so that uniform weights are allowed; got {w_max!r}.")
+            raise ValueError(
+                f"`w_max` must be a finite number >= 1 so that uniform weights are allowed; got {w_max!r}."
+            )
         if scale not in ("mean_abs", "none"):
             raise ValueError(f"`scale` must be 'mean_abs' or 'none'; got {scale!r}.")
 
@@ -231,7 +233,11 @@ class WeightLP:
             )
         delta = result.x[:num_samples] - result.x[num_samples:]
         objective = -result.fun / num_samples
-        reason = "" if objective > MIN_RELATIVE_GAIN else "no reweighting within the trust region and weight box improves the targets to first order"
+        reason = (
+            ""
+            if objective > MIN_RELATIVE_GAIN
+            else "no reweighting within the trust region and weight box improves the targets to first order"
+        )
         return WeightSolution(
             # The clip only removes solver round-off (HiGHS's feasibility tolerance is 1e-7).
             weights=np.clip(1.0 + delta, self.w_min, self.w_max),

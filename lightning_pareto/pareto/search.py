@@ -244,7 +244,9 @@ def _resolve_settings(
     if not (isinstance(settings.population, int) and settings.population >= 2):
         raise ValueError(f"`population` must be an integer >= 2; got {settings.population!r}.")
     if not (isinstance(settings.elites, int) and 0 <= settings.elites <= settings.population):
-        raise ValueError(f"`elites` must be an integer in [0, population={settings.population}]; got {settings.elites!r}.")
+        raise ValueError(
+            f"`elites` must be an integer in [0, population={settings.population}]; got {settings.elites!r}."
+        )
     if not 0.0 <= settings.mutation_rate <= 1.0:
         raise ValueError(f"`mutation_rate` must lie in [0, 1]; got {settings.mutation_rate!r}.")
     if not settings.mutation_strength > 0:
@@ -262,13 +264,16 @@ def _resolve_fitness_mode(
             raise ValueError("`reference` is only used with a trial function; pass fitness=trial or drop `reference`.")
         return None, None
     if not callable(fitness):
-        raise TypeError(f"`fitness` must be 'predicted' or a callable trial(weights) -> accuracy; got {type(fitness).__name__}.")
+        raise TypeError(
+            f"`fitness` must be 'predicted' or a callable trial(weights) -> accuracy; got {type(fitness).__name__}."
+        )
     if reference is None:
         raise ValueError("`reference` (per-class accuracy, shape (K,)) is required when `fitness` is a trial function.")
     reference_accuracy = as_float_array(reference)
     if reference_accuracy.shape != (num_classes,) or not np.all(np.isfinite(reference_accuracy)):
         raise ValueError(
-            f"`reference` must be a finite per-class accuracy of shape ({num_classes},); got {reference_accuracy.tolist()}."
+            f"`reference` must be a finite per-class accuracy of shape ({num_classes},); "
+            f"got {reference_accuracy.tolist()}."
         )
     return fitness, reference_accuracy
 
@@ -298,6 +303,7 @@ class _Evaluator:
         self.target_mask[list(lp.targets)] = True
 
     def evaluate(self, genes: np.ndarray) -> float:
+        """Fitness of a gene vector (clipped to [0, 1]); each distinct vector is scored once."""
         key = tuple(np.clip(genes, 0.0, 1.0).tolist())
         if key not in self.candidates:
             self.candidates[key] = self._score(np.asarray(key))
@@ -307,7 +313,8 @@ class _Evaluator:
         num_thresholds = len(self.lp.non_targets)
         trust = self.trust * 10.0 ** (_TRUST_DECADES * (genes[-1] - 1.0)) if self.search_trust else self.trust
         non_targets = list(self.lp.non_targets)
-        thresholds = trust * self.lp.column_scale[non_targets] * 10.0 ** (_THRESHOLD_DECADES * (genes[:num_thresholds] - 1.0))
+        fractions = 10.0 ** (_THRESHOLD_DECADES * (genes[:num_thresholds] - 1.0))
+        thresholds = trust * self.lp.column_scale[non_targets] * fractions
         solution = self.lp.solve(thresholds, trust)
         if solution.weights is None:
             return _Candidate(solution, _NO_CANDIDATE_FITNESS, improved=False, trial_accuracy=None)
@@ -343,6 +350,7 @@ class _Evaluator:
         return _Candidate(solution, fitness, improved=fitness > threshold, trial_accuracy=accuracy)
 
     def result(self, seconds: float, generations: int, stopped_early: bool) -> SearchResult:
+        """The search's outcome from the best candidate scored so far."""
         num_classes = self.lp.num_classes
         if not self.candidates:
             return SearchResult(
