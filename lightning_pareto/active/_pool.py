@@ -45,7 +45,14 @@ def pool_inputs(loader: Iterable) -> Tensor:
     return torch.cat([x.reshape(len(x), -1).float().cpu() for x in parts])
 
 
-def pool_probabilities(model: nn.Module, loader: Iterable, *, samples: int | None = None, seed: int = 0) -> Tensor:
+def pool_probabilities(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    samples: int | None = None,
+    input_dropout: float = 0.0,
+    seed: int = 0,
+) -> Tensor:
     """Softmax probabilities of every pool point, in loader order.
 
     Args:
@@ -53,6 +60,8 @@ def pool_probabilities(model: nn.Module, loader: Iterable, *, samples: int | Non
         loader: Pool batches ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, index)``.
         samples: ``None``: one deterministic pass in eval mode, result ``(|U|, K)``. An int ``T``:
             ``T`` stochastic passes with dropout on (MC dropout), result ``(T, |U|, K)``.
+        input_dropout: With ``samples``: dropout probability applied to the inputs of every pass as
+            well (MC dropout for models without dropout layers, e.g. softmax regression).
         seed: Seeds the dropout masks (the global RNG is left untouched).
 
     Returns:
@@ -66,7 +75,8 @@ def pool_probabilities(model: nn.Module, loader: Iterable, *, samples: int | Non
             if samples is None:
                 parts.append(model(x).softmax(-1).double().cpu())
             else:
-                parts.append(torch.stack([model(x).softmax(-1).double().cpu() for _ in range(samples)]))
+                passes = [model(nn.functional.dropout(x, input_dropout)) for _ in range(samples)]
+                parts.append(torch.stack([logits.softmax(-1).double().cpu() for logits in passes]))
     if not parts:
         raise ValueError("the pool loader yielded no batches")
     return torch.cat(parts, dim=0 if samples is None else 1)

@@ -285,23 +285,32 @@ class InfluenceValueSampling(Strategy):
 class BALD(Strategy):
     """Bayesian active learning by disagreement with MC dropout (Gal, Islam & Ghahramani 2017).
 
+    The model's own dropout layers are switched on for ``samples`` stochastic passes. A model
+    without dropout layers (softmax regression) needs ``input_dropout``: dropout on its inputs
+    during the passes.
+
     Args:
         samples: Number of stochastic forward passes ``T``.
+        input_dropout: Dropout probability on the inputs during the passes, in ``[0, 1)``.
     """
 
     name = "bald"
 
-    def __init__(self, samples: int = 20) -> None:
+    def __init__(self, samples: int = 20, input_dropout: float = 0.0) -> None:
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
             raise ValueError(f"samples (MC-dropout forward passes) must be an int >= 2, got {samples!r}")
+        if not (isinstance(input_dropout, (int, float)) and 0.0 <= input_dropout < 1.0):
+            raise ValueError(f"input_dropout must lie in [0, 1), got {input_dropout!r}")
         self.samples = samples
+        self.input_dropout = float(input_dropout)
 
     def check(self, model: nn.Module) -> None:
-        """Raise if the model has no dropout layer with ``p > 0`` (BALD would score zero everywhere)."""
-        if not dropout_layers(model):
+        """Raise if nothing is stochastic: no dropout layer with ``p > 0`` and no ``input_dropout``."""
+        if not dropout_layers(model) and self.input_dropout == 0.0:
             raise ValueError(
                 "strategy 'bald' needs MC dropout but the model has no nn.Dropout layer with p > 0: use a network "
-                "with dropout (MnistCNN, MLP(dropout=0.2), ...) or another strategy"
+                "with dropout (MnistCNN, MLP(dropout=0.2), ...), give BALD input_dropout=p (dropout on the inputs "
+                "during its passes, e.g. for softmax regression), or choose another strategy"
             )
 
     def score(
@@ -315,7 +324,8 @@ class BALD(Strategy):
     ) -> Tensor:
         """BALD of every pool point from ``samples`` MC-dropout passes (see :class:`Strategy`)."""
         self.check(model)
-        return bald_scores(pool_probabilities(model, pool_loader, samples=self.samples, seed=seed))
+        probs = pool_probabilities(model, pool_loader, samples=self.samples, input_dropout=self.input_dropout, seed=seed)
+        return bald_scores(probs)
 
 
 class EntropySampling(Strategy):

@@ -103,6 +103,20 @@ def test_bald_is_zero_without_active_dropout_and_refuses_models_without_dropout(
         BALD().check(_LogitsAreInputs(3, dropout=0.0))
     with pytest.raises(ValueError, match="samples"):
         BALD(samples=1)
+    with pytest.raises(ValueError, match="input_dropout"):
+        BALD(input_dropout=1.0)
+
+
+def test_bald_input_dropout_makes_softmax_regression_stochastic():
+    torch.manual_seed(0)
+    model = LogisticRegression(4, 3).eval()
+    x = torch.randn(12, 4)
+    BALD(input_dropout=0.3).check(model)
+    scores = BALD(samples=10, input_dropout=0.3).score(model, _pool(x), None, seed=0)
+    assert bool(((scores >= -1e-12) & (scores <= math.log(3))).all()) and float(scores.min()) > 0
+    # p = 0 on a model without dropout would be deterministic: every pass equal, mutual information zero.
+    deterministic = bald_scores(torch.stack([model(x).softmax(-1).double().detach()] * 10))
+    torch.testing.assert_close(deterministic, torch.zeros(12, dtype=torch.float64))
 
 
 def test_bald_strategy_seeded_mc_dropout_leaves_model_and_global_rng_alone():
