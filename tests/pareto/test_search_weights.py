@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import numpy as np
@@ -162,3 +163,13 @@ def test_bad_input_names_the_argument(influence: np.ndarray, kwargs: dict, error
 def test_a_malformed_trial_result_is_an_error(influence: np.ndarray) -> None:
     with pytest.raises(ValueError, match="trial function"):
         search_weights(influence, [0], fitness=lambda weights: np.zeros(3), reference=np.zeros(4))
+
+
+def test_global_random_state_is_left_alone(influence: np.ndarray) -> None:
+    np.random.seed(5)
+    random.seed(5)
+    expected = (np.random.rand(), random.random())
+    np.random.seed(5)
+    random.seed(5)
+    search_weights(influence, [0], generations=1, population=3, elites=1)
+    assert (np.random.rand(), random.random()) == expected
