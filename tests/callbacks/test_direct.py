@@ -1,0 +1,213 @@
+"""DirectImprovement: weights exactly for the chosen epochs, records, failures that never stop training, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from _intervention_helpers import (
+    Probe,
+    ScriptedAccuracy,
+    blobs_datamodule,
+    classifier,
+    patch_influence,
+    random_influence,
+    states_equal,
+    trainer,
+)
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_pareto import DirectImprovement, PerClassAccuracy
+from lightning_pareto.pareto.search import SearchResult
+
+
+def _fit(root: Path, callbacks: list, max_epochs: int, ckpt_path: str | None = None, **overrides: object) -> L.Trainer:
+    L.seed_everything(0)
+    run = trainer(root, callbacks, max_epochs, **overrides)
+    run.fit(classifier(), blobs_datamodule(), ckpt_path=ckpt_path)
+    return run
+
+
+def _weights_seen(probe: Probe, epoch: int, n: int) -> torch.Tensor:
+    """The per-sample weights the batches of one epoch used, by dataset index (NaN = never seen)."""
+    seen = torch.full((n,), float("nan"))
+    for weights, index in zip(probe.batch_weights[epoch], probe.batch_indices[epoch]):
+        seen[index] = weights
+    return seen
+
+
+class IndexProbe(Probe):
+    """A Probe that also keeps each batch's dataset indices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_indices: dict[int, list[torch.Tensor]] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.batch_indices.setdefault(trainer.current_epoch, []).append(batch[2].clone())
+
+
+def test_weights_apply_exactly_for_the_chosen_epochs_then_clear(tmp_path: Path) -> None:
+    monitor, probe = PerClassAccuracy(log_figure_every_n_epochs=0), IndexProbe()
+    improvement = DirectImprovement(targets=["b"], at_epochs=[1], apply_epochs=2, curvature="exact", log_figures=False)
+    run = _fit(tmp_path, [monitor, improvement, probe], max_epochs=5)
+
+    assert probe.weighted_epochs() == [2, 3]
+    n = len(run.datamodule.train_dataset)
+    first, second = _weights_seen(probe, 2, n), _weights_seen(probe, 3, n)
+    assert not first.isnan().any() and torch.equal(first, second)  # the same weights for the whole window
+    assert first.mean().item() == pytest.approx(1.0, abs=1e-5)
+    assert first.min() >= 0.0 and first.max() <= 3.0 + 1e-6 and (first != 1).sum() > 0
+    assert all(w is None for w in probe.batch_weights[4])  # cleared after the window
+    assert not run.lightning_module.sample_weights.active
+
+    (record,) = improvement.records
+    accuracy = {r["epoch"]: r["accuracy"] for r in monitor.history}
+    assert record.status == "applied" and record.targets == [1] and record.weighted_epochs == [2, 3]
+    assert record.before == pytest.approx(accuracy[1]) and record.after == pytest.approx(accuracy[3])
+    assert record.n_weighted == int((first != 1).sum())
+    line = json.loads((tmp_path / "interventions.jsonl").read_text())
+    for key in ("epoch", "mode", "targets", "before", "after", "bad", "status", "reason", "seconds", "ceiling",
+                "n_weighted", "thresholds"):
+        assert key in line
+    assert line["mode"] == "direct_improvement" and line["epoch"] == 1 and line["bad"] is None
+    assert line["seconds"] > 0 and line["thresholds"][1] is None  # no threshold for the target
+
+
+def test_every_n_epochs_never_intervenes_after_the_last_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = patch_influence(monkeypatch, random_influence)
+    probe = Probe()
+    improvement = DirectImprovement(targets=[0], every_n_epochs=2, log_figures=False)
+    _fit(tmp_path, [ScriptedAccuracy({}), improvement, probe], max_epochs=6)
+    assert [r.epoch for r in improvement.records] == [1, 3]  # not after epoch 5, the last
+    assert probe.weighted_epochs() == [2, 4] and len(calls) == 2
+
+
+def test_worst_k_targets_the_lowest_classes_of_the_chosen_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    improvement = DirectImprovement(targets="worst:2", at_epochs=[1], log_figures=False)
+    _fit(tmp_path, [ScriptedAccuracy({1: (0.9, 0.4, 0.6)}), improvement], max_epochs=3)
+    assert improvement.records[0].targets == [1, 2]
+
+
+def _skipped_run(tmp_path: Path) -> tuple[DirectImprovement, Probe, L.Trainer]:
+    improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False), Probe()
+    run = _fit(tmp_path, [ScriptedAccuracy({}), improvement, probe], max_epochs=3)
+    return improvement, probe, run
+
+
+@pytest.mark.parametrize(
+    ("influence", "reason"),
+    [
+        (lambda n, k: torch.full((n, k), float("nan")), "non-finite"),
+        (lambda n, k: torch.zeros(n, k), "no_improvement"),
+    ],
+)
+def test_nan_or_useless_influence_skips_with_uniform_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             influence: object, reason: str) -> None:
+    patch_influence(monkeypatch, influence)
+    with pytest.warns(UserWarning, match="skipped"):
+        improvement, probe, run = _skipped_run(tmp_path)
+    assert run.current_epoch == 3 and probe.weighted_epochs() == []
+    (record,) = improvement.records
+    assert record.status == "skipped" and reason in record.reason and record.after is None
+    line = json.loads((tmp_path / "interventions.jsonl").read_text())
+    assert line["status"] == "skipped" and reason in line["reason"]
+
+
+def test_infeasible_search_and_engine_errors_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    infeasible = SearchResult(
+        status="infeasible", reason="no candidate's LP gave weights", weights=None, thresholds=np.full(3, np.nan),
+        trust=0.5, fitness=-2e6, predicted_gain=np.full(3, np.nan), trial_accuracy=None, evaluations=18, trials=0,
+        generations=3, seconds=0.1, stopped_early=False,
+    )  # fmt: skip
+    monkeypatch.setattr("lightning_pareto.pareto.search.search_weights", lambda *args, **kwargs: infeasible)
+    with pytest.warns(UserWarning, match="infeasible"):
+        improvement, probe, _ = _skipped_run(tmp_path / "lp")
+    assert improvement.records[0].reason.startswith("infeasible") and probe.weighted_epochs() == []
+
+    def singular(*args: object, **kwargs: object) -> torch.Tensor:
+        raise RuntimeError("curvature is singular")
+
+    monkeypatch.setattr("lightning_pareto.influence.category_influence", singular)
+    with pytest.warns(UserWarning, match="curvature is singular"):
+        improvement, probe, run = _skipped_run(tmp_path / "error")
+    assert "RuntimeError" in improvement.records[0].reason and run.current_epoch == 3
+
+
+def test_trial_fitness_trains_candidates_without_touching_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    probe = Probe()
+    improvement = DirectImprovement(targets=[1], at_epochs=[1], fitness="trial", trial_batches=2, log_figures=False)
+    _fit(tmp_path / "trial", [PerClassAccuracy(log_figure_every_n_epochs=0), improvement, probe], max_epochs=3)
+    reference = Probe()
+    _fit(tmp_path / "plain", [PerClassAccuracy(log_figure_every_n_epochs=0), reference], max_epochs=3)
+
+    (record,) = improvement.records
+    assert record.search["trials"] >= 1
+    assert record.status == "applied" or "trial accuracy" in record.reason
+    # The trials trained the run's model and put everything back: the weighted epoch starts from exactly
+    # the state (parameters, optimizer, scheduler, global RNG) of a run without the callback.
+    after, plain = probe.starts[2], reference.starts[2]
+    assert states_equal(after["params"], plain["params"]) and states_equal(after["optimizer"], plain["optimizer"])
+    assert torch.equal(after["torch_rng"], plain["torch_rng"]) and np.array_equal(after["numpy_rng"], plain["numpy_rng"])
+
+
+def test_resume_mid_window_keeps_weights_and_callback_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    improvement, probe = DirectImprovement(targets=[2], at_epochs=[1], apply_epochs=2, log_figures=False), IndexProbe()
+    _fit(tmp_path / "a", [ScriptedAccuracy({}), improvement, probe, checkpoints], max_epochs=5, enable_checkpointing=True)
+
+    resumed, resumed_probe = DirectImprovement(targets=[2], at_epochs=[1], apply_epochs=2, log_figures=False), IndexProbe()
+    run = _fit(tmp_path / "b", [ScriptedAccuracy({}), resumed, resumed_probe], max_epochs=5,
+               ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))
+    n = len(run.datamodule.train_dataset)
+    assert resumed_probe.weighted_epochs() == [3]
+    assert torch.equal(_weights_seen(resumed_probe, 3, n), _weights_seen(probe, 3, n))
+    assert [(r.epoch, r.weighted_epochs, r.status) for r in resumed.records] == [
+        (r.epoch, r.weighted_epochs, r.status) for r in improvement.records
+    ] == [(1, [2, 3], "applied")]
+    assert not run.lightning_module.sample_weights.active
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"targets": [], "at_epochs": [1]}, "targets is empty"),
+        ({"targets": "worst", "at_epochs": [1]}, "worst:k"),
+        ({"targets": [0]}, "exactly one of at_epochs"),
+        ({"targets": [0], "at_epochs": [1], "every_n_epochs": 2}, "exactly one of at_epochs"),
+        ({"targets": [0], "at_epochs": [1, 2], "apply_epochs": 2}, "closer than apply_epochs"),
+        ({"targets": [0], "every_n_epochs": 1, "apply_epochs": 2}, "every_n_epochs"),
+        ({"targets": [0], "at_epochs": [-1]}, "at_epochs"),
+        ({"targets": [0], "at_epochs": [1], "w_max": 0.5}, "w_max"),
+        ({"targets": [0], "at_epochs": [1], "curvature": "diag"}, "curvature"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DirectImprovement(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"targets": ["zebra"], "at_epochs": [0]}, "unknown class 'zebra'"),
+        ({"targets": [3], "at_epochs": [0]}, "out of range"),
+        ({"targets": "worst:3", "at_epochs": [0]}, "worst:3"),
+        ({"targets": [0], "at_epochs": [1]}, "leave no epoch"),
+        ({"targets": [0], "at_epochs": [0], "modules": ["net.head"]}, "modules"),
+    ],
+)
+def test_bad_arguments_fail_at_setup_before_training(tmp_path: Path, kwargs: dict, message: str) -> None:
+    probe = Probe()
+    with pytest.raises(ValueError, match=message):
+        _fit(tmp_path, [ScriptedAccuracy({}), DirectImprovement(**kwargs), probe], max_epochs=2)
+    assert probe.starts == []
