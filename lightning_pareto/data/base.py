@@ -174,7 +174,7 @@ class ClassificationDataModule(LightningDataModule):
             splits["test"] = (x[test], y[test])
         else:
             x_test, y_test = data.test[0].astype(np.float32, copy=False), data.test[1].astype(np.int64, copy=False)
-            if self.test_size is not None:
+            if self.test_size is not None and _count(self.test_size, y_test.shape[0]) < y_test.shape[0]:
                 keep = _count(self.test_size, y_test.shape[0])
                 _, kept = train_test_split(
                     np.arange(y_test.shape[0]), test_size=keep, stratify=y_test, random_state=self.seed + 3

@@ -67,6 +67,13 @@ def test_accepts_the_batches_folder_itself_and_subsamples(tmp_path: Path) -> Non
     assert len(dm.flipped_indices) == 3
 
 
+def test_test_size_as_large_as_the_test_batch_keeps_it_all(tmp_path: Path) -> None:
+    _write_standin(tmp_path)
+    dm = CIFAR10DataModule(tmp_path, val_size=10, test_size=20)
+    dm.setup()
+    assert len(dm.test_dataset) == 20
+
+
 def test_missing_folder_names_the_path_and_the_argument(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"CIFAR-10 not found under .*nowhere.*argument `root`"):
         CIFAR10DataModule(tmp_path / "nowhere")
