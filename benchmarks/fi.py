@@ -161,6 +161,7 @@ def main() -> None:
             curvature="kfac",
         ),
     }  # fmt: skip
+    load_before = os.getloadavg()[0]
     results: dict[str, dict] = {}
     outputs: dict[str, torch.Tensor] = {}
     for name, function in methods.items():
@@ -174,10 +175,13 @@ def main() -> None:
     relative = (outputs["naive"] - outputs["exact"]).abs() / outputs["naive"].abs().clamp_min(1e-300)
     summary = {
         "benchmark": "FI^util at Adult scale (synthetic, Adult-shaped data)",
-        "data": {"n_train": args.n, "n_val": args.n_val, "d": x.shape[1], "num_classes": 2, "p": 206, "synthetic": True},
+        "data": {
+            "n_train": args.n, "n_val": args.n_val, "d": x.shape[1], "num_classes": 2, "p": 206, "synthetic": True,
+        },  # fmt: skip
         "model": "LogisticRegression(102, 2), L-BFGS",
-        "machine": f"{platform.machine()}, {os.cpu_count()} shared CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
         "repeats": args.repeats,
         "kfsvd_rank": args.rank,
         "alpha": args.alpha,

@@ -52,8 +52,9 @@ def unpack(batch: object) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tens
     """
     if isinstance(batch, torch.Tensor):
         return batch, None, None
-    if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3 and all(isinstance(part, torch.Tensor) for part in batch):
-        parts = list(batch) + [None] * (3 - len(batch))
+    parts = list(batch) if isinstance(batch, (tuple, list)) else []
+    if 1 <= len(parts) <= 3 and all(isinstance(part, torch.Tensor) for part in parts):
+        parts += [None] * (3 - len(parts))
         return parts[0], parts[1], parts[2]
     raise TypeError("loader batches must be x, (x, y) or (x, y, index) tensors; wrap the dataset in IndexedDataset")
 
@@ -109,7 +110,9 @@ def collect(model: nn.Module, scope: Scope, loader: Iterable, *, need_labels: bo
                 if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] < 2:
                     raise ValueError("FI needs a model whose output is logits of shape (batch, K) with K >= 2")
                 if len(captured["scope_in"]) != 1 or captured["scope_in"][0] is None:
-                    raise ValueError(f"module {scope.name!r} must be called exactly once per forward, with a tensor input")
+                    raise ValueError(
+                        f"module {scope.name!r} must be called exactly once per forward, with a tensor input"
+                    )
                 scope_in, scope_out = captured["scope_in"][0], captured["scope_out"][0]
                 if scope_out is None or scope_out.shape != logits.shape or not torch.equal(scope_out, logits):
                     raise ValueError(
@@ -126,11 +129,12 @@ def collect(model: nn.Module, scope: Scope, loader: Iterable, *, need_labels: bo
                         and torch.equal(linear_out[0], logits)
                     )
                 if y is not None and need_labels and len(y) and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
-                    raise ValueError(f"labels must lie in [0, {logits.shape[1]}) for a model with {logits.shape[1]} logits")
+                    k = logits.shape[1]
+                    raise ValueError(f"labels must lie in [0, {k}) for a model with {k} logits")
                 sample_shape = scope_in.shape[1:] if sample_shape is None else sample_shape
                 num_classes = logits.shape[1]
                 xs.append(scope_in.reshape(len(scope_in), -1).to(torch.float64))
-                ys.append(y.to(device=device, dtype=torch.int64) if y is not None else torch.full((len(x),), -1, device=device))
+                ys.append(torch.full((len(x),), -1, device=device) if y is None else y.to(device, torch.int64))
                 indices.append(index)
     finally:
         for handle in handles:

@@ -111,7 +111,11 @@ def resolve_scope(model: nn.Module, modules: Sequence[str] | None) -> Scope:
     except AttributeError as error:
         known = [child for child, _ in model.named_modules() if child]
         raise ValueError(f"modules={list(modules)!r}: the model has no submodule {name!r}; known: {known}") from error
-    inside = [".".join(part for part in (name, local) if part) for local, m in scope_module.named_modules() if supports_layer(m)]
+    inside = [
+        ".".join(part for part in (name, local) if part)
+        for local, layer in scope_module.named_modules()
+        if supports_layer(layer)
+    ]
     if not inside:
         raise ValueError(
             f"modules={list(modules)!r}: {name!r} contains no nn.Linear or nn.Conv2d layer for FI to differentiate"

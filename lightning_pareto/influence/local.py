@@ -168,9 +168,11 @@ def fi_util(
     started = time.perf_counter()
     values = values.cpu()
     if not bool(torch.isfinite(values).all()):
-        warnings.warn(f"FI^util is not finite for {int((~torch.isfinite(values)).sum())} samples", RuntimeWarning, stacklevel=2)
+        count = int((~torch.isfinite(values)).sum())
+        warnings.warn(f"FI^util is not finite for {count} samples", RuntimeWarning, stacklevel=2)
     if "subsample" in approximations:
-        features = torch.cat([train.x.cpu(), nn.functional.one_hot(train.y.cpu(), train.num_classes).to(torch.float64)], dim=1)
+        labels = nn.functional.one_hot(train.y.cpu(), train.num_classes).to(torch.float64)
+        features = torch.cat([train.x.cpu(), labels], dim=1)
         scores = torch.from_numpy(forest_rank_scores(features.numpy(), chosen, values.numpy(), seed))
     else:
         scores = values
@@ -360,7 +362,8 @@ def _fit_preconditioner(
 
 def _summed_loss_gradient(operator: FIOperator, data: ScopeInputs) -> torch.Tensor:
     chunk = _chunk_size(operator.num_params, data)
-    return sum(operator.loss_grads(data.x[s : s + chunk], data.y[s : s + chunk]).sum(0) for s in range(0, len(data), chunk))
+    starts = range(0, len(data), chunk)
+    return sum(operator.loss_grads(data.x[s : s + chunk], data.y[s : s + chunk]).sum(0) for s in starts)
 
 
 def _chunk_size(num_params: int, data: ScopeInputs) -> int:
@@ -408,7 +411,9 @@ def _check_rank(rank: int | None, approximations: frozenset[str]) -> None:
 def _check_alpha(alpha: float | None, approximations: frozenset[str]) -> float:
     if "subsample" not in approximations:
         if alpha is not None:
-            raise ValueError("alpha is the subsampling fraction of approx='subsample'; pass approx='subsample' or drop alpha")
+            raise ValueError(
+                "alpha is the subsampling fraction of approx='subsample'; pass approx='subsample' or drop alpha"
+            )
         return 1.0
     alpha = 0.2 if alpha is None else alpha
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):

@@ -189,7 +189,8 @@ def test_kronecker_curvature_equals_naive_with_the_engines_inverse(kind: str) ->
     model, train, val, (x, y, xv, yv) = _problem(d, k, nn.Linear(d, k), seed=11)
     curvature = fit_curvature(model, train, curvature=kind, damping=0.1)
     basis = torch.eye(k * (d + 1), dtype=torch.float64)
-    layout_inverse = flatten_layout(curvature.tracked, curvature.inverse_hvp(unflatten_layout(curvature.tracked, basis)))
+    solved = curvature.inverse_hvp(unflatten_layout(curvature.tracked, basis))
+    layout_inverse = flatten_layout(curvature.tracked, solved)
     # Layout entry (class c, column l) is weight[c, l] for l < d and bias[c] for l = d.
     rows, cols = torch.meshgrid(torch.arange(k), torch.arange(d + 1), indexing="ij")
     to_naive = torch.where(cols < d, rows * d + cols, k * d + rows).reshape(-1)
