@@ -28,7 +28,7 @@ from lightning_pareto.active._quiet import quiet_lightning
 from lightning_pareto.active.strategies import Strategy
 from lightning_pareto.data.indexed import IndexedDataset
 
-__all__ = ["LabelFunction", "RoundResult", "random_initial_pool", "run_active_learning"]
+__all__ = ["LabelFunction", "RoundResult", "check_plan", "random_initial_pool", "run_active_learning"]
 
 LabelFunction = Callable[[Tensor], Tensor]
 
@@ -138,7 +138,7 @@ def run_active_learning(
         UserWarning: If the initial labelled set lacks some classes.
     """
     initial = torch.as_tensor(initial)
-    num_classes = _check_plan(module, strategy, pool, initial, acquisition_size, rounds, val_arrays, num_classes)
+    num_classes = check_plan(module, strategy, pool, initial, acquisition_size, rounds, val_arrays, num_classes)
     for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size), ("pool_batch_size", pool_batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -195,16 +195,36 @@ def run_active_learning(
     return results
 
 
-def _check_plan(
+def check_plan(
     module: LightningModule,
     strategy: Strategy,
     pool: Tensor,
     initial: Tensor,
     acquisition_size: int,
     rounds: int,
-    val_arrays: tuple[Tensor, Tensor] | None,
-    num_classes: int | None,
+    val_arrays: tuple[Tensor, Tensor] | None = None,
+    num_classes: int | None = None,
 ) -> int:
+    """Check an acquisition plan without training: what :func:`run_active_learning` checks first.
+
+    Args:
+        module: The classifier to be trained.
+        strategy: The acquisition strategy.
+        pool: Pool inputs ``(N, ...)``.
+        initial: Int64 pool positions of the initial labelled set.
+        acquisition_size: Points queried per round.
+        rounds: Number of acquisitions.
+        val_arrays: Validation data, or ``None``.
+        num_classes: ``K``; default ``module.num_classes``.
+
+    Returns:
+        ``K``.
+
+    Raises:
+        ValueError: On any of the problems listed in :func:`run_active_learning`, except labels.
+        TypeError: On a ``strategy`` that is not a :class:`Strategy`.
+    """
+    initial = torch.as_tensor(initial)
     if not isinstance(strategy, Strategy):
         raise TypeError(f"strategy must be a Strategy (see lightning_pareto.active.make_strategy), got {strategy!r}")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib
 import json
 import time
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from lightning_pareto.active._variants import REDUNDANT_CLASS_NAMES, redundant_labels, unbalanced_positions
-from lightning_pareto.active.loop import RoundResult, random_initial_pool, run_active_learning
+from lightning_pareto.active.loop import RoundResult, check_plan, random_initial_pool, run_active_learning
 from lightning_pareto.active.strategies import STRATEGIES, make_strategy
 from lightning_pareto.data.base import ClassificationDataModule
 from lightning_pareto.module import ClassifierModule
@@ -60,7 +61,7 @@ __all__ = ["COLUMNS", "build_parser", "curves_figure", "format_timings", "main",
 
 COLUMNS = ("strategy", "seed", "round", "n_labeled", "test_acc", "seconds")
 StrategyName = Literal["fi", "fi_approx", "iv", "bald", "entropy", "margin", "random"]
-# Split sizes of the datamodules: a value above 1 can only be a count (jsonargparse widens 100 to 100.0).
+# Split sizes of the datamodules: a value above 1 can only be a count.
 _SIZE_ARGUMENTS = ("val_size", "test_size", "train_size")
 
 
@@ -120,7 +121,6 @@ def main(argv: list[str]) -> None:
     """
     parser = build_parser()
     config = parser.parse_args(argv)
-    _restore_counts(config.data)
     strategies, seeds = _check_plan(config.strategies, config.strategy_options, config.seeds)
     built = {name: make_strategy(name, **config.strategy_options.get(name, {})) for name in strategies}
     if config.num_threads is not None:
@@ -129,21 +129,28 @@ def main(argv: list[str]) -> None:
     output.mkdir(parents=True, exist_ok=True)
     parser.save(config, output / "config.yaml", overwrite=True, skip_check=True)
 
-    rows: list[dict[str, Any]] = []
-    started = time.perf_counter()
+    # Everything is built and checked for every seed before the first training.
+    runs = []
     for seed in seeds:
+        data = _datamodule(config.data, seed)
         seeded = config.clone()
-        seeded.data.init_args.seed = seed
+        seeded.data = None  # built above; jsonargparse would turn integer split counts into floats
         torch.manual_seed(seed)
         objects = parser.instantiate(seeded)
-        pool, labels, val_arrays, test_arrays, class_names = _pool_and_splits(objects.data, config.variant, seed)
+        pool, labels, val_arrays, test_arrays, class_names = _pool_and_splits(data, config.variant, seed)
         initial = random_initial_pool(len(pool), config.initial_size, seed)
+        for strategy in built.values():
+            check_plan(_module(objects, class_names), strategy, pool, initial, config.acquisition_size, config.rounds,
+                       val_arrays)  # fmt: skip
+        runs.append((seed, objects, pool, labels, val_arrays, test_arrays, class_names, initial))
+
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for seed, objects, pool, labels, val_arrays, test_arrays, class_names, initial in runs:
         for name, strategy in built.items():
-            module = ClassifierModule(copy.deepcopy(objects.net), len(class_names), class_names,
-                                      **({} if objects.optimizer is None else {"optimizer": objects.optimizer}))
             results = run_active_learning(
-                module, strategy, pool, lambda positions: labels[positions], test_arrays, initial=initial,
-                acquisition_size=config.acquisition_size, rounds=config.rounds, val_arrays=val_arrays,
+                _module(objects, class_names), strategy, pool, labels.__getitem__, test_arrays,
+                initial=initial, acquisition_size=config.acquisition_size, rounds=config.rounds, val_arrays=val_arrays,
                 max_epochs=config.max_epochs, batch_size=config.batch_size, pool_batch_size=config.pool_batch_size,
                 restart=config.restart, trainer_kwargs=config.trainer, seed=seed,
             )  # fmt: skip
@@ -233,6 +240,12 @@ def curves_figure(summary: dict[str, Any]) -> Figure:
     return figure
 
 
+def _module(objects: Namespace, class_names: list[str]) -> ClassifierModule:
+    """A ClassifierModule around a fresh copy of the seed's network (the same initial weights for every strategy)."""
+    optimizer = {} if objects.optimizer is None else {"optimizer": objects.optimizer}
+    return ClassifierModule(copy.deepcopy(objects.net), len(class_names), class_names, **optimizer)
+
+
 def _pool_and_splits(
     data: ClassificationDataModule, variant: str, seed: int
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor], list[str]]:
@@ -270,12 +283,20 @@ def _check_plan(
     return list(strategies), list(seeds)
 
 
-def _restore_counts(data: Namespace) -> None:
-    """Turn split sizes that jsonargparse widened to floats (``100`` -> ``100.0``) back into counts."""
+def _datamodule(data: Namespace, seed: int) -> ClassificationDataModule:
+    """Build the configured datamodule with ``seed``.
+
+    Built directly rather than by jsonargparse, whose instantiation coerces split sizes typed
+    ``float | int`` to floats, turning a count such as ``train_size: 480`` into an invalid fraction.
+    """
+    module_name, _, class_name = data.class_path.rpartition(".")
+    options = data.init_args.as_dict()
     for name in _SIZE_ARGUMENTS:
-        value = getattr(data.init_args, name, None)
+        value = options.get(name)
         if isinstance(value, float) and value > 1 and value.is_integer():
-            setattr(data.init_args, name, int(value))
+            options[name] = int(value)
+    options["seed"] = seed
+    return getattr(importlib.import_module(module_name), class_name)(**options)
 
 
 def _cell(rows: Sequence[dict[str, Any]], seed: int, size: int, key: str = "test_acc") -> float:
