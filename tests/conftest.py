@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+# The tests train tiny models, for which one intra-op thread is faster than several: on a shared
+# 2-core machine, extra threads mostly spin (10x slower steps were measured).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything() -> None:
