@@ -93,3 +93,15 @@ def test_pending_weights_are_in_the_checkpoint_and_restored_on_resume(tmp_path: 
     loaded = ClassifierModule.load_from_checkpoint(checkpoint.last_model_path, net=MLP(3, 2))
     assert loaded.num_classes == 2 and torch.equal(loaded.sample_weights.weights, torch.linspace(0.0, 2.0, 40))
     assert "net" not in loaded.hparams  # a live network is not pickled into the hyperparameters
+
+
+def test_predict_gives_class_probabilities_of_the_test_split(quiet_trainer_kwargs: dict[str, Any]) -> None:
+    from lightning_pareto.data import WineDataModule
+
+    data = WineDataModule(seed=0)
+    module = ClassifierModule(LogisticRegression(13, 3), num_classes=3)
+    batches = L.Trainer(**quiet_trainer_kwargs).predict(module, data)
+    probabilities = torch.cat(batches)
+    x = data.test_arrays[0]
+    expected = torch.softmax(x @ module.net.head.weight.T + module.net.head.bias, dim=1)
+    torch.testing.assert_close(probabilities, expected)

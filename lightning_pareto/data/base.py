@@ -230,3 +230,7 @@ class ClassificationDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Test batches ``(x, y, index)`` in dataset order."""
         return self._loader(self.test_dataset, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test batches, for ``Trainer.predict`` (``ClassifierModule`` returns class probabilities)."""
+        return self._loader(self.test_dataset, shuffle=False)
