@@ -32,6 +32,7 @@ Writes to ``--output_dir``:
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 import time
@@ -55,7 +56,7 @@ COLUMNS = (
     "score_seconds", "retrain_seconds", "flipped_precision", "noisy_precision",
 )  # fmt: skip
 _PRECISIONS = ("flipped_precision", "noisy_precision")
-# Split sizes of the datamodules: a value above 1 can only be a count (see _restore_counts).
+# Split sizes of the datamodules: a value above 1 can only be a count (see _build_datamodule).
 _SIZE_ARGUMENTS = ("val_size", "test_size", "train_size")
 
 
@@ -105,7 +106,6 @@ def main(argv: list[str]) -> None:
     """
     parser = build_parser()
     config = parser.parse_args(argv)
-    _restore_counts(config.data)
     methods, budgets, seeds = _check_plan(config.methods, config.budgets, config.seeds)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
@@ -116,11 +116,11 @@ def main(argv: list[str]) -> None:
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for number, seed in enumerate(seeds, start=1):
-        seeded = config.clone()
-        seeded.data.init_args.seed = seed
+        components = config.clone()
+        datamodule = _build_datamodule(components.pop("data"), seed)
         torch.manual_seed(seed)
-        objects = parser.instantiate(seeded)
-        report = trim(objects.net, objects.data, methods=methods, budgets=budgets, seed=seed, fitter=objects.fit,
+        objects = parser.instantiate(components)
+        report = trim(objects.net, datamodule, methods=methods, budgets=budgets, seed=seed, fitter=objects.fit,
                       scoring=objects.scoring)
         rows.extend(_report_rows(report, methods))
         _write_csv(rows, output / "results.csv")
@@ -249,16 +249,20 @@ def _check_plan(methods: list[str], budgets: list[int], seeds: int | list[int]) 
     return list(methods), positive, list(seeds)
 
 
-def _restore_counts(data: Namespace) -> None:
-    """Turn split sizes that jsonargparse widened to floats (``100`` -> ``100.0``) back into counts.
+def _build_datamodule(data: Namespace, seed: int) -> ClassificationDataModule:
+    """Instantiate the configured datamodule with ``seed``.
 
-    The datamodules annotate sizes as ``float | int`` (fraction or count); in subclass mode
-    jsonargparse coerces an int to the first type of the union, and a size above 1 is a count.
+    Done here rather than by jsonargparse: the datamodules annotate split sizes as ``float | int``
+    (fraction or count) and jsonargparse's subclass mode turns a count into a float of the same
+    value (``100`` -> ``100.0``, then read as a fraction); a size above 1 can only be a count.
     """
+    module_name, _, class_name = data.class_path.rpartition(".")
+    arguments = data.init_args.as_dict() if data.get("init_args") is not None else {}
     for name in _SIZE_ARGUMENTS:
-        value = getattr(data.init_args, name, None)
+        value = arguments.get(name)
         if isinstance(value, float) and value > 1 and value.is_integer():
-            setattr(data.init_args, name, int(value))
+            arguments[name] = int(value)
+    return getattr(importlib.import_module(module_name), class_name)(**{**arguments, "seed": seed})
 
 
 def _report_rows(report: TrimReport, methods: Sequence[str]) -> list[dict[str, Any]]:
