@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -26,15 +25,6 @@ from lightning_pareto.trimming import (
 )
 
 WEIGHT_DECAY = 0.01
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest (and timing-stable) on one thread of a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _noisy_gaussians(seed: int = 0) -> GaussiansDataModule:

@@ -111,7 +111,7 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(config.num_threads)
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    parser.save(config, output / "config.yaml", overwrite=True, skip_check=True)
+    parser.save(config, output / "config.yaml", overwrite=True, skip_validation=True)
 
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()

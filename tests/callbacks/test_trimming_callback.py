@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,6 @@ from lightning_pareto.data import GaussiansDataModule
 from lightning_pareto.nets import LogisticRegression
 
 NUM_TRAIN = 150
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _datamodule() -> GaussiansDataModule:

@@ -38,6 +38,7 @@ num_threads: 1
 
 @pytest.fixture(autouse=True)
 def _restore_threads() -> Iterator[None]:
+    """The config sets num_threads: 1; put back what the session had."""
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
