@@ -61,7 +61,8 @@ def category_influence(
         curvature: ``"exact"``, ``"kfac"``, ``"ekfac"``, or a ``Curvature`` already fitted on this
             model (then ``modules`` must be ``None``, ``fisher``/``seed`` are not used and a
             ``damping`` given replaces the fitted one).
-        damping: ``lambda >= 0``, or ``None`` for ``DEFAULT_DAMPING_FACTOR * trace(G) / P``.
+        damping: ``lambda >= 0``, or ``None`` for ``DEFAULT_DAMPING_FACTOR`` (0.1) times the largest
+            eigenvalue of the curvature (see ``curvature``).
         modules: Qualified names of the layers to track (for example ``["head"]``); ``None`` tracks
             every Linear/Conv2d and warns about other parameterised layers.
         fisher: Curvature's labels: ``"empirical"``, ``"sampled"``, or ``"ggn"`` (exact only).

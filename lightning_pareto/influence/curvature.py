@@ -19,9 +19,12 @@ Curvatures:
 
 Damping ``lambda`` is added to the diagonal (``(G + lambda I)^{-1}``): to the eigenvalues for
 K-FAC/EKFAC (so K-FAC inverts ``G_out (x) A_in + lambda I`` exactly), to the dense matrix for exact.
-``damping=None`` picks ``DEFAULT_DAMPING_FACTOR`` times the mean eigenvalue of the undamped curvature
-over all tracked parameters, ``trace(G) / P``. For EKFAC with the empirical Fisher that trace equals
-the exact one, so exact and EKFAC get the same default damping. A curvature that is singular at the
+``damping=None`` picks ``DEFAULT_DAMPING_FACTOR`` (0.1) times the largest eigenvalue of the undamped
+curvature (over all tracked layers; for exact estimated by power iteration). Relative to the top of
+the spectrum, not to its mean: the mean eigenvalue of a trained network's curvature is thousands of
+times smaller than the largest (most directions are flat), and at ``0.1 x mean`` the K-FAC/EKFAC
+influence has a median Spearman correlation of about 0.3 with the exact one on a digits MLP, against
+about 0.9 at ``0.1 x largest`` (see ``benchmarks/RESULTS.md``). A curvature that is singular at the
 damping given (a zero damped eigenvalue, or a failed Cholesky factorisation) gets that default added
 and a ``UserWarning``.
 """
@@ -68,14 +71,14 @@ class Curvature(ABC):
         tracked: Qualified layer name -> tracked ``nn.Linear``/``nn.Conv2d``, in model order.
         damping: The damping ``lambda`` in use (resolved when ``None`` was asked for).
         fisher: ``"empirical"``, ``"sampled"`` or ``"ggn"``.
-        mean_eigenvalue: ``trace(G) / P`` of the undamped curvature.
+        largest_eigenvalue: Largest eigenvalue of the undamped curvature (the default damping's scale).
     """
 
     kind: str
     tracked: dict[str, nn.Module]
     damping: float
     fisher: str
-    mean_eigenvalue: float
+    largest_eigenvalue: float
 
     @abstractmethod
     def inverse_hvp(self, grads: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -127,11 +130,11 @@ class KroneckerCurvature(Curvature):
         self.layers = dict(layers)
         self.fisher = fisher
         eigenvalues = torch.cat([layer.eigenvalues.flatten() for layer in self.layers.values()])
-        self.mean_eigenvalue = float(eigenvalues.mean())
-        resolved = resolve_damping(damping, self.mean_eigenvalue)
+        self.largest_eigenvalue = float(eigenvalues.max())
+        resolved = resolve_damping(damping, self.largest_eigenvalue)
         smallest, largest = float(eigenvalues.min()) + resolved, float(eigenvalues.max()) + resolved
         if smallest <= _SINGULAR_RATIO * max(largest, 0.0):
-            resolved = _more_damping(resolved, self.mean_eigenvalue, f"{kind} curvature has a zero damped eigenvalue")
+            resolved = _more_damping(resolved, self.largest_eigenvalue, f"{kind} curvature has a zero damped eigenvalue")
         self.damping = resolved
 
     def inverse_hvp(self, grads: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -169,12 +172,12 @@ class ExactCurvature(Curvature):
         self.tracked = dict(tracked)
         self.matrix = matrix
         self.fisher = fisher
-        self.mean_eigenvalue = float(matrix.diagonal().mean())
-        resolved = resolve_damping(damping, self.mean_eigenvalue)
+        self.largest_eigenvalue = _largest_eigenvalue(matrix)
+        resolved = resolve_damping(damping, self.largest_eigenvalue)
         identity = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
         factor, info = torch.linalg.cholesky_ex(matrix + resolved * identity)
         if int(info) != 0:
-            resolved = _more_damping(resolved, self.mean_eigenvalue, "exact curvature is not positive definite")
+            resolved = _more_damping(resolved, self.largest_eigenvalue, "exact curvature is not positive definite")
             factor = torch.linalg.cholesky(matrix + resolved * identity)
         self.damping = resolved
         self._cholesky = factor
@@ -195,12 +198,12 @@ class ExactCurvature(Curvature):
         return ExactCurvature(self.tracked, self.matrix, damping, self.fisher)
 
 
-def resolve_damping(damping: float | None, mean_eigenvalue: float) -> float:
-    """The damping to use: the value given, or ``DEFAULT_DAMPING_FACTOR * mean_eigenvalue`` for ``None``.
+def resolve_damping(damping: float | None, largest_eigenvalue: float) -> float:
+    """The damping to use: the value given, or ``DEFAULT_DAMPING_FACTOR * largest_eigenvalue`` for ``None``.
 
     Args:
         damping: ``lambda >= 0`` or ``None``.
-        mean_eigenvalue: ``trace(G) / P`` of the undamped curvature.
+        largest_eigenvalue: Largest eigenvalue of the undamped curvature (the default damping's scale).
 
     Returns:
         The damping as a float (1.0 when ``None`` is asked for and the curvature is zero).
@@ -210,7 +213,7 @@ def resolve_damping(damping: float | None, mean_eigenvalue: float) -> float:
         ValueError: If ``damping`` is negative or not finite.
     """
     if damping is None:
-        default = DEFAULT_DAMPING_FACTOR * mean_eigenvalue
+        default = DEFAULT_DAMPING_FACTOR * largest_eigenvalue
         return default if default > 0.0 else 1.0
     if isinstance(damping, bool) or not isinstance(damping, (int, float)):
         raise TypeError(f"damping must be a float >= 0 or None, got {type(damping).__name__}")
@@ -219,15 +222,30 @@ def resolve_damping(damping: float | None, mean_eigenvalue: float) -> float:
     return float(damping)
 
 
-def _more_damping(damping: float, mean_eigenvalue: float, reason: str) -> float:
-    added = resolve_damping(None, mean_eigenvalue)
+def _more_damping(damping: float, largest_eigenvalue: float, reason: str) -> float:
+    added = resolve_damping(None, largest_eigenvalue)
     warnings.warn(
-        f"{reason} at damping {damping:g}; adding {added:g} ({DEFAULT_DAMPING_FACTOR} x mean eigenvalue). "
+        f"{reason} at damping {damping:g}; adding {added:g} ({DEFAULT_DAMPING_FACTOR} x largest eigenvalue). "
         "Pass a larger damping to silence this.",
         UserWarning,
         stacklevel=3,
     )
     return damping + added
+
+
+def _largest_eigenvalue(matrix: Tensor, iterations: int = 200, tolerance: float = 1e-6) -> float:
+    # Power iteration from a fixed start: deterministic, O(P^2) per step instead of eigvalsh's O(P^3).
+    vector = torch.linspace(1.0, 2.0, matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+    vector /= vector.norm()
+    estimate = 0.0
+    for _ in range(iterations):
+        image = matrix @ vector
+        previous, estimate = estimate, float(vector @ image)
+        norm = image.norm()
+        if norm == 0 or abs(estimate - previous) <= tolerance * abs(estimate):
+            break
+        vector = image / norm
+    return estimate
 
 
 def _check_layers(tracked: Mapping[str, nn.Module], grads: Mapping[str, Tensor]) -> None:
@@ -272,7 +290,7 @@ def fit_curvature(
             or twice (``"ekfac"``).
         curvature: ``"exact"``, ``"kfac"`` or ``"ekfac"``.
         damping: ``lambda >= 0`` added to the curvature's diagonal/eigenvalues, or ``None`` for
-            ``DEFAULT_DAMPING_FACTOR * trace(G) / P``.
+            ``DEFAULT_DAMPING_FACTOR`` times the largest eigenvalue.
         modules: Qualified names of the layers to track; ``None`` tracks every Linear/Conv2d.
         fisher: ``"empirical"``, ``"sampled"`` or (exact only) ``"ggn"``.
         seed: Seed of the label sampler for ``fisher="sampled"``.
