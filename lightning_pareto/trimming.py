@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -45,6 +46,7 @@ __all__ = [
     "LightningFit",
     "ScoringOptions",
     "TrimOutcome",
+    "TrimMethod",
     "TrimReport",
     "check_budget",
     "check_method",
@@ -470,7 +472,7 @@ def trim(
     fitter = fitter or LBFGSFit()
     scoring = scoring or ScoringOptions()
     if scoring.damping is None and fitter.weight_decay > 0:
-        scoring = ScoringOptions(**{**scoring.__dict__, "damping": fitter.weight_decay})
+        scoring = dataclasses.replace(scoring, damping=fitter.weight_decay)
     datamodule.setup("fit")
     train_data = datamodule.train_dataset
     for budget in budget_list:

@@ -207,7 +207,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             line.append(f"{count['wins']}/{summary['seeds']} ({count['ties']} ties)" if count else "")
         lines.append(line)
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    render = lambda row: "  ".join(text.ljust(width) for text, width in zip(row, widths))  # noqa: E731
+
+    def render(row: list[str]) -> str:
+        return "  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip()
+
     note = f"Test accuracy (%), mean ± std over {summary['seeds']} seeds; p = share of removed samples corrupted."
     return "\n".join([note, render(header), render(["-" * w for w in widths]), *map(render, lines)])
 
