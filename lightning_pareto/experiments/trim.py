@@ -49,7 +49,7 @@ from torch import nn
 from lightning_pareto.data.base import ClassificationDataModule
 from lightning_pareto.trimming import METHODS, Fitter, ScoringOptions, TrimReport, trim
 
-__all__ = ["COLUMNS", "build_parser", "main"]
+__all__ = ["COLUMNS", "accuracy_figure", "build_parser", "format_summary", "main", "summarize"]
 
 COLUMNS = (
     "method", "seed", "budget", "test_acc", "seconds",
