@@ -55,9 +55,9 @@ class CIFAR10DataModule(ClassificationDataModule):
         self,
         root: str | Path,
         *,
-        val_size: float | int = 5000,
-        test_size: float | int | None = None,
-        train_size: float | int | None = None,
+        val_size: int | float = 5000,
+        test_size: int | float | None = None,
+        train_size: int | float | None = None,
         standardize: bool = False,
         **kwargs: Any,
     ) -> None:

@@ -39,8 +39,8 @@ class GaussiansDataModule(ClassificationDataModule):
         separation: float = 2.0,
         std: float = 1.0,
         *,
-        val_size: float | int = 100,
-        test_size: float | int | None = 600,
+        val_size: int | float = 100,
+        test_size: int | float | None = 600,
         standardize: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -76,8 +76,8 @@ class MoonsDataModule(ClassificationDataModule):
         num_samples: int = 1000,
         noise: float = 0.2,
         *,
-        val_size: float | int = 250,
-        test_size: float | int | None = 250,
+        val_size: int | float = 250,
+        test_size: int | float | None = 250,
         standardize: bool = False,
         **kwargs: Any,
     ) -> None:
