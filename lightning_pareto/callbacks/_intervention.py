@@ -466,7 +466,10 @@ class InterventionCallback(Callback):
                 preset=settings.preset, seed=settings.seed, time_budget=settings.time_budget, progress=show_progress,
                 w_min=settings.w_min, w_max=settings.w_max, trust=settings.trust,
             )  # fmt: skip
-        self._log_computation(trainer, record, report, influence, result)
+        try:
+            self._log_computation(trainer, record, report, influence, result)
+        except Exception as error:  # noqa: BLE001 - a logging failure must not cost the intervention
+            rank_zero_warn(f"{type(self).__name__}: could not log the intervention: {type(error).__name__}: {error}")
         weights = _search_weights_or_reason(result, record)
         if weights is None:
             return None
@@ -498,13 +501,16 @@ class InterventionCallback(Callback):
 
     @rank_zero_only
     def _write(self, trainer: Trainer, record: InterventionRecord) -> None:
-        path = Path(trainer.log_dir or trainer.default_root_dir) / RECORDS_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as handle:
-            handle.write(json.dumps(record.to_dict()) + "\n")
-        for experiment in _tensorboards(trainer):
-            experiment.add_text(f"{TAG}/summary", _code_block(intervention_table([record], self.class_names)),
-                                global_step=trainer.global_step)
+        try:
+            path = Path(trainer.log_dir or trainer.default_root_dir) / RECORDS_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as handle:
+                handle.write(json.dumps(record.to_dict()) + "\n")
+            for experiment in _tensorboards(trainer):
+                experiment.add_text(f"{TAG}/summary", _code_block(intervention_table([record], self.class_names)),
+                                    global_step=trainer.global_step)
+        except Exception as error:  # noqa: BLE001 - a logging failure must not stop training
+            rank_zero_warn(f"{type(self).__name__}: could not write the intervention record: {type(error).__name__}: {error}")
 
 
 def influence_model(pl_module: LightningModule) -> nn.Module:
