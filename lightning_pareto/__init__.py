@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClassifierModule",
+    "CourseCorrection", "DirectImprovement",
     "IndexedDataset",
     "PerClassAccuracy",
     "SampleWeightStore",

@@ -12,6 +12,7 @@ from lightning_pareto.callbacks.monitor import (
 )
 
 __all__ = [
+    "CourseCorrection", "DirectImprovement",  # lazily imported below; they load the influence engine only when they run
     "PerClassAccuracy",
     "class_indices",
     "find_monitor",
