@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib
 import json
 import time
 from collections.abc import Sequence
@@ -61,8 +60,6 @@ __all__ = ["COLUMNS", "build_parser", "curves_figure", "format_timings", "main",
 
 COLUMNS = ("strategy", "seed", "round", "n_labeled", "test_acc", "seconds")
 StrategyName = Literal["fi", "fi_approx", "iv", "bald", "entropy", "margin", "random"]
-# Split sizes of the datamodules: a value above 1 can only be a count.
-_SIZE_ARGUMENTS = ("val_size", "test_size", "train_size")
 
 
 def build_parser() -> ArgumentParser:
@@ -132,12 +129,11 @@ def main(argv: list[str]) -> None:
     # Everything is built and checked for every seed before the first training.
     runs = []
     for seed in seeds:
-        data = _datamodule(config.data, seed)
         seeded = config.clone()
-        seeded.data = None  # built above; jsonargparse would turn integer split counts into floats
+        seeded.data.init_args.seed = seed
         torch.manual_seed(seed)
         objects = parser.instantiate(seeded)
-        pool, labels, val_arrays, test_arrays, class_names = _pool_and_splits(data, config.variant, seed)
+        pool, labels, val_arrays, test_arrays, class_names = _pool_and_splits(objects.data, config.variant, seed)
         initial = random_initial_pool(len(pool), config.initial_size, seed)
         for strategy in built.values():
             check_plan(_module(objects, class_names), strategy, pool, initial, config.acquisition_size, config.rounds,
@@ -281,22 +277,6 @@ def _check_plan(
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a count or a non-empty list of distinct seeds, got {seeds}")
     return list(strategies), list(seeds)
-
-
-def _datamodule(data: Namespace, seed: int) -> ClassificationDataModule:
-    """Build the configured datamodule with ``seed``.
-
-    Built directly rather than by jsonargparse, whose instantiation coerces split sizes typed
-    ``float | int`` to floats, turning a count such as ``train_size: 480`` into an invalid fraction.
-    """
-    module_name, _, class_name = data.class_path.rpartition(".")
-    options = data.init_args.as_dict()
-    for name in _SIZE_ARGUMENTS:
-        value = options.get(name)
-        if isinstance(value, float) and value > 1 and value.is_integer():
-            options[name] = int(value)
-    options["seed"] = seed
-    return getattr(importlib.import_module(module_name), class_name)(**options)
 
 
 def _cell(rows: Sequence[dict[str, Any]], seed: int, size: int, key: str = "test_acc") -> float:
