@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FITNESS_MODES",
+    "CurvatureName",
+    "FitnessMode",
+    "PresetName",
     "RECORDS_FILE",
     "InterventionCallback",
     "InterventionRecord",
@@ -58,9 +61,12 @@ __all__ = [
     "per_class_accuracy",
 ]
 
-FITNESS_MODES = ("predicted", "trial")
-PRESETS = ("fast", "paper")
-CURVATURES = ("exact", "kfac", "ekfac")
+CurvatureName = Literal["ekfac", "kfac", "exact"]
+FitnessMode = Literal["predicted", "trial"]
+PresetName = Literal["fast", "paper"]
+CURVATURES: tuple[str, ...] = get_args(CurvatureName)
+FITNESS_MODES: tuple[str, ...] = get_args(FitnessMode)
+PRESETS: tuple[str, ...] = get_args(PresetName)
 RECORDS_FILE = "interventions.jsonl"
 TAG = "pareto"
 
@@ -74,12 +80,12 @@ class InterventionSettings:
         TypeError: If an option has the wrong type.
     """
 
-    curvature: str = "ekfac"
+    curvature: CurvatureName = "ekfac"
     damping: float | None = None
     modules: tuple[str, ...] | None = None
-    fitness: str = "predicted"
+    fitness: FitnessMode = "predicted"
     trial_batches: int | None = None
-    preset: str = "fast"
+    preset: PresetName = "fast"
     w_min: float = 0.0
     w_max: float = 3.0
     trust: float = 0.5

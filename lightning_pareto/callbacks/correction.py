@@ -8,7 +8,14 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_pareto.callbacks._intervention import InterventionCallback, InterventionRecord, InterventionSettings
+from lightning_pareto.callbacks._intervention import (
+    CurvatureName,
+    FitnessMode,
+    InterventionCallback,
+    InterventionRecord,
+    InterventionSettings,
+    PresetName,
+)
 from lightning_pareto.callbacks._snapshot import TrainingSnapshot, restore_rng_state
 from lightning_pareto.callbacks.monitor import class_indices
 from lightning_pareto.weighting import require_sample_weights
@@ -76,12 +83,12 @@ class CourseCorrection(InterventionCallback):
         drop_threshold: float = 0.03,
         classes: str | list[int | str] = "any",
         max_corrections: int = 3,
-        curvature: str = "ekfac",
+        curvature: CurvatureName = "ekfac",
         damping: float | None = None,
         modules: list[str] | None = None,
-        fitness: str = "predicted",
+        fitness: FitnessMode = "predicted",
         trial_batches: int | None = None,
-        preset: str = "fast",
+        preset: PresetName = "fast",
         w_min: float = 0.0,
         w_max: float = 3.0,
         trust: float = 0.5,

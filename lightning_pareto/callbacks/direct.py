@@ -9,7 +9,14 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_pareto.callbacks._intervention import InterventionCallback, InterventionRecord, InterventionSettings
+from lightning_pareto.callbacks._intervention import (
+    CurvatureName,
+    FitnessMode,
+    InterventionCallback,
+    InterventionRecord,
+    InterventionSettings,
+    PresetName,
+)
 from lightning_pareto.callbacks.monitor import class_indices
 from lightning_pareto.weighting import require_sample_weights
 
@@ -76,12 +83,12 @@ class DirectImprovement(InterventionCallback):
         at_epochs: list[int] | None = None,
         every_n_epochs: int | None = None,
         apply_epochs: int = 1,
-        curvature: str = "ekfac",
+        curvature: CurvatureName = "ekfac",
         damping: float | None = None,
         modules: list[str] | None = None,
-        fitness: str = "predicted",
+        fitness: FitnessMode = "predicted",
         trial_batches: int | None = None,
-        preset: str = "fast",
+        preset: PresetName = "fast",
         w_min: float = 0.0,
         w_max: float = 3.0,
         trust: float = 0.5,
