@@ -36,14 +36,16 @@ class CourseCorrection(InterventionCallback):
     are uniform again.
 
     Lightning's progress counters are not rewound: the redo is an extra epoch, so
-    ``trainer.fit_loop.max_epochs`` grows by one per correction (with ``max_steps`` set, it grows by
-    one epoch of steps) and the run still trains its budgeted number of epochs. The redo replays the
+    ``trainer.fit_loop.max_epochs`` grows by one per correction as soon as the drop is seen (with
+    ``max_steps`` set, it grows by one epoch of steps) and the run still trains its budgeted number of
+    epochs; a resumed run re-applies the extension. The redo replays the
     detrimental epoch's batch order and learning rate; an epoch-wise LR schedule therefore runs one
     epoch behind ``trainer.current_epoch`` after each correction. A redo is never corrected itself,
     and at most ``max_corrections`` rollbacks are attempted. If an intervention is skipped (NaN
     influence, infeasible LP, no improving candidate), the state after the detrimental epoch is put
-    back and training goes on without a redo. Other callbacks' state (early stopping, checkpoint
-    bookkeeping) is not rolled back.
+    back and training goes on without a redo (and without the extra epoch). Drops are measured between
+    consecutive validation runs and only the last epoch is rolled back, so validate every epoch. Other
+    callbacks' state (early stopping, checkpoint bookkeeping) is not rolled back.
 
     Each correction is a line of ``interventions.jsonl`` in the log directory with ``before`` (the
     epoch preceding the detrimental one), ``bad`` (the detrimental epoch) and ``after`` (the redo),
