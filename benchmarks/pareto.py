@@ -203,15 +203,26 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     start = time.perf_counter()
-    rows, checks = [], []
+    rows: list[dict[str, Any]] = []
+    checks: list[dict[str, Any]] = []
     for dataset in args.datasets:
         checks.append(cc_counterfactual_check(dataset, 0))
         for seed in range(args.seeds):
             rows += direct_improvement(dataset, seed, args.fitness)
             rows += course_correction(dataset, seed, args.fitness)
+            # Written after every seed, so an interrupted run keeps what it measured.
+            _write(args, rows, checks, time.perf_counter() - start, complete=False)
             print(f"{dataset} seed {seed}: {len(rows)} interventions so far, {time.perf_counter() - start:.0f} s", flush=True)
+    result = _write(args, rows, checks, time.perf_counter() - start, complete=True)
+    print(json.dumps(result["summary"], indent=1))
+    print(json.dumps(checks))
+
+
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]], checks: list[dict[str, Any]], seconds: float,
+           complete: bool) -> dict[str, Any]:
     result = {
         "benchmark": "pareto",
+        "complete": complete,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
         "settings": {"seeds": args.seeds, "datasets": args.datasets, "fitness": args.fitness,
@@ -225,13 +236,11 @@ def main() -> None:
         "counterfactual_checks": checks,
         "summary": _summary(rows),
         "rows": rows,
-        "total_seconds": time.perf_counter() - start,
+        "total_seconds": seconds,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result["summary"], indent=1))
-    print(json.dumps(checks))
-
+    return result
 
 if __name__ == "__main__":
     main()
