@@ -39,6 +39,7 @@ import copy
 import csv
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -143,13 +144,17 @@ def main(argv: list[str]) -> None:
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for seed, objects, pool, labels, val_arrays, test_arrays, class_names, initial in runs:
-        for name, strategy in built.items():
-            results = run_active_learning(
-                _module(objects, class_names), strategy, pool, labels.__getitem__, test_arrays,
-                initial=initial, acquisition_size=config.acquisition_size, rounds=config.rounds, val_arrays=val_arrays,
-                max_epochs=config.max_epochs, batch_size=config.batch_size, pool_batch_size=config.pool_batch_size,
-                restart=config.restart, trainer_kwargs=config.trainer, seed=seed,
-            )  # fmt: skip
+        for number, (name, strategy) in enumerate(built.items()):
+            with warnings.catch_warnings():
+                if number:  # the strategies share the initial set: warn about missing classes once per seed
+                    warnings.filterwarnings("ignore", message="the initial labelled set")
+                results = run_active_learning(
+                    _module(objects, class_names), strategy, pool, labels.__getitem__, test_arrays,
+                    initial=initial, acquisition_size=config.acquisition_size, rounds=config.rounds,
+                    val_arrays=val_arrays, max_epochs=config.max_epochs, batch_size=config.batch_size,
+                    pool_batch_size=config.pool_batch_size, restart=config.restart, trainer_kwargs=config.trainer,
+                    seed=seed,
+                )  # fmt: skip
             rows.extend(_rows(name, seed, results))
             _write_csv(rows, output / "results.csv")
             print(f"seed {seed} {name}: " + _run_line(results) + f" ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import warnings
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,17 @@ def _config(tmp_path: Path, **overrides) -> Path:
 def digits_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("active")
     output = tmp_path / "out"
-    cli_main(["active", "--config", str(_config(tmp_path)), "--output_dir", str(output)])
-    return output
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli_main(["active", "--config", str(_config(tmp_path)), "--output_dir", str(output)])
+    missing = [w for w in caught if "the initial labelled set" in str(w.message)]
+    return output, missing
+
+
+def test_missing_classes_are_reported_once_per_seed(digits_run):
+    _, missing = digits_run
+    # Ten random digits out of ten classes miss some class for both seeds; all four strategies share the set.
+    assert len(missing) == 2
 
 
 def _read_rows(output: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -55,7 +65,7 @@ def _read_rows(output: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def test_results_csv_has_every_strategy_seed_and_round(digits_run):
-    columns, rows = _read_rows(digits_run)
+    columns, rows = _read_rows(digits_run[0])
     assert columns == ["strategy", "seed", "round", "n_labeled", "test_acc", "seconds"]
     assert len(rows) == len(STRATEGIES) * 2 * 3
     assert {(r["strategy"], r["seed"], r["round"], r["n_labeled"]) for r in rows} == {
@@ -71,6 +81,7 @@ def test_results_csv_has_every_strategy_seed_and_round(digits_run):
 
 
 def test_summary_curves_and_tensorboard_agree_with_the_csv(digits_run):
+    digits_run, _ = digits_run
     _, rows = _read_rows(digits_run)
     summary = json.loads((digits_run / "summary.json").read_text())
     assert summary["seeds"] == 2 and list(summary["strategies"]) == STRATEGIES
