@@ -78,12 +78,18 @@ def matrix_to_weight_bias(module: nn.Module, matrix: Tensor) -> tuple[Tensor, Te
     return weight, bias
 
 
+def parameter_name(layer: str, parameter: str) -> str:
+    """Qualified parameter name as in ``model.named_parameters()``: ``"<layer>.<parameter>"``, or
+    ``"<parameter>"`` when the tracked layer is the model itself (``layer == ""``)."""
+    return f"{layer}.{parameter}" if layer else parameter
+
+
 def layout_from_named(tracked: Mapping[str, nn.Module], named: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Layout matrices from parameter-shaped tensors keyed by qualified parameter name.
 
     Args:
         tracked: Qualified layer name -> tracked layer, in model order.
-        named: ``"<layer>.weight"`` (and ``"<layer>.bias"``) -> tensor of shape ``(*batch, *param.shape)``,
+        named: ``parameter_name(layer, "weight")`` (and ``"bias"``) -> tensor of shape ``(*batch, *param.shape)``,
             for example the output of ``torch.func.grad`` over ``model.named_parameters()``.
             Extra keys are ignored.
 
@@ -92,7 +98,9 @@ def layout_from_named(tracked: Mapping[str, nn.Module], named: Mapping[str, Tens
     """
     return {
         name: weight_bias_to_matrix(
-            module, named[f"{name}.weight"], named[f"{name}.bias"] if module.bias is not None else None
+            module,
+            named[parameter_name(name, "weight")],
+            named[parameter_name(name, "bias")] if module.bias is not None else None,
         )
         for name, module in tracked.items()
     }
@@ -111,9 +119,9 @@ def layout_to_named(tracked: Mapping[str, nn.Module], layout: Mapping[str, Tenso
     named: dict[str, Tensor] = {}
     for name, module in tracked.items():
         weight, bias = matrix_to_weight_bias(module, layout[name])
-        named[f"{name}.weight"] = weight
+        named[parameter_name(name, "weight")] = weight
         if bias is not None:
-            named[f"{name}.bias"] = bias
+            named[parameter_name(name, "bias")] = bias
     return named
 
 

@@ -11,8 +11,9 @@ Computed in four steps: fit the curvature (``fit_curvature``), one pass over the
 accumulating the per-class gradient sums ``sum_{i in c} sum_t g_{i,t} a_{i,t}^T`` by per-sample
 contraction, one ``inverse_hvp`` of the ``K`` class queries, and one pass over the training set in
 which ``I[i, c] = sum_layers sum_t g_{i,t}^T Q_c a_{i,t}`` is contracted from the captured layer
-inputs ``a`` and output gradients ``g``: no per-sample gradient is built and memory is bounded by
-the batch, not the data set.
+inputs ``a`` and output gradients ``g``: no per-sample gradient of a Linear layer is built (for
+layers with positions, Conv2d, per-sample gradients are formed in bounded chunks where that is
+cheaper than the contraction) and memory is bounded by the batch, not the data set.
 """
 
 from __future__ import annotations
@@ -250,11 +251,24 @@ def _score(
 def _contract(a: Tensor, g: Tensor, query: Tensor) -> Tensor:
     """``sum_t g[b, t]^T query[k] a[b, t]`` for a ``(b, T, i)``, g ``(b, T, o)``, query ``(K, o, i)`` -> ``(b, K)``.
 
-    Contracts the larger feature axis first with one matmul, so the intermediate is
-    ``(rows, K, min(o, i))``; rows are chunked to bound it.
+    Picks the cheaper of two exact orders, chunked over rows to bound memory:
+
+    - ``T * K > T + K`` (positions, as in Conv2d): form each sample's gradient ``g^T a`` ``(o, i)``
+      and take its inner products with the K queries: ``(T + K) o i`` multiply-adds per sample,
+      against ``T K o i`` for the contraction.
+    - otherwise (``T = 1``, a Linear layer): never form the gradient; contract the larger feature
+      axis with the queries in one matmul and the smaller one with a batched dot product,
+      ``K o i`` per sample.
     """
-    batch, positions = a.shape[:2]
-    num_queries, outputs, inputs = query.shape
+    batch, positions, inputs = a.shape
+    num_queries, outputs = query.shape[:2]
+    if positions * num_queries > positions + num_queries:
+        chunk = max(1, _CHUNK_ELEMENTS // (outputs * inputs))
+        flat_queries = query.reshape(num_queries, outputs * inputs).T
+        return torch.cat([
+            (g[start : start + chunk].transpose(1, 2) @ a[start : start + chunk]).flatten(1) @ flat_queries
+            for start in range(0, batch, chunk)
+        ])  # fmt: skip
     rows_a, rows_g = a.flatten(end_dim=1), g.flatten(end_dim=1)
     if outputs <= inputs:
         big, small, weights = rows_a, rows_g, query.reshape(num_queries * outputs, inputs).T

