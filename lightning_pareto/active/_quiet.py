@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Lightning's loggers at WARNING, its ``PossibleUserWarning`` hints and ``LeafSpec`` notice ignored, for the duration."""
+    """Lightning's loggers at WARNING; its ``PossibleUserWarning`` hints and ``LeafSpec`` notice ignored."""
     from lightning.fabric.utilities.warnings import PossibleUserWarning
 
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]

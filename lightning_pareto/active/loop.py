@@ -260,7 +260,8 @@ def _ask(label_fn: LabelFunction, positions: Tensor, num_classes: int) -> Tensor
     labels = torch.as_tensor(label_fn(positions))
     if labels.shape != positions.shape or labels.dtype not in (torch.int32, torch.int64):
         raise ValueError(
-            f"label_fn must return int labels of shape {tuple(positions.shape)}, got {labels.dtype} {tuple(labels.shape)}"
+            f"label_fn must return int labels of shape {tuple(positions.shape)}, "
+            f"got {labels.dtype} {tuple(labels.shape)}"
         )
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"label_fn returned labels outside [0, {num_classes})")

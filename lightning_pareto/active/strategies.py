@@ -184,7 +184,10 @@ class FIActive(Strategy):
 
 
 class FIActiveApprox(FIActive):
-    """FI^active with both approximations (Algorithm 8): KFSVD on a fraction ``alpha`` of the pool, a forest for the rest.
+    """FI^active with both approximations (Algorithm 8).
+
+    KFSVD (K-FAC curvature, rank-``k`` Jacobians) on a fraction ``alpha`` of the pool, a random forest
+    predicting the FI rank of the rest.
 
     Args:
         rank: KFSVD's truncated-SVD rank ``k``.
@@ -324,7 +327,9 @@ class BALD(Strategy):
     ) -> Tensor:
         """BALD of every pool point from ``samples`` MC-dropout passes (see :class:`Strategy`)."""
         self.check(model)
-        probs = pool_probabilities(model, pool_loader, samples=self.samples, input_dropout=self.input_dropout, seed=seed)
+        probs = pool_probabilities(
+            model, pool_loader, samples=self.samples, input_dropout=self.input_dropout, seed=seed
+        )
         return bald_scores(probs)
 
 

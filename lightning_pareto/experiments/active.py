@@ -88,7 +88,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--strategy_options", type=dict[str, dict[str, Any]], default={},
                         help="Keyword arguments per strategy, e.g. {fi: {modules: [net.head]}, bald: {samples: 20}}.")
     parser.add_argument("--variant", type=Literal["standard", "unbalanced", "redundant"], default="standard",
-                        help="Seed 000 appendix D.2 pools built from 10-digit data: unbalanced or redundant (1/7/neither).")
+                        help="Seed 000 appendix D.2 pools from 10-digit data: unbalanced, or redundant (1/7/neither).")
     parser.add_argument("--initial_size", type=int, default=20, help="Size of the random initial labelled set.")
     parser.add_argument("--acquisition_size", type=int, default=20, help="Points queried per round.")
     parser.add_argument("--rounds", type=int, default=10, help="Number of acquisition rounds.")
@@ -157,7 +157,8 @@ def main(argv: list[str]) -> None:
                 )  # fmt: skip
             rows.extend(_rows(name, seed, results))
             _write_csv(rows, output / "results.csv")
-            print(f"seed {seed} {name}: " + _run_line(results) + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+            elapsed = time.perf_counter() - started
+            print(f"seed {seed} {name}: {_run_line(results)} ({elapsed:.0f} s)", flush=True)
 
     summary = summarize(rows, strategies)
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -179,8 +180,8 @@ def summarize(rows: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict
         ``{"seeds": S, "strategies": {name: {"n_labeled": [...], "mean": [...], "std": [...],
         "seconds": [...], "curve_mean", "curve_std", "final_mean", "final_std", "acquisition_seconds",
         "acquisition_seconds_std", "seconds_per_round"}}}``: accuracies are fractions, ``mean``/``std``
-        over seeds per labelled-set size (``seconds``: mean acquisition seconds); ``curve_*`` the accuracy averaged over the curve (the
-        normalised area under it); ``acquisition_seconds`` the total acquisition time of one run.
+        over seeds per labelled-set size (``seconds``: mean acquisition seconds); ``curve_*`` the
+        accuracy averaged over the curve (the normalised area under it); ``acquisition_seconds`` the total acquisition time of one run.
     """
     seeds = sorted({row["seed"] for row in rows})
     table: dict[str, dict[str, Any]] = {}

@@ -193,7 +193,8 @@ def test_bad_input_fails_before_training(no_training, overrides, match):
 
 def test_initial_pool_missing_classes_warns(no_training):
     pool, labels = _data(30)
-    with pytest.warns(UserWarning, match=r"no sample of classes \[2\]"), pytest.raises(AssertionError, match="training"):
+    missing_class_two = pytest.warns(UserWarning, match=r"no sample of classes \[2\]")
+    with missing_class_two, pytest.raises(AssertionError, match="training"):
         run_active_learning(
             _module(), RandomSampling(), pool, lambda i: labels[i], _data(10, 1), initial=torch.tensor([0, 1, 3, 4]),
             acquisition_size=4, rounds=2,

@@ -23,7 +23,9 @@ def _config(tmp_path: Path, **overrides) -> Path:
     config = {
         "seeds": [0, 1],
         "strategies": STRATEGIES,
-        "strategy_options": {"fi": {"damping": 0.001}, "iv": {"damping": 0.001}, "bald": {"samples": 4, "input_dropout": 0.2}},
+        "strategy_options": {
+            "fi": {"damping": 0.001}, "iv": {"damping": 0.001}, "bald": {"samples": 4, "input_dropout": 0.2},
+        },
         "initial_size": 10,
         "acquisition_size": 10,
         "rounds": 2,
@@ -118,7 +120,9 @@ def test_timing_table_is_printed(tmp_path, capsys):
 def test_redundant_variant_relabels_one_seven_neither(tmp_path):
     output = tmp_path / "out"
     net = {"class_path": "LogisticRegression", "init_args": {"in_features": 64, "num_classes": 3}}
-    path = _config(tmp_path, strategies=["entropy"], seeds=1, rounds=1, strategy_options={}, variant="redundant", net=net)
+    path = _config(
+        tmp_path, strategies=["entropy"], seeds=1, rounds=1, strategy_options={}, variant="redundant", net=net
+    )
     active.main(["--config", str(path), "--output_dir", str(output)])
     _, rows = _read_rows(output)
     assert [r["n_labeled"] for r in rows] == ["10", "20"]
