@@ -81,6 +81,8 @@ def category_influence(
     Raises:
         ValueError: On a bad option, labels outside ``[0, num_classes)``, an empty loader, or an
             index outside ``[0, n)``.
+        FloatingPointError: If the fitted curvature is not finite (NaN/inf in the model or the
+            training data); non-finite scores alone only warn.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")

@@ -171,6 +171,10 @@ class ExactCurvature(Curvature):
     kind = "exact"
 
     def __init__(self, tracked: Mapping[str, nn.Module], matrix: Tensor, damping: float | None, fisher: str) -> None:
+        if not torch.isfinite(matrix).all():
+            raise FloatingPointError(
+                "the exact curvature is not finite: the model or the training data produce NaN/inf gradients"
+            )
         self.tracked = dict(tracked)
         self.matrix = matrix
         self.fisher = fisher
@@ -305,6 +309,7 @@ def fit_curvature(
     Raises:
         ValueError: On an unknown option, untrackable ``modules``, an exact curvature over more than
             ``MAX_EXACT_PARAMETERS`` parameters, or an empty loader.
+        FloatingPointError: If the curvature is not finite (NaN/inf in the model or the data).
     """
     check_options(curvature, fisher)
     resolve_damping(damping, 1.0)  # validate before any pass

@@ -243,3 +243,11 @@ def test_timings_and_progress(trained_mlp, digits64, capsys) -> None:
     assert "influence: factors" in capsys.readouterr().err
     fit_curvature(trained_mlp, loader(*digits64), curvature="kfac", progress=False)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("kind", ["kfac", "exact"])
+def test_non_finite_curvature_is_a_floating_point_error(digits64, kind) -> None:
+    x, y = digits64[0].clone(), digits64[1]
+    x[7, 20] = float("inf")
+    with pytest.raises(FloatingPointError, match="NaN/inf"):
+        fit_curvature(mlp().double(), loader(x, y), curvature=kind, damping=0.1)
