@@ -17,8 +17,9 @@ Both validation accuracy (what the callbacks see and trial fitness optimises) an
 (held out from everything) are reported. ``predicted`` fitness scores GA candidates by first-order
 gains; ``trial`` trains one epoch per candidate (the paper's way).
 
-Run ``python benchmarks/pareto.py`` (writes ``benchmarks/results/pareto.json``); ``--seeds``,
-``--datasets``, ``--fitness`` select a subset.
+Run ``python benchmarks/pareto.py`` (writes ``benchmarks/results/pareto.json`` after every seed);
+``--seeds``, ``--datasets``, ``--fitness``, ``--modes`` select a subset, ``--trust`` a variant of the LP's
+trust radius.
 """
 
 from __future__ import annotations
@@ -104,14 +105,15 @@ def _changes(after: list[float], reference: list[float], targets: list[int]) -> 
     }
 
 
-def direct_improvement(dataset: str, seed: int, fitness_modes: list[str]) -> list[dict[str, Any]]:
+def direct_improvement(dataset: str, seed: int, fitness_modes: list[str], trust: float) -> list[dict[str, Any]]:
     """DI after epoch DI_EPOCH vs the plain run's next epoch, for each fitness mode."""
     epochs = DI_EPOCH + 2
     plain, plain_test, _ = _fit(dataset, seed, 0.2, [], epochs, lr=0.05, spike=False)
     plain_val = {r["epoch"]: r["accuracy"] for r in plain.history}
     rows = []
     for fitness in fitness_modes:
-        callback = DirectImprovement(targets=DI_TARGETS, at_epochs=[DI_EPOCH], fitness=fitness, log_figures=False)
+        callback = DirectImprovement(targets=DI_TARGETS, at_epochs=[DI_EPOCH], fitness=fitness, trust=trust,
+                                     log_figures=False)
         monitor, test, _ = _fit(dataset, seed, 0.2, [callback], epochs, lr=0.05, spike=False)
         val = {r["epoch"]: r["accuracy"] for r in monitor.history}
         (record,) = callback.records
@@ -127,11 +129,12 @@ def direct_improvement(dataset: str, seed: int, fitness_modes: list[str]) -> lis
     return rows
 
 
-def course_correction(dataset: str, seed: int, fitness_modes: list[str]) -> list[dict[str, Any]]:
+def course_correction(dataset: str, seed: int, fitness_modes: list[str], trust: float) -> list[dict[str, Any]]:
     """Every CC redo vs the detrimental epoch it replaced (its exact counterfactual), for each fitness mode."""
     rows = []
     for fitness in fitness_modes:
-        callback = CourseCorrection(drop_threshold=0.25, max_corrections=2, fitness=fitness, log_figures=False)
+        callback = CourseCorrection(drop_threshold=0.25, max_corrections=2, fitness=fitness, trust=trust,
+                                    log_figures=False)
         _, test, _ = _fit(dataset, seed, 0.1, [callback], CC_EPOCHS, lr=0.02, spike=True)
         for record in callback.records:
             row = {"dataset": dataset, "seed": seed, "mode": "course_correction", "fitness": fitness,
@@ -198,6 +201,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist5k"], choices=sorted(DATASETS))
     parser.add_argument("--fitness", nargs="+", default=["predicted", "trial"], choices=["predicted", "trial"])
+    parser.add_argument("--modes", nargs="+", default=["direct_improvement", "course_correction"],
+                        choices=["direct_improvement", "course_correction"])
+    parser.add_argument("--trust", type=float, default=0.5, help="trust radius of the LP (the callbacks' default 0.5)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -206,10 +212,13 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
     for dataset in args.datasets:
-        checks.append(cc_counterfactual_check(dataset, 0))
+        if "course_correction" in args.modes:
+            checks.append(cc_counterfactual_check(dataset, 0))
         for seed in range(args.seeds):
-            rows += direct_improvement(dataset, seed, args.fitness)
-            rows += course_correction(dataset, seed, args.fitness)
+            if "direct_improvement" in args.modes:
+                rows += direct_improvement(dataset, seed, args.fitness, args.trust)
+            if "course_correction" in args.modes:
+                rows += course_correction(dataset, seed, args.fitness, args.trust)
             # Written after every seed, so an interrupted run keeps what it measured.
             _write(args, rows, checks, time.perf_counter() - start, complete=False)
             print(f"{dataset} seed {seed}: {len(rows)} interventions so far, {time.perf_counter() - start:.0f} s", flush=True)
@@ -225,7 +234,8 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], checks: list[di
         "complete": complete,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-        "settings": {"seeds": args.seeds, "datasets": args.datasets, "fitness": args.fitness,
+        "settings": {"seeds": args.seeds, "datasets": args.datasets, "fitness": args.fitness, "modes": args.modes,
+                     "trust": args.trust, "w_min": 0.0, "w_max": 3.0,
                      "direct_improvement": {"label_noise": 0.2, "lr": 0.05, "momentum": 0.9, "at_epoch": DI_EPOCH,
                                             "targets": DI_TARGETS, "preset": "fast", "curvature": "ekfac"},
                      "course_correction": {"label_noise": 0.1, "lr": 0.02, "lr_x15_at_epoch": CC_SPIKE_EPOCH,
