@@ -1,5 +1,6 @@
 """Pool-based active learning (seed 000 section 4): acquisition strategies and a Lightning acquisition loop."""
 
+from lightning_pareto.active.loop import LabelFunction, RoundResult, check_plan, random_initial_pool, run_active_learning
 from lightning_pareto.active.strategies import (
     BALD,
     STRATEGIES,
@@ -23,11 +24,16 @@ __all__ = [
     "FIActive",
     "FIActiveApprox",
     "InfluenceValueSampling",
+    "LabelFunction",
     "MarginSampling",
     "RandomSampling",
+    "RoundResult",
     "Strategy",
     "bald_scores",
+    "check_plan",
     "entropy_scores",
     "make_strategy",
     "margin_scores",
+    "random_initial_pool",
+    "run_active_learning",
 ]
