@@ -9,14 +9,16 @@ from typing import Any, Literal
 import numpy as np
 
 from lightning_pareto.pareto._arrays import as_class_indices, as_float_array, as_influence_matrix
-from lightning_pareto.pareto._sifting import BoxedLPResult, solve_boxed_lp
+from lightning_pareto.pareto._dual_simplex import Basis, BoxedLP, BoxedLPResult
 
 Scale = Literal["mean_abs", "none"]
 SolveStatus = Literal["optimal", "infeasible", "unbounded", "error"]
 
-# Sifting levels: LPs on 1,000 random samples, then 5,000, 25,000, ..., then all samples.
+# Levels: LPs on 1,000 random samples, then 10,000, 100,000, ..., then all samples.
 _FIRST_LEVEL_SAMPLES = 1000
-_LEVEL_GROWTH = 5
+_LEVEL_GROWTH = 10
+# Columns with the smallest reduced costs in the dual simplex's first working set (see _dual_simplex.py).
+_WORKING_SIZE = 5000
 
 MIN_RELATIVE_GAIN = 1e-9
 """Smallest predicted gain, in units of the class's mean absolute influence, that counts as a gain."""
@@ -81,11 +83,13 @@ class WeightLP:
 
     ``delta = p - m`` with ``p, m >= 0`` turns the L1 ball into one linear row, so the LP has 2n
     box-bounded columns and only K + 2 rows, built once; only the right-hand side changes between
-    solves. Rows hold ``I[i, c] / mean_i |I[i, c]|`` so HiGHS's absolute tolerances mean the same for
-    every class. Large LPs are solved exactly by sifting (see ``_sifting.py``) with dual estimates
-    from the same LP on nested random subsets of samples (1,000, then five times more at each level;
-    every row is a sum over samples, so a subset's LP with right-hand sides scaled by its share has
-    nearly the same duals).
+    solves. Rows hold ``I[i, c] / mean_i |I[i, c]|`` so absolute tolerances mean the same for every
+    class. LPs are solved exactly by a dual simplex for few rows and many boxed columns
+    (``_dual_simplex.py``) on nested random subsets of samples (1,000, then ten times more at each
+    level, then all): every row is a sum over samples, so a subset's LP with right-hand sides scaled
+    by its share has nearly the same duals, and its optimal basis starts the next level. The first
+    level starts from the optimal basis of the earlier solve with the closest right-hand side: the
+    GA's candidates share the matrix and costs, so each solve reuses the work of the ones before.
 
     Args:
         influence: Influence matrix, array-like or tensor of shape ``(n, K)``, finite.
@@ -94,8 +98,8 @@ class WeightLP:
         w_max: Largest allowed weight, at least 1.
         scale: ``"mean_abs"`` divides each target column by its mean absolute value before summing
             (classes count equally whatever their influence magnitude); ``"none"`` sums raw gains.
-        sifting: Solve large LPs by sifting (default); ``False`` hands every LP to HiGHS whole, which
-            gives the same optimum more slowly (kept for checks and benchmarks).
+        sifting: Solve by the nested dual simplex (default); ``False`` hands every LP to HiGHS whole,
+            which gives the same optimum more slowly (kept for checks and benchmarks).
 
     Attributes:
         targets: Target class indices.
@@ -145,12 +149,20 @@ class WeightLP:
         row_classes = list(self.non_targets + self.targets)
         loss_rows = -(matrix[:, row_classes] / self.column_scale[row_classes]).T
         ones = np.ones((1, num_samples))
-        self._a_ub = np.block([[loss_rows, -loss_rows], [ones, ones]])
-        self._a_eq = np.hstack([ones, -ones])
         gain_direction = (matrix[:, self.targets] / self.scale[list(self.targets)]).sum(axis=1)
-        self._cost = np.concatenate([-gain_direction, gain_direction])
-        self._upper = np.concatenate([np.full(num_samples, self.w_max - 1.0), np.full(num_samples, 1.0 - self.w_min)])
-        self._levels = _nested_subsets(num_samples) if sifting else [np.arange(num_samples)]
+        a_ub = np.block([[loss_rows, -loss_rows], [ones, ones]])
+        a_eq = np.hstack([ones, -ones])
+        cost = np.concatenate([-gain_direction, gain_direction])
+        upper = np.concatenate([np.full(num_samples, self.w_max - 1.0), np.full(num_samples, 1.0 - self.w_min)])
+        self._sifting = sifting
+        # Per level: its sample count, its sorted column ids and its LP (all samples only, without sifting).
+        self._levels: list[tuple[int, np.ndarray, BoxedLP]] = []
+        for samples in _nested_subsets(num_samples) if sifting else [np.arange(num_samples)]:
+            columns = np.concatenate([samples, samples + num_samples])
+            lp = BoxedLP(cost[columns], a_ub[:, columns], a_eq[:, columns], upper[columns])
+            self._levels.append((len(samples), columns, lp))
+        # First-level optimal bases by right-hand side: the start of the next solve's first level.
+        self._first_level_bases: list[tuple[np.ndarray, Basis]] = []
 
     @property
     def num_samples(self) -> int:
@@ -252,28 +264,32 @@ class WeightLP:
         )
 
     def _solve_nested(self, b_ub_per_sample: np.ndarray) -> BoxedLPResult:
-        duals = None
-        for samples in self._levels:
-            result = self._solve_subset(samples, b_ub_per_sample, duals)
-            if result.status != 0:
-                # A subset's verdict is not the full LP's: let HiGHS decide on all samples.
-                return self._solve_subset(self._levels[-1], b_ub_per_sample, None)
-            duals = result.duals
+        full_lp = self._levels[-1][2]
+        if not self._sifting:
+            return full_lp.solve_with_highs(b_ub_per_sample * self.num_samples, np.zeros(1))
+        start = self._nearest_first_level_basis(b_ub_per_sample)
+        previous_columns = None
+        for level, (num_level_samples, columns, lp) in enumerate(self._levels):
+            if previous_columns is not None:
+                start = _lifted(start, previous_columns, columns, lp.cost)
+            rhs = b_ub_per_sample * num_level_samples
+            result = lp.solve(rhs, np.zeros(1), start=start, working_size=_WORKING_SIZE)
+            if result.basis is None and level < len(self._levels) - 1:
+                # A subset's verdict (or HiGHS's answer) is not the full LP's: solve all samples afresh.
+                return full_lp.solve(b_ub_per_sample * self.num_samples, np.zeros(1), working_size=_WORKING_SIZE)
+            if level == 0 and result.basis is not None:
+                self._first_level_bases.append((b_ub_per_sample, result.basis))
+            start, previous_columns = result.basis, columns
         return result
 
-    def _solve_subset(
-        self, samples: np.ndarray, b_ub_per_sample: np.ndarray, dual_guess: np.ndarray | None
-    ) -> BoxedLPResult:
-        columns = np.concatenate([samples, samples + self.num_samples])
-        return solve_boxed_lp(
-            self._cost[columns],
-            self._a_ub[:, columns],
-            b_ub_per_sample * len(samples),
-            self._a_eq[:, columns],
-            np.zeros(1),
-            self._upper[columns],
-            dual_guess=dual_guess,
-        )
+    def _nearest_first_level_basis(self, b_ub_per_sample: np.ndarray) -> Basis | None:
+        """The first-level basis of the earlier solve with the closest right-hand side (relative distance)."""
+        if not self._first_level_bases:
+            return None
+        keys = np.stack([key for key, _ in self._first_level_bases])
+        magnitude = np.maximum(np.maximum(np.abs(keys), np.abs(b_ub_per_sample)), 1e-12)
+        distance = (np.abs(keys - b_ub_per_sample) / magnitude).sum(axis=1)
+        return self._first_level_bases[int(np.argmin(distance))][1]
 
     def _failure_reason(self, status: SolveStatus, per_class: np.ndarray, trust: float, message: str) -> str:
         if status == "infeasible":
@@ -286,8 +302,26 @@ class WeightLP:
         return f"{status}: HiGHS reported: {message}"
 
 
+def _lifted(basis: Basis, columns: np.ndarray, superset: np.ndarray, superset_cost: np.ndarray) -> Basis:
+    """A basis of the LP on ``columns`` as a basis of the LP on ``superset`` (both sorted column ids).
+
+    The basis matrix, hence the duals, are the same; new columns start at their cheaper bound (the
+    solver moves every nonbasic column to the bound its reduced cost points to anyway).
+    """
+    num_columns, num_superset = len(columns), len(superset)
+    structural = basis.basic < num_columns
+    basic = np.where(
+        structural,
+        np.searchsorted(superset, columns[np.minimum(basis.basic, num_columns - 1)]),
+        basis.basic - num_columns + num_superset,
+    )
+    at_upper = superset_cost < 0
+    at_upper[np.searchsorted(superset, columns)] = basis.at_upper
+    return Basis(basic=basic, at_upper=at_upper)
+
+
 def _nested_subsets(num_samples: int) -> list[np.ndarray]:
-    """Sample indices of the sifting levels: nested random subsets growing five-fold, then all samples."""
+    """Sample indices of the levels: nested random subsets growing ten-fold, then all samples."""
     order = np.random.default_rng(0).permutation(num_samples)
     sizes = []
     size = _FIRST_LEVEL_SAMPLES

@@ -60,7 +60,7 @@ def test_hand_solved_optimum_with_a_binding_threshold() -> None:
 
 @pytest.mark.parametrize("num_samples", [300, 3000])
 def test_matches_an_independently_formulated_lp(num_samples: int) -> None:
-    # 3000 samples go through the sifting path (a 1,000-sample level first).
+    # 3000 samples go through the nested path (a 1,000-sample level first).
     influence = trade_off_influence(num_samples, 5, seed=num_samples)
     targets = [1, 3]
     scale = np.abs(influence).mean(axis=0)
@@ -74,6 +74,27 @@ def test_matches_an_independently_formulated_lp(num_samples: int) -> None:
     # Target gains can split differently between optimal vertices; their scaled sum cannot.
     assert solution.objective > 0.1
     _assert_constraints(influence, solution, targets, tau, 0.2, 2.5, 0.3)
+
+
+def test_successive_solves_match_highs_on_each_right_hand_side() -> None:
+    # 3000 samples: a 1,000-sample level, then all; every solve after the first starts from an
+    # earlier solve's basis. Each optimum must be HiGHS's on the whole LP, a vertex with at most
+    # K + 2 fractional samples (weights strictly between the box and 1 + 0).
+    influence = trade_off_influence(3000, 5, seed=21)
+    lp = WeightLP(influence, [1, 3], w_min=0.2, w_max=2.5)
+    reference = WeightLP(influence, [1, 3], w_min=0.2, w_max=2.5, sifting=False)
+    rng = np.random.default_rng(22)
+    for _ in range(6):
+        tau = lp.column_scale[[0, 2, 4]] * 10.0 ** rng.uniform(-3.0, -0.5, 3)
+        trust = 10.0 ** rng.uniform(-1.3, -0.3)
+        solution = lp.solve(tau, trust)
+        expected = reference.solve(tau, trust)
+        assert solution.status == expected.status == "optimal"
+        assert solution.objective == pytest.approx(expected.objective, rel=1e-9)
+        _assert_constraints(influence, solution, [1, 3], dict(zip([0, 2, 4], tau)), 0.2, 2.5, trust)
+        fractional = (solution.weights > 0.2 + 1e-9) & (solution.weights < 2.5 - 1e-9)
+        fractional &= np.abs(solution.weights - 1.0) > 1e-9
+        assert fractional.sum() <= 5 + 2
 
 
 def test_threshold_forms_agree() -> None:

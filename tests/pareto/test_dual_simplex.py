@@ -1,0 +1,107 @@
+"""The dual simplex gives HiGHS's optimum (objective, feasibility, duals) from cold and warm starts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.optimize import linprog
+
+from lightning_pareto.pareto._dual_simplex import BoxedLP
+
+
+def _random_boxed_lp(seed: int, num_columns: int, num_ub: int = 4) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a_ub = rng.normal(size=(num_ub, num_columns))
+    a_ub[-1] = 1.0  # a budget row: sum x <= budget
+    return {
+        "cost": rng.normal(size=num_columns),
+        "a_ub": a_ub,
+        "b_ub": np.concatenate([rng.uniform(1.0, 5.0, num_ub - 1), [num_columns / 5]]),
+        "a_eq": np.where(rng.random((1, num_columns)) < 0.5, 1.0, -1.0),
+        "b_eq": np.zeros(1),
+        "upper": rng.uniform(0.5, 2.0, num_columns),
+    }
+
+
+def _highs(problem: dict[str, np.ndarray]):
+    bounds = np.column_stack([np.zeros_like(problem["upper"]), problem["upper"]])
+    return linprog(
+        problem["cost"], A_ub=problem["a_ub"], b_ub=problem["b_ub"], A_eq=problem["a_eq"], b_eq=problem["b_eq"],
+        bounds=bounds, method="highs",
+    )
+
+
+def _boxed(problem: dict[str, np.ndarray]) -> BoxedLP:
+    return BoxedLP(problem["cost"], problem["a_ub"], problem["a_eq"], problem["upper"])
+
+
+def _assert_optimal_and_feasible(result, problem: dict[str, np.ndarray], expected) -> None:
+    assert result.status == 0
+    assert result.fun == pytest.approx(expected.fun, rel=1e-9, abs=1e-9)
+    x = result.x
+    assert np.all(x >= 0.0) and np.all(x <= problem["upper"])
+    assert np.all(problem["a_ub"] @ x <= problem["b_ub"] + 1e-8)
+    np.testing.assert_allclose(problem["a_eq"] @ x, problem["b_eq"], atol=1e-8)
+    # A vertex: at most one column strictly inside its box per row.
+    inside = (x > 1e-9) & (x < problem["upper"] - 1e-9)
+    assert inside.sum() <= len(problem["b_ub"]) + len(problem["b_eq"])
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("num_columns", "working_size"), [(40, 2000), (600, 50), (3000, 200), (3000, 10_000)])
+def test_cold_start_reaches_the_highs_optimum(seed: int, num_columns: int, working_size: int) -> None:
+    problem = _random_boxed_lp(seed, num_columns)
+    expected = _highs(problem)
+    assert expected.status == 0
+    result = _boxed(problem).solve(problem["b_ub"], problem["b_eq"], working_size=working_size)
+    assert result.iterations > 0 and result.basis is not None  # the dual simplex decided, not the fallback
+    _assert_optimal_and_feasible(result, problem, expected)
+    # Non-degenerate random LPs have unique duals: linprog's marginals.
+    np.testing.assert_allclose(result.duals[:4], expected.ineqlin.marginals, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(result.duals[4:], expected.eqlin.marginals, rtol=1e-7, atol=1e-9)
+
+
+def test_warm_starts_from_other_right_hand_sides_reach_each_optimum_in_fewer_iterations() -> None:
+    problem = _random_boxed_lp(7, 3000, num_ub=11)
+    boxed = _boxed(problem)
+    first = boxed.solve(problem["b_ub"], problem["b_eq"])
+    rng = np.random.default_rng(8)
+    warm_iterations, cold_iterations = 0, 0
+    for _ in range(5):
+        changed = dict(problem, b_ub=problem["b_ub"] * rng.uniform(0.99, 1.01, 11))
+        expected = _highs(changed)
+        warm = boxed.solve(changed["b_ub"], changed["b_eq"], start=first.basis)
+        cold = boxed.solve(changed["b_ub"], changed["b_eq"])
+        _assert_optimal_and_feasible(warm, changed, expected)
+        _assert_optimal_and_feasible(cold, changed, expected)
+        warm_iterations += warm.iterations
+        cold_iterations += cold.iterations
+    assert warm_iterations < cold_iterations
+
+
+def test_degenerate_ties_still_give_the_optimum() -> None:
+    # Duplicated columns and many zero costs: ties in every ratio test.
+    problem = _random_boxed_lp(9, 400)
+    for key in ("a_ub", "a_eq"):
+        problem[key] = np.hstack([problem[key], problem[key]])
+    problem["cost"] = np.concatenate([problem["cost"], problem["cost"]])
+    problem["cost"][::3] = 0.0
+    problem["upper"] = np.concatenate([problem["upper"], problem["upper"]])
+    result = _boxed(problem).solve(problem["b_ub"], problem["b_eq"], working_size=100)
+    _assert_optimal_and_feasible(result, problem, _highs(problem))
+
+
+def test_an_infeasible_lp_is_reported_by_highs() -> None:
+    problem = _random_boxed_lp(10, 300)
+    problem["a_ub"][0] = -1.0
+    problem["b_ub"][0] = -10.0 * problem["upper"].sum()  # sum x >= 10 * sum(upper): impossible
+    result = _boxed(problem).solve(problem["b_ub"], problem["b_eq"], working_size=20)
+    assert result.status == 2
+    assert result.x is None and result.duals is None and result.basis is None
+
+
+def test_the_iteration_cap_hands_the_lp_to_highs() -> None:
+    problem = _random_boxed_lp(11, 500)
+    result = _boxed(problem).solve(problem["b_ub"], problem["b_eq"], max_iterations=0)
+    assert result.iterations == 0 and result.basis is None
+    _assert_optimal_and_feasible(result, problem, _highs(problem))
