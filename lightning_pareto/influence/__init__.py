@@ -4,6 +4,8 @@
 - ``influence_value``: IV, influence on the whole validation loss (n,).
 - ``fit_curvature``: exact, K-FAC or EKFAC damped curvature with ``inverse_hvp`` in the layer layout.
 - ``LayerCapture`` / ``tracked_modules``: the hooks and layer selection the passes are built on.
+- ``fi_util`` / ``fi_active``: seed 000's FI local influence for trimming and active learning,
+  with ``metric_factors`` / ``query_gradients`` / ``pairwise_fi`` as their batched building blocks.
 """
 
 from lightning_pareto.influence._timings import InfluenceTimings
@@ -19,6 +21,7 @@ from lightning_pareto.influence.curvature import (
     fit_curvature,
 )
 from lightning_pareto.influence.local import MetricFactors, fi_util, metric_factors, pairwise_fi, query_gradients
+from lightning_pareto.influence.active import fi_active, trimmed_mean
 
 __all__ = [
     "DEFAULT_DAMPING_FACTOR",
@@ -29,8 +32,15 @@ __all__ = [
     "KroneckerCurvature",
     "KroneckerFactors",
     "LayerCapture",
+    "MetricFactors",
     "category_influence",
+    "fi_active",
+    "fi_util",
     "fit_curvature",
     "influence_value",
+    "metric_factors",
+    "pairwise_fi",
+    "query_gradients",
     "tracked_modules",
+    "trimmed_mean",
 ]
