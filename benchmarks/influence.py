@@ -270,7 +270,10 @@ def main(argv: list[str] | None = None) -> None:
               f"(shared), torch {torch.__version__}, python {sys.version.split()[0]}"}  # fmt: skip
     if args.part in ("speed", "all"):
         print("speed: MNIST CNN on MNIST-5k", flush=True)
+        load_before = os.getloadavg()[0]
         result["speed"] = speed(args)
+        # Other processes on a shared machine slow both timings; the load average says how busy it was.
+        result["speed"]["load_average_1min_before_after"] = [load_before, os.getloadavg()[0]]
         print(json.dumps({k: v for k, v in result["speed"].items() if "seconds" in k or "epochs" in k}, indent=1))
     if args.part in ("agreement", "all"):
         print("agreement: K-FAC/EKFAC vs exact on digits", flush=True)
