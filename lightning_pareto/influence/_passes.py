@@ -49,9 +49,9 @@ def influence_mode(model: nn.Module, tracked: Mapping[str, nn.Module]) -> Iterat
     """Put the model in the state the passes need and restore it afterwards, also on exceptions.
 
     Inside: every submodule in eval mode (no dropout, no batch statistics, so per-sample losses are
-    independent), ``requires_grad`` only on the tracked layers' weights (so backward reaches exactly
-    the tracked outputs and nothing else gets a gradient), autocast disabled. On exit each
-    submodule's training flag and each parameter's ``requires_grad`` are restored.
+    independent), ``requires_grad`` only on the tracked layers' anchors (see ``anchors``: backward
+    reaches exactly the tracked outputs and nothing else gets a gradient), autocast disabled. On exit
+    each submodule's training flag and each parameter's ``requires_grad`` are restored.
 
     Args:
         model: The classifier.
@@ -67,8 +67,8 @@ def influence_mode(model: nn.Module, tracked: Mapping[str, nn.Module]) -> Iterat
         model.eval()
         for param in requires_grad:
             param.requires_grad_(False)
-        for module in tracked.values():
-            module.weight.requires_grad_(True)
+        for param in anchors(tracked):
+            param.requires_grad_(True)
         with torch.autocast(device_type=device.type, enabled=False):
             yield device
     finally:
@@ -76,6 +76,15 @@ def influence_mode(model: nn.Module, tracked: Mapping[str, nn.Module]) -> Iterat
             module.training = flag
         for param, flag in requires_grad.items():
             param.requires_grad_(flag)
+
+
+def anchors(tracked: Mapping[str, nn.Module]) -> list[nn.Parameter]:
+    """One parameter per tracked layer whose gradient makes autograd visit the layer's output.
+
+    The bias where there is one: its gradient is a cheap sum of the output gradients, so backward
+    skips the weight-gradient matmul the passes do not need; the weight for a layer without bias.
+    """
+    return [module.bias if module.bias is not None else module.weight for module in tracked.values()]
 
 
 def per_sample_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -151,8 +160,8 @@ def captured_batches(
     """Run the model over a loader and yield each batch's captured layer inputs and output gradients.
 
     The backward pass starts from the sum of per-sample cross-entropies, so the captured output
-    gradients are exact per-sample gradients; only the tracked weights are differentiated and their
-    gradients are discarded (no ``.grad`` is written). Call inside ``influence_mode``.
+    gradients are exact per-sample gradients; only the tracked layers' anchors are differentiated and
+    their gradients are discarded (no ``.grad`` is written). Call inside ``influence_mode``.
 
     Args:
         model: The classifier, in ``influence_mode``.
@@ -168,7 +177,7 @@ def captured_batches(
     """
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed) if fisher == "sampled" else None
-    weights = [module.weight for module in tracked.values()]
+    differentiated = anchors(tracked)
     with LayerCapture(tracked) as capture:
         for batch in progress_bar(loader, desc=desc, enabled=progress):
             x, y, index = unpack(batch)
@@ -176,5 +185,5 @@ def captured_batches(
             capture.clear()
             logits = model(x)
             loss = per_sample_loss(logits, fisher_labels(logits, y, fisher, generator)).sum()
-            torch.autograd.grad(loss, weights, allow_unused=True)
+            torch.autograd.grad(loss, differentiated, allow_unused=True)
             yield CapturedBatch({name: capture.layer(name) for name in tracked}, y, index)

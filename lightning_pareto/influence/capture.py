@@ -15,7 +15,7 @@ per-sample losses and the model treats samples independently (eval mode: no batc
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 import torch
@@ -216,7 +216,7 @@ class LayerCapture:
         g = torch.cat([layer_output_grads(module, grads[call]) for call in range(len(inputs))], dim=1)
         return a, g
 
-    def _forward_hook(self, name: str):  # noqa: ANN202 - the hook signature is PyTorch's
+    def _forward_hook(self, name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
         def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
             call = len(self._inputs[name])
             self._inputs[name].append(args[0].detach())

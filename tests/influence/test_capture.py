@@ -146,3 +146,23 @@ def test_model_without_trackable_layer_is_an_error() -> None:
     model = nn.Sequential(nn.LayerNorm(4), nn.ReLU())
     with pytest.raises(ValueError, match=r"no trackable layer.*0 \(LayerNorm\)"):
         tracked_modules(model)
+
+
+def test_passes_capture_exact_gradients_through_in_place_ops_without_touching_parameters() -> None:
+    from lightning_pareto.influence._passes import captured_batches, influence_mode
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(inplace=True), nn.Linear(5, 4, bias=False)).double()
+    x, y = torch.randn(9, 6, dtype=torch.float64), torch.randint(0, 4, (9,))
+    tracked = tracked_modules(model)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+
+    expected = layout_from_named(tracked, vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y))
+    with influence_mode(model, tracked):
+        (batch,) = captured_batches(model, [(x, y)], tracked, desc="test", progress=False)
+    for name, (a, g) in batch.layers.items():
+        torch.testing.assert_close(torch.einsum("bto,bti->boi", g, a), expected[name], rtol=1e-10, atol=1e-12)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
