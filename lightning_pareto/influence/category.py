@@ -84,15 +84,10 @@ def category_influence(
         FloatingPointError: If the fitted curvature is not finite (NaN/inf in the model or the
             training data); non-finite scores alone only warn.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    _check_num_classes(num_classes)
 
     def class_of(labels: Tensor) -> Tensor:
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(
-                f"val_loader labels must lie in [0, num_classes={num_classes}), got "
-                f"[{int(labels.min())}, {int(labels.max())}]"
-            )
+        _check_labels(labels, num_classes)
         return labels
 
     return _influence(
@@ -127,9 +122,12 @@ def influence_value(
         float32 CPU tensor of shape ``(n,)``, rows as in ``category_influence``.
     """
 
+    if num_classes is not None:
+        _check_num_classes(num_classes)
+
     def whole_set(labels: Tensor) -> Tensor:
-        if num_classes is not None and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(f"val_loader labels must lie in [0, num_classes={num_classes})")
+        if num_classes is not None:
+            _check_labels(labels, num_classes)
         return torch.zeros_like(labels)
 
     scores = _influence(
@@ -189,6 +187,19 @@ def _influence(
             stacklevel=3,
         )
     return scores
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+
+
+def _check_labels(labels: Tensor, num_classes: int) -> None:
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"val_loader labels must lie in [0, num_classes={num_classes}), got "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
 
 
 def _check_owned(model: nn.Module, curvature: Curvature) -> None:
