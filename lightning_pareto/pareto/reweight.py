@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lightning_pareto.pareto._arrays import as_class_indices, as_float_array, as_influence_matrix
-from lightning_pareto.pareto._dual_simplex import Basis, BoxedLP, BoxedLPResult
+from lightning_pareto.pareto._dual_simplex import Basis, BoxedLP, BoxedLPResult, single_blas_thread
 
 Scale = Literal["mean_abs", "none"]
 SolveStatus = Literal["optimal", "infeasible", "unbounded", "error"]
@@ -228,7 +228,10 @@ class WeightLP:
         )
         # Right-hand side per sample; a subset of m samples gets m times it.
         b_ub_per_sample = np.concatenate([loss_bounds, np.zeros(len(self.targets)), [trust]])
-        result = self._solve_nested(b_ub_per_sample)
+        with single_blas_thread():
+            result = self._solve_nested(b_ub_per_sample)
+            delta = None if result.x is None else result.x[: self.num_samples] - result.x[self.num_samples :]
+            predicted_gain = None if delta is None else self.influence.T @ delta / self.num_samples
         status = _LINPROG_STATUS.get(result.status, "error")
         num_samples = self.num_samples
         if status != "optimal":
@@ -243,7 +246,6 @@ class WeightLP:
                 trust=float(trust),
                 targets=self.targets,
             )
-        delta = result.x[:num_samples] - result.x[num_samples:]
         objective = -result.fun / num_samples
         reason = (
             ""
@@ -253,7 +255,7 @@ class WeightLP:
         return WeightSolution(
             # The clip only removes solver round-off (HiGHS's feasibility tolerance is 1e-7).
             weights=np.clip(1.0 + delta, self.w_min, self.w_max),
-            predicted_gain=self.influence.T @ delta / num_samples,
+            predicted_gain=predicted_gain,
             status=status,
             reason=reason,
             objective=float(objective),
