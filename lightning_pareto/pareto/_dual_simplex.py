@@ -42,21 +42,33 @@ _MAX_CONDITION = 1e12
 _FIRST_SORTED_BREAKPOINTS = 64
 # Sifting rounds (working-set solves) before HiGHS takes over.
 _MAX_ROUNDS = 30
+# Iterations between fresh inversions of the basis (updates in between).
+_REFACTOR_EVERY = 25
 
 
 @dataclass(frozen=True)
 class Basis:
-    """A simplex basis, reusable as the start of a solve with the same costs and rows.
+    """A dual-feasible simplex basis, a start for any right-hand side of the same LP.
+
+    Its duals ``y`` give every right-hand side ``b`` the lower bound ``b @ y + bound_offset`` on the
+    optimum (the dual function ``b @ y + sum_j min(0, d_j) * upper_j`` with reduced costs
+    ``d = cost - A^T y``): among bases, the one with the largest bound is the closest start.
 
     Attributes:
         basic: The m basic columns, int64 array of shape ``(m,)``: ``j < N`` is structural column j,
             ``N + r`` the slack of row r (inequality rows first, then equality rows).
-        at_upper: Whether each structural column sits at its upper bound when nonbasic, bool array of
-            shape ``(N,)`` (entries of basic columns are ignored).
+        duals: ``y = B^-T cost_B``, float64 array of shape ``(m,)``.
+        bound_offset: ``sum_j min(0, d_j) * upper_j``, the part of the dual bound that does not depend
+            on the right-hand side.
     """
 
     basic: np.ndarray
-    at_upper: np.ndarray
+    duals: np.ndarray
+    bound_offset: float
+
+    def dual_bound(self, rhs: np.ndarray) -> float:
+        """Lower bound on the optimum for right-hand side ``rhs = [b_ub, b_eq]`` (shape ``(m,)``)."""
+        return float(rhs @ self.duals) + self.bound_offset
 
 
 @dataclass(frozen=True)
@@ -111,7 +123,7 @@ class BoxedLP:
         b_ub: np.ndarray,
         b_eq: np.ndarray,
         *,
-        start: Basis | None = None,
+        start: Basis | np.ndarray | None = None,
         working_size: int = 2000,
         max_iterations: int = 1000,
     ) -> BoxedLPResult:
@@ -120,8 +132,9 @@ class BoxedLP:
         Args:
             b_ub: Float64 array of shape ``(m_ub,)``.
             b_eq: Float64 array of shape ``(m_eq,)``.
-            start: Start from this basis (an earlier solve's ``basis``, any right-hand side); ``None``
-                starts from the slack basis with every column at its cheaper bound.
+            start: Start from this basis: an earlier solve's ``basis`` (any right-hand side), or the
+                basic column indices of one (an int array of shape ``(m,)``, see :class:`Basis`);
+                ``None`` starts from the slack basis.
             working_size: Columns with the smallest reduced costs that start in the working set.
             max_iterations: Dual simplex iterations in all before HiGHS takes over.
 
@@ -152,15 +165,14 @@ class BoxedLP:
         """Sifting rounds of the dual simplex; ``None`` when HiGHS should decide instead."""
         if start is None:
             basic = self.num_columns + np.arange(self.num_rows)
-            at_upper = self.cost < 0
         else:
-            basic, at_upper = start.basic.copy(), start.at_upper.copy()
-        inverse = _checked_inverse(_basis_matrix(self.rows, basic))
-        if inverse is None:
+            basic = np.array(start.basic if isinstance(start, Basis) else start, dtype=np.int64)
+        duals = self._duals(basic)
+        if duals is None:
             return None
-        duals = inverse.T @ self._basic_cost(basic)
         reduced = self.cost - self.rows.T @ duals
-        at_upper = _aligned(at_upper, reduced, self.dual_tolerance)
+        # Nonbasic columns on the bound their reduced cost points to (ties on the cheaper bound).
+        at_upper = _aligned(self.cost < 0, reduced, self.dual_tolerance)
         working = np.zeros(self.num_columns, dtype=bool)
         working[basic[basic < self.num_columns]] = True
         working[_smallest(np.abs(reduced), working_size)] = True
@@ -202,15 +214,40 @@ class BoxedLP:
                 continue
             wrong_bound = ~working & np.where(at_upper, reduced > self.dual_tolerance, reduced < -self.dual_tolerance)
             if not wrong_bound.any():
-                return self._optimum(basic, at_upper, outcome, iterations)
+                return self._optimum(basic, at_upper, outcome, reduced, iterations)
             at_upper[wrong_bound] = ~at_upper[wrong_bound]
             working |= wrong_bound
         return None
 
-    def _basic_cost(self, basic: np.ndarray) -> np.ndarray:
-        return np.where(basic < self.num_columns, self.cost[np.minimum(basic, self.num_columns - 1)], 0.0)
+    def basis(self, basic: np.ndarray) -> Basis | None:
+        """The :class:`Basis` with these basic columns, or ``None`` if it is singular or not dual feasible.
 
-    def _optimum(self, basic: np.ndarray, at_upper: np.ndarray, outcome: _Outcome, iterations: int) -> BoxedLPResult:
+        Args:
+            basic: Basic column indices, int array of shape ``(m,)`` (see :class:`Basis`).
+
+        Returns:
+            The basis with its duals and dual-bound offset (one pass over the columns).
+        """
+        basic = np.asarray(basic, dtype=np.int64)
+        duals = self._duals(basic)
+        if duals is None or np.any(duals[np.isinf(self.slack_upper)] > self.dual_tolerance):
+            return None
+        return self._basis_with(basic, duals, self.cost - self.rows.T @ duals)
+
+    def _duals(self, basic: np.ndarray) -> np.ndarray | None:
+        inverse = _checked_inverse(_basis_matrix(self.rows, basic))
+        if inverse is None:
+            return None
+        basic_cost = np.where(basic < self.num_columns, self.cost[np.minimum(basic, self.num_columns - 1)], 0.0)
+        return inverse.T @ basic_cost
+
+    def _basis_with(self, basic: np.ndarray, duals: np.ndarray, reduced: np.ndarray) -> Basis:
+        bound_offset = float(np.minimum(reduced, 0.0) @ self.upper)
+        return Basis(basic=basic.copy(), duals=duals.copy(), bound_offset=bound_offset)
+
+    def _optimum(
+        self, basic: np.ndarray, at_upper: np.ndarray, outcome: _Outcome, reduced: np.ndarray, iterations: int
+    ) -> BoxedLPResult:
         structural = basic < self.num_columns
         x = np.where(at_upper, self.upper, 0.0)
         x[basic[structural]] = outcome.basic_values[structural]
@@ -223,7 +260,7 @@ class BoxedLP:
             message=f"Optimal (dual simplex, {iterations} iterations)",
             duals=outcome.duals,
             iterations=iterations,
-            basis=Basis(basic=basic, at_upper=at_upper),
+            basis=self._basis_with(basic, outcome.duals, reduced),
         )
 
 
@@ -250,7 +287,11 @@ class _WorkingLP:
     slack_tolerance: np.ndarray
 
     def run(self, basic: np.ndarray, at_upper: np.ndarray, max_iterations: int) -> _Outcome:
-        """Dual simplex iterations from a basis (nonbasic columns move to the bound their reduced cost picks)."""
+        """Dual simplex iterations from a basis (nonbasic columns move to the bound their reduced cost picks).
+
+        Between refactorisations (every ``_REFACTOR_EVERY`` iterations, and before optimality is
+        declared) the inverse, duals, reduced costs and row residual are updated, not recomputed.
+        """
         rows, cost, upper = self.rows, self.cost, self.upper
         num_rows, num_columns = rows.shape
         basic = basic.copy()
@@ -258,105 +299,146 @@ class _WorkingLP:
         column_upper = np.concatenate([upper, self.slack_upper])
         column_tolerance = np.concatenate([_PRIMAL_TOLERANCE * np.maximum(upper, 1.0), self.slack_tolerance])
         column_cost = np.concatenate([cost, np.zeros(num_rows)])
+        largest_entry = max(1.0, float(np.abs(rows).max(initial=0.0)))
+        # direction_j = +1 for a column at its lower bound, -1 at its upper bound; room_j = d_j * direction_j
+        # is how far column j's reduced cost is from turning to the wrong sign (non-negative).
+        direction = np.where(at_upper, -1.0, 1.0)
         duals = basic_values = np.zeros(num_rows)
-        for iteration in range(max_iterations + 1):
-            structural = basic < num_columns
-            basic_columns = basic[structural]
+        iteration = 0
+        while True:
             inverse = _checked_inverse(_basis_matrix(rows, basic))
             if inverse is None:
-                return _Outcome("failed", basic, at_upper, duals, basic_values, iteration)
+                return _Outcome("failed", basic, direction < 0, duals, basic_values, iteration)
             duals = inverse.T @ column_cost[basic]
             if np.any(duals[inequality_rows] > self.dual_tolerance):
                 # A slack's reduced cost -y_r went negative: no longer dual feasible (round-off trouble).
-                return _Outcome("failed", basic, at_upper, duals, basic_values, iteration)
+                return _Outcome("failed", basic, direction < 0, duals, basic_values, iteration)
             reduced = cost - duals @ rows
             if iteration == 0:
                 # Later iterations keep the alignment: flips and the leaving column's bound follow the step.
-                at_upper = _aligned(at_upper, reduced, self.dual_tolerance)
-            held = np.where(at_upper, upper, 0.0)
-            held[basic_columns] = 0.0
-            basic_values = inverse @ (self.rhs - rows @ held)
-            basic_upper = column_upper[basic]
-            distance = np.maximum(-basic_values, basic_values - basic_upper)
-            violated = distance > column_tolerance[basic]
-            if not violated.any():
-                return _Outcome("optimal", basic, at_upper, duals, basic_values, iteration)
-            if iteration == max_iterations:
-                break
-            # Leaving row: the largest violation per unit norm of its row of B^-1 (dual steepest edge).
-            leaving = int(np.argmax(np.where(violated, distance, 0.0) / np.linalg.norm(inverse, axis=1)))
-            to_lower = bool(basic_values[leaving] < 0.0)
-            step = self._ratio_test(
-                inverse[leaving] if not to_lower else -inverse[leaving],
-                float(distance[leaving]),
-                reduced,
-                duals,
-                at_upper,
-                basic,
-                basic_columns,
-            )
-            if step is None:
-                return _Outcome("infeasible", basic, at_upper, duals, basic_values, iteration)
-            entering, flipped = step
-            at_upper[flipped] = ~at_upper[flipped]
-            if basic[leaving] < num_columns:
-                at_upper[basic[leaving]] = not to_lower
-            basic[leaving] = entering
-        return _Outcome("failed", basic, at_upper, duals, basic_values, max_iterations)
+                direction = np.where(_aligned(direction < 0, reduced, self.dual_tolerance), -1.0, 1.0)
+            room = np.maximum(reduced * direction, 0.0)
+            held = np.where(direction < 0, upper, 0.0)
+            held[basic[basic < num_columns]] = 0.0
+            residual = self.rhs - rows @ held
+            for updates in range(_REFACTOR_EVERY):
+                basic_values = inverse @ residual
+                basic_upper = column_upper[basic]
+                distance = np.maximum(-basic_values, basic_values - basic_upper)
+                violated = distance > column_tolerance[basic]
+                if not violated.any():
+                    if updates == 0:  # fresh values: the optimum is confirmed
+                        return _Outcome("optimal", basic, direction < 0, duals, basic_values, iteration)
+                    break
+                if iteration == max_iterations:
+                    return _Outcome("failed", basic, direction < 0, duals, basic_values, iteration)
+                # Leaving row: the largest violation per unit norm of its row of B^-1 (dual steepest edge).
+                leaving = int(np.argmax(np.where(violated, distance, 0.0) / np.linalg.norm(inverse, axis=1)))
+                to_lower = bool(basic_values[leaving] < 0.0)
+                signed_row = -inverse[leaving] if to_lower else inverse[leaving]
+                towards_wrong_sign = (signed_row @ rows) * direction
+                towards_wrong_sign[basic[basic < num_columns]] = 0.0
+                step = self._ratio_test(
+                    towards_wrong_sign, signed_row, float(distance[leaving]), room, duals, basic, largest_entry
+                )
+                if step is None:
+                    return _Outcome("infeasible", basic, direction < 0, duals, basic_values, iteration)
+                entering, flipped, dual_step = step
+                iteration += 1
+                # Dual step t along the leaving row: y += t rho, and every room shrinks by t times its
+                # pace; passed (flipped) columns changed sign and bound, so their room is mirrored.
+                duals = duals + dual_step * signed_row
+                room -= dual_step * towards_wrong_sign
+                room[flipped] *= -1.0
+                # Primal side: flipped columns change the held activity; the leaving column is held at
+                # the bound it leaves to, the entering one is no longer held.
+                if len(flipped):
+                    change = upper[flipped] * direction[flipped]  # +u: lower -> upper, -u: upper -> lower
+                    residual = residual - rows[:, flipped] @ change
+                    direction[flipped] *= -1.0
+                leaving_column = int(basic[leaving])
+                if leaving_column < num_columns:
+                    direction[leaving_column] = 1.0 if to_lower else -1.0
+                    room[leaving_column] = dual_step
+                    if not to_lower:
+                        residual = residual - rows[:, leaving_column] * upper[leaving_column]
+                if entering < num_columns:
+                    room[entering] = 0.0
+                    if direction[entering] < 0:
+                        residual = residual + rows[:, entering] * upper[entering]
+                    entering_column = rows[:, entering]
+                else:
+                    entering_column = np.zeros(num_rows)
+                    entering_column[entering - num_columns] = 1.0
+                basic[leaving] = entering
+                # Product-form update of B^-1 for the column exchange.
+                pivot_column = inverse @ entering_column
+                pivot = pivot_column[leaving]
+                if abs(pivot) < _PIVOT_TOLERANCE:
+                    break  # refactorise (and recheck the basis) rather than divide by a tiny pivot
+                pivot_row = inverse[leaving] / pivot
+                inverse = inverse - np.outer(pivot_column, pivot_row)
+                inverse[leaving] = pivot_row
 
     def _ratio_test(
         self,
-        signed_inverse_row: np.ndarray,
+        towards_wrong_sign: np.ndarray,
+        signed_row: np.ndarray,
         excess: float,
-        reduced: np.ndarray,
+        room: np.ndarray,
         duals: np.ndarray,
-        at_upper: np.ndarray,
         basic: np.ndarray,
-        basic_columns: np.ndarray,
-    ) -> tuple[int, np.ndarray] | None:
-        """Bound-flipping ratio test: the entering column and the structural columns that flip.
+        largest_entry: float,
+    ) -> tuple[int, np.ndarray, float] | None:
+        """Bound-flipping ratio test: the entering column, the structural columns that flip, the dual step.
 
-        The dual moves along the leaving row of B^-1; the dual objective's slope starts at the leaving
-        variable's bound violation ``excess``, and passing column j's breakpoint ``d_j / alpha_j`` lowers
-        it by ``|alpha_j|`` times the column's bound range. The column whose breakpoint makes the slope
-        non-positive enters; the columns passed before it flip to their other bound. ``None`` when no
-        breakpoint does: the dual is unbounded and the LP infeasible.
+        The dual moves along the leaving row ``signed_row`` of B^-1; column j's reduced cost moves
+        towards its wrong sign at pace ``towards_wrong_sign[j]`` and reaches it at step
+        ``room[j] / towards_wrong_sign[j]``, its breakpoint. The dual objective's slope starts at the
+        leaving variable's bound violation ``excess`` and drops by the pace times the column's bound
+        range at each breakpoint passed. The column whose breakpoint makes the slope non-positive
+        enters; the columns passed before it flip to their other bound. ``None`` when no breakpoint
+        does: the dual is unbounded and the LP infeasible.
         """
         num_columns = self.rows.shape[1]
-        alpha = signed_inverse_row @ self.rows
-        # Column j's reduced cost d_j - t alpha_j reaches zero at t = d_j / alpha_j >= 0 when it moves
-        # towards the wrong sign: at lower with alpha_j > 0, at upper with alpha_j < 0.
-        towards_wrong_sign = np.where(at_upper, -alpha, alpha)
-        towards_wrong_sign[basic_columns] = 0.0
-        pivot_tolerance = _PIVOT_TOLERANCE * max(1.0, float(np.abs(alpha).max(initial=0.0)))
-        columns = np.flatnonzero(towards_wrong_sign > pivot_tolerance)
+        pivot_tolerance = _PIVOT_TOLERANCE * max(1.0, float(np.abs(signed_row).sum()) * largest_entry)
+        eligible = towards_wrong_sign > pivot_tolerance
+        ratios = np.full(num_columns, np.inf)
+        np.divide(room, towards_wrong_sign, out=ratios, where=eligible)
+        num_eligible = int(np.count_nonzero(eligible))
         # Nonbasic inequality slacks sit at zero with no upper bound: breakpoints of unlimited width.
         slack_is_nonbasic = np.isinf(self.slack_upper)
         slack_is_nonbasic[basic[basic >= num_columns] - num_columns] = False
-        slack_rows = np.flatnonzero(slack_is_nonbasic & (signed_inverse_row > pivot_tolerance))
-        candidates = np.concatenate([columns, num_columns + slack_rows])
-        ratios = np.maximum(
-            np.concatenate([reduced[columns] / alpha[columns], -duals[slack_rows] / signed_inverse_row[slack_rows]]),
-            0.0,
-        )
-        pivots = np.concatenate([towards_wrong_sign[columns], signed_inverse_row[slack_rows]])
-        widths = np.concatenate([pivots[: len(columns)] * self.upper[columns], np.full(len(slack_rows), np.inf)])
-        count = min(_FIRST_SORTED_BREAKPOINTS, len(candidates))
+        slack_rows = np.flatnonzero(slack_is_nonbasic & (signed_row > pivot_tolerance))
+        slack_ratios = np.maximum(-duals[slack_rows] / signed_row[slack_rows], 0.0)
+        if num_eligible + len(slack_rows) == 0:
+            return None
+        count = min(_FIRST_SORTED_BREAKPOINTS, num_eligible)
         while True:
-            order = _smallest(ratios, count)
-            order = order[np.argsort(ratios[order], kind="stable")]
+            nearest = _smallest(ratios, count)
+            candidates = np.concatenate([nearest, num_columns + slack_rows])
+            candidate_ratios = np.concatenate([ratios[nearest], slack_ratios])
+            pivots = np.concatenate([towards_wrong_sign[nearest], signed_row[slack_rows]])
+            widths = np.concatenate([pivots[:count] * self.upper[nearest], np.full(len(slack_rows), np.inf)])
+            order = np.argsort(candidate_ratios, kind="stable")
             crossing = int(np.searchsorted(np.cumsum(widths[order]), excess, side="left"))
-            if crossing < len(order):
+            # The crossing is sure once every structural breakpoint before it has been sorted in.
+            complete = count == num_eligible or (
+                crossing < len(order) and candidate_ratios[order[crossing]] <= ratios[nearest].max(initial=-np.inf)
+            )
+            if complete:
                 break
-            if count >= len(candidates):
-                return None
-            count = min(4 * count, len(candidates))
+            count = min(4 * count, num_eligible)
+        if crossing == len(order):
+            return None
         # Among breakpoints tied with the crossing one, the largest pivot enters (a better-conditioned basis).
-        crossing_ratio = ratios[order[crossing]]
-        tied = np.flatnonzero(ratios[order[: crossing + 1]] >= crossing_ratio - 1e-12 * (1.0 + crossing_ratio))
+        crossing_ratio = candidate_ratios[order[crossing]]
+        tied = np.flatnonzero(
+            candidate_ratios[order[: crossing + 1]] >= crossing_ratio - 1e-12 * (1.0 + crossing_ratio)
+        )
         chosen = int(tied[np.argmax(pivots[order[tied]])])
         flipped = candidates[order[:chosen]]
-        return int(candidates[order[chosen]]), flipped[flipped < num_columns]
+        return int(candidates[order[chosen]]), flipped[flipped < num_columns], float(candidate_ratios[order[chosen]])
 
 
 def single_blas_thread() -> AbstractContextManager[Any]:

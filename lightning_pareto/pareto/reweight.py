@@ -161,8 +161,8 @@ class WeightLP:
             columns = np.concatenate([samples, samples + num_samples])
             lp = BoxedLP(cost[columns], a_ub[:, columns], a_eq[:, columns], upper[columns])
             self._levels.append((len(samples), columns, lp))
-        # First-level optimal bases by right-hand side: the start of the next solve's first level.
-        self._first_level_bases: list[tuple[np.ndarray, Basis]] = []
+        # Optimal bases of earlier solves, per level: each is a start for any other right-hand side.
+        self._pools = [_BasisPool() for _ in self._levels]
 
     @property
     def num_samples(self) -> int:
@@ -269,29 +269,23 @@ class WeightLP:
         full_lp = self._levels[-1][2]
         if not self._sifting:
             return full_lp.solve_with_highs(b_ub_per_sample * self.num_samples, np.zeros(1))
-        start = self._nearest_first_level_basis(b_ub_per_sample)
-        previous_columns = None
+        lifted: Basis | None = None
         for level, (num_level_samples, columns, lp) in enumerate(self._levels):
-            if previous_columns is not None:
-                start = _lifted(start, previous_columns, columns, lp.cost)
-            rhs = b_ub_per_sample * num_level_samples
-            result = lp.solve(rhs, np.zeros(1), start=start, working_size=_WORKING_SIZE)
-            if result.basis is None and level < len(self._levels) - 1:
+            b_ub = b_ub_per_sample * num_level_samples
+            # Start from whichever known basis bounds this optimum best: an earlier solve's at this
+            # level, or this solve's previous level.
+            start = self._pools[level].best_start(np.append(b_ub, 0.0), extra=lifted)
+            result = lp.solve(b_ub, np.zeros(1), start=start, working_size=_WORKING_SIZE)
+            if result.basis is None:
+                if level == len(self._levels) - 1:
+                    return result
                 # A subset's verdict (or HiGHS's answer) is not the full LP's: solve all samples afresh.
                 return full_lp.solve(b_ub_per_sample * self.num_samples, np.zeros(1), working_size=_WORKING_SIZE)
-            if level == 0 and result.basis is not None:
-                self._first_level_bases.append((b_ub_per_sample, result.basis))
-            start, previous_columns = result.basis, columns
+            self._pools[level].add(result.basis)
+            if level < len(self._levels) - 1:
+                next_columns, next_lp = self._levels[level + 1][1:]
+                lifted = next_lp.basis(_lifted(result.basis.basic, columns, next_columns))
         return result
-
-    def _nearest_first_level_basis(self, b_ub_per_sample: np.ndarray) -> Basis | None:
-        """The first-level basis of the earlier solve with the closest right-hand side (relative distance)."""
-        if not self._first_level_bases:
-            return None
-        keys = np.stack([key for key, _ in self._first_level_bases])
-        magnitude = np.maximum(np.maximum(np.abs(keys), np.abs(b_ub_per_sample)), 1e-12)
-        distance = (np.abs(keys - b_ub_per_sample) / magnitude).sum(axis=1)
-        return self._first_level_bases[int(np.argmin(distance))][1]
 
     def _failure_reason(self, status: SolveStatus, per_class: np.ndarray, trust: float, message: str) -> str:
         if status == "infeasible":
@@ -304,22 +298,44 @@ class WeightLP:
         return f"{status}: HiGHS reported: {message}"
 
 
-def _lifted(basis: Basis, columns: np.ndarray, superset: np.ndarray, superset_cost: np.ndarray) -> Basis:
-    """A basis of the LP on ``columns`` as a basis of the LP on ``superset`` (both sorted column ids).
-
-    The basis matrix, hence the duals, are the same; new columns start at their cheaper bound (the
-    solver moves every nonbasic column to the bound its reduced cost points to anyway).
-    """
-    num_columns, num_superset = len(columns), len(superset)
-    structural = basis.basic < num_columns
-    basic = np.where(
-        structural,
-        np.searchsorted(superset, columns[np.minimum(basis.basic, num_columns - 1)]),
-        basis.basic - num_columns + num_superset,
+def _lifted(basic: np.ndarray, columns: np.ndarray, superset: np.ndarray) -> np.ndarray:
+    """Basic column indices of the LP on ``columns`` as indices of the LP on ``superset`` (sorted ids)."""
+    num_columns = len(columns)
+    return np.where(
+        basic < num_columns,
+        np.searchsorted(superset, columns[np.minimum(basic, num_columns - 1)]),
+        basic - num_columns + len(superset),
     )
-    at_upper = superset_cost < 0
-    at_upper[np.searchsorted(superset, columns)] = basis.at_upper
-    return Basis(basic=basic, at_upper=at_upper)
+
+
+class _BasisPool:
+    """Optimal bases of one level's LP; picks the start with the best dual bound for a right-hand side."""
+
+    def __init__(self) -> None:
+        self._bases: list[Basis] = []
+        self._duals = np.zeros((0, 0))
+        self._offsets = np.zeros(0)
+
+    def add(self, basis: Basis) -> None:
+        """Remembers an optimal basis."""
+        if len(self._bases) == len(self._offsets):
+            # Grow the stacked arrays by doubling (np.resize keeps the leading rows).
+            capacity = max(16, 2 * len(self._bases))
+            self._duals = np.resize(self._duals, (capacity, len(basis.duals)))
+            self._offsets = np.resize(self._offsets, capacity)
+        self._duals[len(self._bases)] = basis.duals
+        self._offsets[len(self._bases)] = basis.bound_offset
+        self._bases.append(basis)
+
+    def best_start(self, rhs: np.ndarray, extra: Basis | None = None) -> Basis | None:
+        """The remembered basis (or ``extra``) with the largest dual bound for ``rhs``; ``None`` if none."""
+        best, best_bound = extra, -np.inf if extra is None else extra.dual_bound(rhs)
+        if self._bases:
+            bounds = self._duals[: len(self._bases)] @ rhs + self._offsets[: len(self._bases)]
+            index = int(np.argmax(bounds))
+            if bounds[index] > best_bound:
+                best = self._bases[index]
+        return best
 
 
 def _nested_subsets(num_samples: int) -> list[np.ndarray]:
