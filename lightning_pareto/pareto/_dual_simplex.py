@@ -5,15 +5,17 @@
 dual feasible once each nonbasic column sits at the bound its reduced cost points to; only the primal
 side has to be repaired, which is what the dual simplex does. Its bound-flipping ratio test moves many
 columns from one bound to the other in one iteration (an exact line search of the piecewise-linear
-dual along the pivot row), and the m x m basis is inverted afresh each iteration (m is small, so no
-factorisation error accumulates).
+dual along the pivot row). The m x m basis inverse, duals, reduced costs and row residual are updated
+after each iteration and recomputed from scratch every ``_REFACTOR_EVERY`` iterations and before an
+optimum is declared, so no update error reaches the answer.
 
 Iterations run on a working set of columns, the rest held at their bounds (sifting): after the working
 LP is optimal, the reduced costs of all columns are checked once, the columns on the wrong bound are
 flipped (which keeps the basis dual feasible, since they are boxed) and join the working set, and the
 dual simplex goes on. At exit every column satisfies the full LP's optimality conditions, so the
 answer is the full LP's optimum. An optimal basis stays dual feasible when only the right-hand side
-changes, so passing it as the next solve's ``start`` leaves only a short primal repair.
+changes, so passing it as the next solve's ``start`` leaves only a short primal repair; its dual
+bound for the new right-hand side (:meth:`Basis.dual_bound`) says how good a start it is.
 
 Anything unexpected (an iteration cap, a near-singular basis, an infeasibility verdict) hands the LP to
 HiGHS whole, whose answer is returned instead.
@@ -123,7 +125,7 @@ class BoxedLP:
         b_ub: np.ndarray,
         b_eq: np.ndarray,
         *,
-        start: Basis | np.ndarray | None = None,
+        start: Basis | None = None,
         working_size: int = 2000,
         max_iterations: int = 1000,
     ) -> BoxedLPResult:
@@ -132,9 +134,8 @@ class BoxedLP:
         Args:
             b_ub: Float64 array of shape ``(m_ub,)``.
             b_eq: Float64 array of shape ``(m_eq,)``.
-            start: Start from this basis: an earlier solve's ``basis`` (any right-hand side), or the
-                basic column indices of one (an int array of shape ``(m,)``, see :class:`Basis`);
-                ``None`` starts from the slack basis.
+            start: Start from this basis (an earlier solve's ``basis`` or :meth:`basis`, any
+                right-hand side); ``None`` starts from the slack basis.
             working_size: Columns with the smallest reduced costs that start in the working set.
             max_iterations: Dual simplex iterations in all before HiGHS takes over.
 
@@ -166,7 +167,7 @@ class BoxedLP:
         if start is None:
             basic = self.num_columns + np.arange(self.num_rows)
         else:
-            basic = np.array(start.basic if isinstance(start, Basis) else start, dtype=np.int64)
+            basic = start.basic.copy()
         duals = self._duals(basic)
         if duals is None:
             return None
