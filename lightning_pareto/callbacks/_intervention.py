@@ -34,11 +34,13 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_pareto._distributed import broadcast_object, global_rank, world_size
 from lightning_pareto.callbacks._snapshot import cpu_copy, preserved_rng
 from lightning_pareto.callbacks.monitor import PerClassAccuracy, require_monitor, resolve_class_names
 from lightning_pareto.weighting import require_indexed_batches, require_sample_weights, unpack_batch
@@ -57,6 +59,7 @@ __all__ = [
     "InterventionRecord",
     "InterventionSettings",
     "TrialFitness",
+    "check_strategy",
     "intervention_table",
     "per_class_accuracy",
 ]
@@ -326,6 +329,7 @@ class InterventionCallback(Callback):
         if stage != "fit":
             return
         who = type(self).__name__
+        check_strategy(trainer, who)
         require_sample_weights(pl_module, who)
         require_indexed_batches(trainer, who)
         self._monitor = require_monitor(trainer, who)
@@ -386,6 +390,11 @@ class InterventionCallback(Callback):
         Fills ``record`` (status, reason, seconds, ceiling, LP and search details). Never raises:
         any failure leaves the weights uniform, warns and marks the record ``"skipped"``.
 
+        Under DDP every rank scores its shard of the training set and gets the whole influence
+        matrix (see :func:`~lightning_pareto.influence.category_influence`); rank zero alone checks the
+        ceiling, searches the weights (trial fitness trains there while the others wait) and logs;
+        its weights and record then reach every rank, so all ranks train with the same weights.
+
         Args:
             trainer: The running Trainer.
             pl_module: Its module, holding the weight store.
@@ -398,11 +407,20 @@ class InterventionCallback(Callback):
         """
         start = time.perf_counter()
         store = require_sample_weights(pl_module, type(self).__name__)
+        influence: np.ndarray | None = None
         try:
-            weights = self._compute_weights(trainer, pl_module, record, reference)
+            influence = self._influence_matrix(trainer, pl_module)
         except Exception as error:  # noqa: BLE001 - nothing an intervention does may crash the run
-            weights = None
             record.reason = f"error: {type(error).__name__}: {error}"
+        weights: np.ndarray | None = None
+        if trainer.is_global_zero and influence is not None:
+            try:
+                weights = self._decide(trainer, pl_module, record, reference, influence)
+            except Exception as error:  # noqa: BLE001
+                record.reason = f"error: {type(error).__name__}: {error}"
+        # Every rank reaches this broadcast, whatever happened above: rank zero's decision is the run's.
+        weights, decided = broadcast_object((weights, record.to_dict()))
+        _update_record(record, decided)
         record.seconds = time.perf_counter() - start
         if weights is None:
             store.clear()
@@ -412,8 +430,9 @@ class InterventionCallback(Callback):
                 f"weights: {record.reason}"
             )
             return False
-        store.set(weights)
-        record.status, record.n_weighted = "applied", int((weights - 1.0).abs().gt(1e-6).sum())
+        weight_tensor = torch.as_tensor(weights, dtype=torch.float32)
+        store.set(weight_tensor)
+        record.status, record.n_weighted = "applied", int((weight_tensor - 1.0).abs().gt(1e-6).sum())
         return True
 
     def finish(self, trainer: Trainer, record: InterventionRecord) -> None:
@@ -422,31 +441,40 @@ class InterventionCallback(Callback):
         self._write(trainer, record)
 
     # ---------------------------------------------------------------- internals
-    def _compute_weights(
+    def _influence_matrix(self, trainer: Trainer, pl_module: LightningModule) -> np.ndarray:
+        """The category-wise influence matrix ``(n, K)`` (float64) of the run's training set, on every rank."""
+        from lightning_pareto.influence import category_influence
+
+        settings = self.settings
+        train_dataset, val_dataset, _ = _trainer_datasets(trainer)
+        # Each rank scores a disjoint, unpadded shard (samples rank, rank + world, ...): the engine sums
+        # the curvature and query statistics over ranks and joins the rows, as one process would.
+        train_loader = DataLoader(train_dataset, batch_size=settings.influence_batch_size,
+                                  sampler=_shard(len(train_dataset)))  # fmt: skip
+        val_loader = DataLoader(val_dataset, batch_size=settings.influence_batch_size, sampler=_shard(len(val_dataset)))
+        show_progress = None if trainer.progress_bar_callback is not None and trainer.is_global_zero else False
+        with preserved_rng(), torch.inference_mode(False), torch.enable_grad():
+            influence = category_influence(
+                influence_model(pl_module), train_loader, val_loader, len(self.class_names),
+                curvature=settings.curvature, damping=settings.damping,
+                modules=None if settings.modules is None else list(settings.modules), seed=settings.seed,
+                progress=show_progress,
+            )  # fmt: skip
+        return influence.double().numpy()
+
+    def _decide(
         self,
         trainer: Trainer,
         pl_module: LightningModule,
         record: InterventionRecord,
         reference: Sequence[float | None],
-    ) -> Tensor | None:
-        from lightning_pareto.influence import category_influence
+        influence: np.ndarray,
+    ) -> np.ndarray | None:
+        """Ceiling check, weight search and logging (rank zero); the weights, or ``None`` with a reason."""
         from lightning_pareto.pareto.ceiling import ceiling_report
         from lightning_pareto.pareto.search import search_weights
 
         settings = self.settings
-        model = influence_model(pl_module)
-        train_dataset, val_dataset, train_batch_size = _trainer_datasets(trainer)
-        train_loader = DataLoader(train_dataset, batch_size=settings.influence_batch_size, shuffle=False)
-        val_loader = DataLoader(val_dataset, batch_size=settings.influence_batch_size, shuffle=False)
-        num_classes = len(self.class_names)
-        show_progress = None if trainer.progress_bar_callback is not None else False
-        with preserved_rng(), torch.inference_mode(False), torch.enable_grad():
-            influence = category_influence(
-                model, train_loader, val_loader, num_classes, curvature=settings.curvature, damping=settings.damping,
-                modules=None if settings.modules is None else list(settings.modules), seed=settings.seed,
-                progress=show_progress,
-            )  # fmt: skip
-        influence = influence.double().numpy()
         bad_rows = int((~np.isfinite(influence)).any(axis=1).sum())
         if bad_rows:
             record.reason = f"influence has {bad_rows} non-finite (NaN/inf) row(s); scores not used"
@@ -461,10 +489,14 @@ class InterventionCallback(Callback):
         }
         fitness: str | TrialFitness = "predicted"
         if settings.fitness == "trial":
+            train_dataset, val_dataset, train_batch_size = _trainer_datasets(trainer)
+            val_loader = DataLoader(val_dataset, batch_size=settings.influence_batch_size, shuffle=False)
             fitness = TrialFitness(
-                model, trainer.optimizers[0], _loss_function(pl_module), train_dataset, val_loader, num_classes,
-                batch_size=train_batch_size, num_batches=settings.trial_batches, seed=settings.seed,
+                influence_model(pl_module), trainer.optimizers[0], _loss_function(pl_module), train_dataset,
+                val_loader, len(self.class_names), batch_size=train_batch_size, num_batches=settings.trial_batches,
+                seed=settings.seed,
             )  # fmt: skip
+        show_progress = None if trainer.progress_bar_callback is not None else False
         with preserved_rng(), torch.inference_mode(False), torch.enable_grad():
             result = search_weights(
                 influence, record.targets, fitness=fitness,
@@ -476,10 +508,7 @@ class InterventionCallback(Callback):
             self._log_computation(trainer, record, report, influence, result)
         except Exception as error:  # noqa: BLE001 - a logging failure must not cost the intervention
             rank_zero_warn(f"{type(self).__name__}: could not log the intervention: {type(error).__name__}: {error}")
-        weights = _search_weights_or_reason(result, record)
-        if weights is None:
-            return None
-        return torch.as_tensor(weights, dtype=torch.float32)
+        return _search_weights_or_reason(result, record)
 
     def _log_computation(self, trainer: Trainer, record: InterventionRecord, report: CeilingReport,
                          influence: np.ndarray, result: SearchResult) -> None:
@@ -519,6 +548,28 @@ class InterventionCallback(Callback):
             rank_zero_warn(f"{type(self).__name__}: could not write the intervention record: {type(error).__name__}: {error}")
 
 
+def check_strategy(trainer: Trainer, who: str) -> None:
+    """Raise unless the run uses one device or one of Lightning's DDP strategies.
+
+    Args:
+        trainer: The Trainer.
+        who: The callback's name, for the message.
+
+    Raises:
+        ValueError: For FSDP, DeepSpeed or any other strategy that shards or wraps the parameters.
+    """
+    strategy = trainer.strategy
+    if isinstance(strategy, SingleDeviceStrategy) or (
+        isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy)
+    ):
+        return
+    raise ValueError(
+        f"{who} supports single-device training and Lightning's DDP strategies (strategy='ddp', 'ddp_spawn', "
+        f"'ddp_fork', ...), not {type(strategy).__name__}: FSDP and DeepSpeed shard the parameters, and the influence "
+        "passes need the whole model on every rank. Train with strategy='ddp'."
+    )
+
+
 def influence_model(pl_module: LightningModule) -> nn.Module:
     """The network influence is computed on: ``pl_module.net`` when it is a module (so ``modules=["head"]``
     names its layers), else the LightningModule itself."""
@@ -545,6 +596,18 @@ def _trainer_datasets(trainer: Trainer) -> tuple[Dataset, Dataset, int]:
             f"{type(train).__name__} and {type(val).__name__}"
         )
     return train.dataset, val.dataset, int(train.batch_size or 1)
+
+
+def _shard(size: int) -> range:
+    """This rank's sample indices: every ``world_size``-th from its rank, no padding (all of them alone)."""
+    return range(global_rank(), size, world_size())
+
+
+def _update_record(record: InterventionRecord, state: dict[str, Any]) -> None:
+    """Copy a record's :meth:`~InterventionRecord.to_dict` (rank zero's) into ``record`` on this rank."""
+    decided = InterventionRecord.from_dict(state)
+    for item in fields(InterventionRecord):
+        setattr(record, item.name, getattr(decided, item.name))
 
 
 def _search_weights_or_reason(result: SearchResult, record: InterventionRecord) -> np.ndarray | None:
