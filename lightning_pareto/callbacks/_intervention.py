@@ -438,7 +438,8 @@ class InterventionCallback(Callback):
     def finish(self, trainer: Trainer, record: InterventionRecord) -> None:
         """Keep a completed record, append it to ``interventions.jsonl`` and log its summary (rank zero)."""
         self.records.append(record)
-        self._write(trainer, record)
+        # Trainer.log_dir is a collective under DDP (rank zero broadcasts it): every rank asks for it.
+        self._write(trainer, record, Path(trainer.log_dir or trainer.default_root_dir))
 
     # ---------------------------------------------------------------- internals
     def _influence_matrix(self, trainer: Trainer, pl_module: LightningModule) -> np.ndarray:
@@ -535,9 +536,9 @@ class InterventionCallback(Callback):
                                       weights_histogram(weights, self.settings.w_min, self.settings.w_max), global_step=step)
 
     @rank_zero_only
-    def _write(self, trainer: Trainer, record: InterventionRecord) -> None:
+    def _write(self, trainer: Trainer, record: InterventionRecord, log_dir: Path) -> None:
         try:
-            path = Path(trainer.log_dir or trainer.default_root_dir) / RECORDS_FILE
+            path = log_dir / RECORDS_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as handle:
                 handle.write(json.dumps(record.to_dict()) + "\n")
