@@ -79,6 +79,16 @@ def test_direct_improvement_trains_on_a_gpu(tmp_path: Path, precision: str) -> N
     assert next(module.parameters()).device.type == "cuda"
 
 
+def test_fsdp_is_refused_at_setup_with_the_fix(tmp_path: Path) -> None:
+    trainer = L.Trainer(
+        accelerator="gpu", devices=1, strategy="fsdp", max_epochs=1, default_root_dir=str(tmp_path), logger=False,
+        enable_checkpointing=False, enable_progress_bar=False,
+        callbacks=[PerClassAccuracy(), DirectImprovement(targets="worst:1", at_epochs=[0])],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="strategy='ddp'"):
+        trainer.fit(ClassifierModule(MLP(64, 10), 10), DigitsDataModule(batch_size=64, seed=0))
+
+
 @pytest.mark.slow
 def test_pareto_step_benchmark_runs_on_cuda(tmp_path: Path) -> None:
     output = tmp_path / "pareto_step.json"

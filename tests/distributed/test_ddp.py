@@ -15,11 +15,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from types import SimpleNamespace
+
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_pareto._distributed import (
+    all_reduce_sum,
+    broadcast_object,
+    broadcast_tensor,
+    global_rank,
+    is_distributed,
+    merge_rows,
+    world_size,
+)
+from lightning_pareto.callbacks._intervention import check_strategy
 from lightning_pareto.data import DigitsDataModule
 from lightning_pareto.influence import category_influence
 from lightning_pareto.nets import MLP
@@ -142,6 +155,35 @@ def _load(path: Path) -> Any:
 def _without_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # Each rank times its own intervention; everything else is rank zero's decision.
     return [{key: value for key, value in record.items() if key != "seconds"} for record in records]
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+def test_sharding_strategies_are_refused_with_the_fix(strategy: str) -> None:
+    # Neither runs on this CPU-only machine (FSDP needs CUDA, DeepSpeed its package), so the check is
+    # given a trainer holding the strategy object; test_cuda.py runs the FSDP refusal inside fit.
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    instance = FSDPStrategy() if strategy == "fsdp" else DeepSpeedStrategy.__new__(DeepSpeedStrategy)
+    with pytest.raises(ValueError, match="strategy='ddp'") as raised:
+        check_strategy(SimpleNamespace(strategy=instance), "DirectImprovement")
+    assert type(instance).__name__ in str(raised.value)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "ddp"])
+def test_single_device_and_ddp_strategies_pass_the_check(strategy: str) -> None:
+    trainer = L.Trainer(accelerator="cpu", devices=1, strategy=strategy, logger=False)
+    check_strategy(trainer, "DirectImprovement")
+
+
+def test_collectives_are_the_identity_in_one_process() -> None:
+    values = torch.arange(6.0).view(3, 2)
+    assert not is_distributed() and world_size() == 1 and global_rank() == 0
+    assert all_reduce_sum(values) is values
+    assert broadcast_tensor(values) is values
+    assert broadcast_object({"a": 1}) == {"a": 1}
+    merged = merge_rows(values, torch.tensor([True, False, True]))
+    torch.testing.assert_close(merged[[0, 2]], values[[0, 2]])
+    assert torch.isnan(merged[1]).all()
 
 
 @pytest.mark.slow
