@@ -81,7 +81,7 @@ def test_direct_improvement_trains_on_a_gpu(tmp_path: Path, precision: str) -> N
 
 def test_fsdp_is_refused_at_setup_with_the_fix(tmp_path: Path) -> None:
     trainer = L.Trainer(
-        accelerator="gpu", devices=1, strategy="fsdp", max_epochs=1, default_root_dir=str(tmp_path), logger=False,
+        accelerator="gpu", devices=1, strategy="fsdp", max_epochs=2, default_root_dir=str(tmp_path), logger=False,
         enable_checkpointing=False, enable_progress_bar=False,
         callbacks=[PerClassAccuracy(), DirectImprovement(targets="worst:1", at_epochs=[0])],
     )  # fmt: skip
