@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from lightning_pareto._distributed import all_reduce_sum
 from lightning_pareto.influence._layout import flatten_layout, layout_from_named, layout_to_named, unflatten_layout
 from lightning_pareto.influence._passes import fisher_labels, model_device, unpack
 from lightning_pareto.influence._progress import progress_bar
@@ -75,6 +76,8 @@ def dense_curvature(
             grads = torch.einsum("bk,bkp->bp", residual, jac)
             total.addmm_(grads.T, grads)
         count += y.shape[0]
+    # Under DDP each rank saw a shard: sum so every rank holds the whole set's matrix.
+    count = int(all_reduce_sum(torch.tensor(count, dtype=torch.float64)))
     if count == 0:
         raise ValueError("train_loader yielded no samples")
-    return total / count
+    return all_reduce_sum(total) / count

@@ -23,6 +23,8 @@ import scipy.linalg
 import torch
 from torch import Tensor, nn
 
+from lightning_pareto._distributed import all_reduce_sum
+from lightning_pareto.influence._layout import layer_shape
 from lightning_pareto.influence._passes import captured_batches
 
 # Elements of the per-sample rotated gradients held at once when a layer has positions (T > 1).
@@ -73,8 +75,11 @@ def kronecker_factors(
     Raises:
         ValueError: If the loader yields no samples.
     """
-    input_sums: dict[str, Tensor] = {}
-    grad_sums: dict[str, Tensor] = {}
+    input_sums, grad_sums = {}, {}
+    for name, module in tracked.items():
+        outputs, inputs = layer_shape(module)
+        input_sums[name] = module.weight.new_zeros(inputs, inputs)
+        grad_sums[name] = module.weight.new_zeros(outputs, outputs)
     positions = dict.fromkeys(tracked, 0)
     samples = 0
     for batch in captured_batches(
@@ -83,16 +88,20 @@ def kronecker_factors(
         samples += batch.size
         for name, (a, g) in batch.layers.items():
             rows_a, rows_g = a.flatten(end_dim=1), g.flatten(end_dim=1)
-            if name not in input_sums:
-                input_sums[name] = rows_a.new_zeros(rows_a.shape[1], rows_a.shape[1])
-                grad_sums[name] = rows_g.new_zeros(rows_g.shape[1], rows_g.shape[1])
             input_sums[name].addmm_(rows_a.T, rows_a)
             grad_sums[name].addmm_(rows_g.T, rows_g)
             positions[name] += rows_a.shape[0]
+    # Under DDP each rank saw a shard: sum the statistics so every rank holds the whole set's.
+    counts = all_reduce_sum(torch.tensor([samples, *positions.values()], dtype=torch.float64))
+    samples, layer_positions = int(counts[0]), dict(zip(tracked, counts[1:].tolist()))
     if samples == 0:
         raise ValueError("train_loader yielded no samples")
     return {
-        name: (input_sums[name].double() / positions[name], grad_sums[name].double() / samples) for name in tracked
+        name: (
+            all_reduce_sum(input_sums[name]).double() / layer_positions[name],
+            all_reduce_sum(grad_sums[name]).double() / samples,
+        )
+        for name in tracked
     }
 
 
@@ -172,7 +181,7 @@ def corrected_eigenvalues(
     Returns:
         Layer name -> ``KroneckerFactors`` with the corrected eigenvalues.
     """
-    sums: dict[str, Tensor] = {}
+    sums = {name: torch.zeros_like(basis.eigenvalues) for name, basis in bases.items()}
     rotations: dict[str, tuple[Tensor, Tensor]] = {}
     samples = 0
     for batch in captured_batches(
@@ -183,7 +192,6 @@ def corrected_eigenvalues(
             if name not in rotations:
                 basis = bases[name]
                 rotations[name] = (basis.eigvecs_inputs.to(a.dtype), basis.eigvecs_grads.to(g.dtype))
-                sums[name] = torch.zeros_like(basis.eigenvalues)
             rotate_a, rotate_g = rotations[name]
             rotated_a, rotated_g = a @ rotate_a, g @ rotate_g
             if a.shape[1] == 1:
@@ -194,7 +202,8 @@ def corrected_eigenvalues(
             for start in range(0, batch.size, chunk):
                 per_sample = rotated_g[start : start + chunk].transpose(1, 2) @ rotated_a[start : start + chunk]
                 sums[name] += per_sample.square().sum(dim=0).double()
+    samples = int(all_reduce_sum(torch.tensor(samples, dtype=torch.float64)))
     return {
-        name: KroneckerFactors(basis.eigvecs_inputs, basis.eigvecs_grads, sums[name] / samples)
+        name: KroneckerFactors(basis.eigvecs_inputs, basis.eigvecs_grads, all_reduce_sum(sums[name]) / samples)
         for name, basis in bases.items()
     }

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_pareto._distributed import all_reduce_sum, is_distributed, merge_rows
+from lightning_pareto.influence._layout import layer_shape
 from lightning_pareto.influence._passes import captured_batches, influence_mode
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.capture import tracked_modules
@@ -70,6 +72,11 @@ def category_influence(
         seed: Seed of the label sampler for ``fisher="sampled"``.
         progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
         timings: Filled with the seconds of each phase.
+
+    Under ``torch.distributed`` (DDP, a process group of more than one) this is a collective: every
+    rank calls it with loaders over its own disjoint shard of the same data sets (indexed batches),
+    the curvature and query statistics are summed over ranks and every rank returns the whole matrix,
+    equal to one process's up to float summation order.
 
     Returns:
         float32 CPU tensor of shape ``(n, K)`` with ``n = len(train_loader.dataset)`` (without a
@@ -219,19 +226,20 @@ def _mean_gradients(
     progress: bool | None,
 ) -> dict[str, Tensor]:
     """Per-group mean loss gradients in the layer layout, ``(num_groups, out, in + has_bias)`` per layer."""
-    sums: dict[str, Tensor] = {}
-    counts = torch.zeros(num_groups, dtype=torch.int64)
+    sums = {name: module.weight.new_zeros(num_groups, *layer_shape(module)) for name, module in tracked.items()}
+    counts = torch.zeros(num_groups, dtype=torch.float64)
     for batch in captured_batches(model, loader, tracked, desc="influence: queries", progress=progress):
         groups = group_of(batch.labels)
         counts += torch.bincount(groups.cpu(), minlength=num_groups)
         for name, (a, g) in batch.layers.items():
-            if name not in sums:
-                sums[name] = a.new_zeros(num_groups, g.shape[2], a.shape[2])
             row_groups = groups.repeat_interleave(a.shape[1])
             rows_a, rows_g = a.flatten(end_dim=1), g.flatten(end_dim=1)
             for group in groups.unique().tolist():
                 members = (row_groups == group).nonzero().squeeze(1)
                 sums[name][group].addmm_(rows_g[members].T, rows_a[members])
+    # Under DDP each rank saw a shard of the validation set: sum the per-class statistics.
+    counts = all_reduce_sum(counts)
+    sums = {name: all_reduce_sum(total) for name, total in sums.items()}
     if int(counts.sum()) == 0:
         raise ValueError("val_loader yielded no samples")
     empty = [group_names[group] for group in range(num_groups) if counts[group] == 0]
@@ -239,8 +247,8 @@ def _mean_gradients(
         warnings.warn(
             f"no validation samples for {', '.join(empty)}: their influence column is zero", UserWarning, stacklevel=4
         )
-    scale = 1.0 / counts.clamp(min=1).to(next(iter(sums.values())).dtype)
-    return {name: total * scale.to(total.device)[:, None, None] for name, total in sums.items()}
+    scale = 1.0 / counts.clamp(min=1)
+    return {name: total * scale.to(total)[:, None, None] for name, total in sums.items()}
 
 
 def _score(
@@ -258,7 +266,7 @@ def _score(
             layer_scores = _contract(a, g, queries[name].to(a.dtype))
             total = layer_scores if total is None else total + layer_scores
         rows.append((batch.index, total.float().cpu()))
-    return _assemble(loader, rows)
+    return _assemble(loader, rows, width=next(iter(queries.values())).shape[0])
 
 
 def _contract(a: Tensor, g: Tensor, query: Tensor) -> Tensor:
@@ -296,17 +304,27 @@ def _contract(a: Tensor, g: Tensor, query: Tensor) -> Tensor:
     return torch.cat(parts).view(batch, positions, num_queries).sum(dim=1)
 
 
-def _assemble(loader: Iterable, rows: list[tuple[Tensor | None, Tensor]]) -> Tensor:
-    """Place batch scores at their dataset indices (or in loader order); unseen rows are NaN."""
-    if not rows:
-        raise ValueError("train_loader yielded no samples")
+def _assemble(loader: Iterable, rows: list[tuple[Tensor | None, Tensor]], width: int) -> Tensor:
+    """Place batch scores ``(b, width)`` at their dataset indices (or in loader order); unseen rows are NaN.
+
+    Under DDP every rank scored a shard of the data set by index; the rows are joined so that every
+    rank returns the whole matrix.
+    """
+    distributed = is_distributed()
     indexed = [index is not None for index, _ in rows]
     if any(indexed) and not all(indexed):
         raise ValueError("train_loader mixes (x, y) and (x, y, index) batches")
+    dataset = getattr(loader, "dataset", None)
+    if distributed and (not all(indexed) or dataset is None):
+        raise ValueError(
+            "under torch.distributed the train_loader must yield (x, y, index) batches and have a .dataset, so "
+            "that each rank's rows can be joined; wrap the dataset in lightning_pareto.IndexedDataset"
+        )
+    if not rows and not distributed:
+        raise ValueError("train_loader yielded no samples")
     seen = sum(scores.shape[0] for _, scores in rows)
-    if all(indexed):
+    if rows and all(indexed):
         index = torch.cat([index for index, _ in rows])
-        dataset = getattr(loader, "dataset", None)
         size = len(dataset) if dataset is not None else int(index.max()) + 1
         if int(index.min()) < 0 or int(index.max()) >= size:
             raise ValueError(
@@ -314,11 +332,13 @@ def _assemble(loader: Iterable, rows: list[tuple[Tensor | None, Tensor]]) -> Ten
                 f"[{int(index.min())}, {int(index.max())}]"
             )
     else:
-        dataset = getattr(loader, "dataset", None)
         size = len(dataset) if dataset is not None else seen
         index = torch.arange(seen)
         if seen > size:
             raise ValueError(f"train_loader yielded {seen} samples, more than len(train_loader.dataset)={size}")
-    scores = torch.full((size, rows[0][1].shape[1]), float("nan"))
-    scores[index] = torch.cat([batch_scores for _, batch_scores in rows])
-    return scores
+    scores = torch.full((size, width), float("nan"))
+    filled = torch.zeros(size, dtype=torch.bool)
+    if rows:
+        scores[index] = torch.cat([batch_scores for _, batch_scores in rows])
+        filled[index] = True
+    return merge_rows(scores, filled) if distributed else scores

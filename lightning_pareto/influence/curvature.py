@@ -288,7 +288,9 @@ def fit_curvature(
     """Fit a damped curvature of the mean training loss over the tracked layers.
 
     The passes run in eval mode without autocast on the model's device; the model's training flags
-    and ``requires_grad`` are restored afterwards and no parameter ``.grad`` is written.
+    and ``requires_grad`` are restored afterwards and no parameter ``.grad`` is written. Under
+    ``torch.distributed`` every rank passes its shard of the training set and the statistics are
+    summed over ranks (a collective: all ranks must call it), so every rank gets the same curvature.
 
     Args:
         model: A classifier returning logits ``(batch, num_classes)``.
