@@ -23,7 +23,7 @@ K-FAC/EKFAC (so K-FAC inverts ``G_out (x) A_in + lambda I`` exactly), to the den
 curvature (over all tracked layers; for exact estimated by power iteration). Relative to the top of
 the spectrum, not to its mean: the mean eigenvalue of a trained network's curvature is thousands of
 times smaller than the largest (most directions are flat), and at ``0.1 x mean`` the K-FAC/EKFAC
-influence has a median Spearman correlation of about 0.3 with the exact one on a digits MLP, against
+influence has a median Spearman correlation of 0.3-0.4 with the exact one on a digits MLP, against
 about 0.9 at ``0.1 x largest`` (see ``benchmarks/RESULTS.md``). A curvature that is singular at the
 damping given (a zero damped eigenvalue, or a failed Cholesky factorisation) gets that default added
 and a ``UserWarning``.
