@@ -290,90 +290,88 @@ class _WorkingLP:
     def run(self, basic: np.ndarray, at_upper: np.ndarray, max_iterations: int) -> _Outcome:
         """Dual simplex iterations from a basis (nonbasic columns move to the bound their reduced cost picks).
 
-        Between refactorisations (every ``_REFACTOR_EVERY`` iterations, and before optimality is
-        declared) the inverse, duals, reduced costs and row residual are updated, not recomputed.
+        The row slacks join the structural columns as identity columns (cost 0, upper bound +inf for
+        an inequality row, 0 for an equality row), so one ratio test covers both. A column whose
+        bounds coincide (an equality slack) is fixed: it never enters. Between refactorisations
+        (every ``_REFACTOR_EVERY`` iterations, and before optimality is declared) the inverse,
+        duals, reduced costs and row residual are updated, not recomputed.
         """
-        rows, cost, upper = self.rows, self.cost, self.upper
-        num_rows, num_columns = rows.shape
-        basic = basic.copy()
+        num_rows, num_structural = self.rows.shape
+        columns = np.hstack([self.rows, np.eye(num_rows)])
+        cost = np.concatenate([self.cost, np.zeros(num_rows)])
+        upper = np.concatenate([self.upper, self.slack_upper])
+        tolerance = np.concatenate([_PRIMAL_TOLERANCE * np.maximum(self.upper, 1.0), self.slack_tolerance])
+        movable = upper > 0
         inequality_rows = np.isinf(self.slack_upper)
-        column_upper = np.concatenate([upper, self.slack_upper])
-        column_tolerance = np.concatenate([_PRIMAL_TOLERANCE * np.maximum(upper, 1.0), self.slack_tolerance])
-        column_cost = np.concatenate([cost, np.zeros(num_rows)])
-        largest_entry = max(1.0, float(np.abs(rows).max(initial=0.0)))
-        # direction_j = +1 for a column at its lower bound, -1 at its upper bound; room_j = d_j * direction_j
-        # is how far column j's reduced cost is from turning to the wrong sign (non-negative).
-        direction = np.where(at_upper, -1.0, 1.0)
+        pivot_scale = _PIVOT_TOLERANCE * max(1.0, float(np.abs(self.rows).max(initial=0.0)))
+        basic = basic.copy()
+        # direction_j = +1 for a column at its lower bound, -1 at its upper bound, 0 for a fixed column;
+        # room_j = d_j * direction_j >= 0 is how far column j's reduced cost is from its wrong sign.
+        direction = np.where(np.concatenate([at_upper, np.zeros(num_rows, dtype=bool)]), -1.0, 1.0) * movable
         duals = basic_values = np.zeros(num_rows)
         iteration = 0
         while True:
-            inverse = _checked_inverse(_basis_matrix(rows, basic))
+            inverse = _checked_inverse(columns[:, basic])
             if inverse is None:
-                return _Outcome("failed", basic, direction < 0, duals, basic_values, iteration)
-            duals = inverse.T @ column_cost[basic]
+                return self._outcome("failed", basic, direction, duals, basic_values, iteration)
+            duals = inverse.T @ cost[basic]
             if np.any(duals[inequality_rows] > self.dual_tolerance):
                 # A slack's reduced cost -y_r went negative: no longer dual feasible (round-off trouble).
-                return _Outcome("failed", basic, direction < 0, duals, basic_values, iteration)
-            reduced = cost - duals @ rows
+                return self._outcome("failed", basic, direction, duals, basic_values, iteration)
+            reduced = cost - duals @ columns
             if iteration == 0:
                 # Later iterations keep the alignment: flips and the leaving column's bound follow the step.
-                direction = np.where(_aligned(direction < 0, reduced, self.dual_tolerance), -1.0, 1.0)
+                direction = np.where(_aligned(direction < 0, reduced, self.dual_tolerance), -1.0, 1.0) * movable
             room = np.maximum(reduced * direction, 0.0)
             held = np.where(direction < 0, upper, 0.0)
-            held[basic[basic < num_columns]] = 0.0
-            residual = self.rhs - rows @ held
+            held[basic] = 0.0
+            residual = self.rhs - columns @ held
             for updates in range(_REFACTOR_EVERY):
                 basic_values = inverse @ residual
-                basic_upper = column_upper[basic]
+                basic_upper = upper[basic]
                 distance = np.maximum(-basic_values, basic_values - basic_upper)
-                violated = distance > column_tolerance[basic]
+                violated = distance > tolerance[basic]
                 if not violated.any():
                     if updates == 0:  # fresh values: the optimum is confirmed
-                        return _Outcome("optimal", basic, direction < 0, duals, basic_values, iteration)
+                        return self._outcome("optimal", basic, direction, duals, basic_values, iteration)
                     break
                 if iteration == max_iterations:
-                    return _Outcome("failed", basic, direction < 0, duals, basic_values, iteration)
+                    return self._outcome("failed", basic, direction, duals, basic_values, iteration)
                 # Leaving row: the largest violation per unit norm of its row of B^-1 (dual steepest edge).
-                leaving = int(np.argmax(np.where(violated, distance, 0.0) / np.linalg.norm(inverse, axis=1)))
+                norms = np.sqrt(np.einsum("ij,ij->i", inverse, inverse))
+                leaving = int(np.argmax(np.where(violated, distance, 0.0) / norms))
                 to_lower = bool(basic_values[leaving] < 0.0)
                 signed_row = -inverse[leaving] if to_lower else inverse[leaving]
-                towards_wrong_sign = (signed_row @ rows) * direction
-                towards_wrong_sign[basic[basic < num_columns]] = 0.0
-                step = self._ratio_test(
-                    towards_wrong_sign, signed_row, float(distance[leaving]), room, duals, basic, largest_entry
-                )
+                towards_wrong_sign = (signed_row @ columns) * direction
+                towards_wrong_sign[basic] = 0.0
+                pivot_tolerance = pivot_scale * float(np.abs(signed_row).sum())
+                step = _ratio_test(towards_wrong_sign, float(distance[leaving]), room, upper, pivot_tolerance)
                 if step is None:
-                    return _Outcome("infeasible", basic, direction < 0, duals, basic_values, iteration)
+                    return self._outcome("infeasible", basic, direction, duals, basic_values, iteration)
                 entering, flipped, dual_step = step
                 iteration += 1
                 # Dual step t along the leaving row: y += t rho, and every room shrinks by t times its
                 # pace; passed (flipped) columns changed sign and bound, so their room is mirrored.
                 duals = duals + dual_step * signed_row
                 room -= dual_step * towards_wrong_sign
-                room[flipped] *= -1.0
                 # Primal side: flipped columns change the held activity; the leaving column is held at
                 # the bound it leaves to, the entering one is no longer held.
                 if len(flipped):
-                    change = upper[flipped] * direction[flipped]  # +u: lower -> upper, -u: upper -> lower
-                    residual = residual - rows[:, flipped] @ change
+                    room[flipped] *= -1.0
+                    residual = residual - columns[:, flipped] @ (upper[flipped] * direction[flipped])
                     direction[flipped] *= -1.0
                 leaving_column = int(basic[leaving])
-                if leaving_column < num_columns:
+                room[leaving_column] = dual_step
+                if movable[leaving_column]:
                     direction[leaving_column] = 1.0 if to_lower else -1.0
-                    room[leaving_column] = dual_step
                     if not to_lower:
-                        residual = residual - rows[:, leaving_column] * upper[leaving_column]
-                if entering < num_columns:
-                    room[entering] = 0.0
-                    if direction[entering] < 0:
-                        residual = residual + rows[:, entering] * upper[entering]
-                    entering_column = rows[:, entering]
-                else:
-                    entering_column = np.zeros(num_rows)
-                    entering_column[entering - num_columns] = 1.0
+                        residual = residual - columns[:, leaving_column] * upper[leaving_column]
+                room[entering] = 0.0
+                if direction[entering] < 0:
+                    residual = residual + columns[:, entering] * upper[entering]
                 basic[leaving] = entering
                 # Product-form update of B^-1 for the column exchange.
-                pivot_column = inverse @ entering_column
+                pivot_column = inverse @ columns[:, entering]
                 pivot = pivot_column[leaving]
                 if abs(pivot) < _PIVOT_TOLERANCE:
                     break  # refactorise (and recheck the basis) rather than divide by a tiny pivot
@@ -381,65 +379,52 @@ class _WorkingLP:
                 inverse = inverse - np.outer(pivot_column, pivot_row)
                 inverse[leaving] = pivot_row
 
-    def _ratio_test(
+    def _outcome(
         self,
-        towards_wrong_sign: np.ndarray,
-        signed_row: np.ndarray,
-        excess: float,
-        room: np.ndarray,
-        duals: np.ndarray,
+        status: str,
         basic: np.ndarray,
-        largest_entry: float,
-    ) -> tuple[int, np.ndarray, float] | None:
-        """Bound-flipping ratio test: the entering column, the structural columns that flip, the dual step.
+        direction: np.ndarray,
+        duals: np.ndarray,
+        basic_values: np.ndarray,
+        iterations: int,
+    ) -> _Outcome:
+        at_upper = direction[: self.rows.shape[1]] < 0
+        return _Outcome(status, basic, at_upper, duals, basic_values, iterations)
 
-        The dual moves along the leaving row ``signed_row`` of B^-1; column j's reduced cost moves
-        towards its wrong sign at pace ``towards_wrong_sign[j]`` and reaches it at step
-        ``room[j] / towards_wrong_sign[j]``, its breakpoint. The dual objective's slope starts at the
-        leaving variable's bound violation ``excess`` and drops by the pace times the column's bound
-        range at each breakpoint passed. The column whose breakpoint makes the slope non-positive
-        enters; the columns passed before it flip to their other bound. ``None`` when no breakpoint
-        does: the dual is unbounded and the LP infeasible.
-        """
-        num_columns = self.rows.shape[1]
-        pivot_tolerance = _PIVOT_TOLERANCE * max(1.0, float(np.abs(signed_row).sum()) * largest_entry)
-        eligible = towards_wrong_sign > pivot_tolerance
-        ratios = np.full(num_columns, np.inf)
-        np.divide(room, towards_wrong_sign, out=ratios, where=eligible)
-        num_eligible = int(np.count_nonzero(eligible))
-        # Nonbasic inequality slacks sit at zero with no upper bound: breakpoints of unlimited width.
-        slack_is_nonbasic = np.isinf(self.slack_upper)
-        slack_is_nonbasic[basic[basic >= num_columns] - num_columns] = False
-        slack_rows = np.flatnonzero(slack_is_nonbasic & (signed_row > pivot_tolerance))
-        slack_ratios = np.maximum(-duals[slack_rows] / signed_row[slack_rows], 0.0)
-        if num_eligible + len(slack_rows) == 0:
-            return None
-        count = min(_FIRST_SORTED_BREAKPOINTS, num_eligible)
-        while True:
-            nearest = _smallest(ratios, count)
-            candidates = np.concatenate([nearest, num_columns + slack_rows])
-            candidate_ratios = np.concatenate([ratios[nearest], slack_ratios])
-            pivots = np.concatenate([towards_wrong_sign[nearest], signed_row[slack_rows]])
-            widths = np.concatenate([pivots[:count] * self.upper[nearest], np.full(len(slack_rows), np.inf)])
-            order = np.argsort(candidate_ratios, kind="stable")
-            crossing = int(np.searchsorted(np.cumsum(widths[order]), excess, side="left"))
-            # The crossing is sure once every structural breakpoint before it has been sorted in.
-            complete = count == num_eligible or (
-                crossing < len(order) and candidate_ratios[order[crossing]] <= ratios[nearest].max(initial=-np.inf)
-            )
-            if complete:
-                break
-            count = min(4 * count, num_eligible)
-        if crossing == len(order):
-            return None
-        # Among breakpoints tied with the crossing one, the largest pivot enters (a better-conditioned basis).
-        crossing_ratio = candidate_ratios[order[crossing]]
-        tied = np.flatnonzero(
-            candidate_ratios[order[: crossing + 1]] >= crossing_ratio - 1e-12 * (1.0 + crossing_ratio)
-        )
-        chosen = int(tied[np.argmax(pivots[order[tied]])])
-        flipped = candidates[order[:chosen]]
-        return int(candidates[order[chosen]]), flipped[flipped < num_columns], float(candidate_ratios[order[chosen]])
+
+def _ratio_test(
+    towards_wrong_sign: np.ndarray, excess: float, room: np.ndarray, upper: np.ndarray, pivot_tolerance: float
+) -> tuple[int, np.ndarray, float] | None:
+    """Bound-flipping ratio test: the entering column, the columns that flip, and the dual step.
+
+    The dual moves along the leaving row of B^-1; column j's reduced cost moves towards its wrong sign
+    at pace ``towards_wrong_sign[j]`` and reaches it at step ``room[j] / towards_wrong_sign[j]``, its
+    breakpoint. The dual objective's slope starts at the leaving variable's bound violation
+    ``excess`` and drops by the pace times the column's bound range (``upper``; +inf for a slack) at
+    each breakpoint passed. The column whose breakpoint makes the slope non-positive enters; the
+    columns passed before it flip to their other bound. ``None`` when no breakpoint does: the dual is
+    unbounded and the LP infeasible.
+    """
+    eligible = towards_wrong_sign > pivot_tolerance
+    num_eligible = int(np.count_nonzero(eligible))
+    if num_eligible == 0:
+        return None
+    ratios = np.where(eligible, room, np.inf) / np.maximum(towards_wrong_sign, pivot_tolerance)
+    count = min(_FIRST_SORTED_BREAKPOINTS, num_eligible)
+    while True:
+        nearest = _smallest(ratios, count)
+        nearest = nearest[np.argsort(ratios[nearest], kind="stable")]
+        crossing = int(np.searchsorted(np.cumsum(towards_wrong_sign[nearest] * upper[nearest]), excess, side="left"))
+        if crossing < count or count == num_eligible:
+            break
+        count = min(4 * count, num_eligible)
+    if crossing == count:
+        return None
+    # Among breakpoints tied with the crossing one, the largest pivot enters (a better-conditioned basis).
+    sorted_ratios = ratios[nearest[: crossing + 1]]
+    tied = np.flatnonzero(sorted_ratios >= sorted_ratios[-1] - 1e-12 * (1.0 + sorted_ratios[-1]))
+    chosen = int(tied[np.argmax(towards_wrong_sign[nearest[tied]])])
+    return int(nearest[chosen]), nearest[:chosen], float(sorted_ratios[chosen])
 
 
 def single_blas_thread() -> AbstractContextManager[Any]:

@@ -19,6 +19,8 @@ _FIRST_LEVEL_SAMPLES = 1000
 _LEVEL_GROWTH = 10
 # Columns with the smallest reduced costs in the dual simplex's first working set (see _dual_simplex.py).
 _WORKING_SIZE = 5000
+# Full-level bases remembered before solves skip the smaller levels.
+_WARM_POOL = 100
 
 MIN_RELATIVE_GAIN = 1e-9
 """Smallest predicted gain, in units of the class's mean absolute influence, that counts as a gain."""
@@ -87,9 +89,11 @@ class WeightLP:
     class. LPs are solved exactly by a dual simplex for few rows and many boxed columns
     (``_dual_simplex.py``) on nested random subsets of samples (1,000, then ten times more at each
     level, then all): every row is a sum over samples, so a subset's LP with right-hand sides scaled
-    by its share has nearly the same duals, and its optimal basis starts the next level. The first
-    level starts from the optimal basis of the earlier solve with the closest right-hand side: the
-    GA's candidates share the matrix and costs, so each solve reuses the work of the ones before.
+    by its share has nearly the same duals, and its optimal basis starts the next level. Every
+    optimal basis is remembered: the GA's candidates share the matrix and costs, so an earlier
+    solve's basis is a start for any later one, and each level starts from whichever remembered
+    basis (or the previous level's) has the best dual bound for the new right-hand side. Once the
+    full level has remembered ``_WARM_POOL`` bases, solves start there directly.
 
     Args:
         influence: Influence matrix, array-like or tensor of shape ``(n, K)``, finite.
@@ -269,20 +273,25 @@ class WeightLP:
         full_lp = self._levels[-1][2]
         if not self._sifting:
             return full_lp.solve_with_highs(b_ub_per_sample * self.num_samples, np.zeros(1))
+        last = len(self._levels) - 1
+        # The smaller levels find good starts while the pool of full-level bases is small; once it
+        # holds _WARM_POOL bases, one of them is usually the better start and they are skipped.
+        first = 0 if len(self._pools[last]) < _WARM_POOL else last
         lifted: Basis | None = None
-        for level, (num_level_samples, columns, lp) in enumerate(self._levels):
+        for level in range(first, last + 1):
+            num_level_samples, columns, lp = self._levels[level]
             b_ub = b_ub_per_sample * num_level_samples
             # Start from whichever known basis bounds this optimum best: an earlier solve's at this
             # level, or this solve's previous level.
             start = self._pools[level].best_start(np.append(b_ub, 0.0), extra=lifted)
             result = lp.solve(b_ub, np.zeros(1), start=start, working_size=_WORKING_SIZE)
             if result.basis is None:
-                if level == len(self._levels) - 1:
+                if level == last:
                     return result
                 # A subset's verdict (or HiGHS's answer) is not the full LP's: solve all samples afresh.
                 return full_lp.solve(b_ub_per_sample * self.num_samples, np.zeros(1), working_size=_WORKING_SIZE)
             self._pools[level].add(result.basis)
-            if level < len(self._levels) - 1:
+            if level < last:
                 next_columns, next_lp = self._levels[level + 1][1:]
                 lifted = next_lp.basis(_lifted(result.basis.basic, columns, next_columns))
         return result
@@ -315,6 +324,9 @@ class _BasisPool:
         self._bases: list[Basis] = []
         self._duals = np.zeros((0, 0))
         self._offsets = np.zeros(0)
+
+    def __len__(self) -> int:
+        return len(self._bases)
 
     def add(self, basis: Basis) -> None:
         """Remembers an optimal basis."""
