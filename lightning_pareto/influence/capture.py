@@ -155,11 +155,21 @@ class LayerCapture:
         tracked: Qualified name -> supported layer.
 
     Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> tracked = tracked_modules(model)
+        >>> x, y = torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1])
         >>> with LayerCapture(tracked) as capture:
-        ...     loss = F.cross_entropy(model(x), y, reduction="none").sum()
-        ...     torch.autograd.grad(loss, [m.weight for m in tracked.values()])
-        ...     a, g = capture.layer("fc")  # (b, T, in + 1), (b, T, out)
-        ...     capture.clear()
+        ...     loss = F.cross_entropy(model(x), y, reduction="sum")
+        ...     weight_grads = torch.autograd.grad(loss, [module.weight for module in tracked.values()])
+        ...     a, g = capture.layer("2")
+        >>> a.shape, g.shape  # (batch, positions, in + bias), (batch, positions, out)
+        (torch.Size([5, 1, 5]), torch.Size([5, 1, 2]))
+        >>> per_sample = torch.einsum("bto,bti->boi", g, a)  # each sample's gradient, weight | bias
+        >>> torch.allclose(per_sample.sum(0)[:, :4], weight_grads[1], atol=1e-6)
+        True
     """
 
     def __init__(self, tracked: Mapping[str, nn.Module]) -> None:

@@ -90,6 +90,20 @@ def category_influence(
             index outside ``[0, n)``.
         FloatingPointError: If the fitted curvature is not finite (NaN/inf in the model or the
             training data); non-finite scores alone only warn.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> _ = torch.manual_seed(0)
+        >>> x, y = torch.randn(60, 4), torch.arange(60) % 3
+        >>> train = DataLoader(TensorDataset(x[:40], y[:40], torch.arange(40)), batch_size=16)
+        >>> val = DataLoader(TensorDataset(x[40:], y[40:]), batch_size=16)
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> scores = category_influence(model, train, val, num_classes=3)  # EKFAC, default damping
+        >>> scores.shape, scores.dtype
+        (torch.Size([40, 3]), torch.float32)
+        >>> harmful_to_all = (scores < 0).all(dim=1).nonzero().squeeze(1)  # removal helps every class
     """
     _check_num_classes(num_classes)
 

@@ -1,0 +1,14 @@
+"""The ``Example:`` sections of the influence engine's docstrings run."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize("name", ["lightning_pareto.influence.capture", "lightning_pareto.influence.category"])
+def test_influence_docstring_examples_run(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
