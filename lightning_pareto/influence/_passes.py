@@ -50,8 +50,9 @@ def influence_mode(model: nn.Module, tracked: Mapping[str, nn.Module]) -> Iterat
 
     Inside: every submodule in eval mode (no dropout, no batch statistics, so per-sample losses are
     independent), ``requires_grad`` only on the tracked layers' anchors (see ``anchors``: backward
-    reaches exactly the tracked outputs and nothing else gets a gradient), autocast disabled. On exit
-    each submodule's training flag and each parameter's ``requires_grad`` are restored.
+    reaches exactly the tracked outputs and nothing else gets a gradient), gradients enabled (also
+    under a caller's ``no_grad``/``inference_mode``), autocast disabled. On exit each submodule's
+    training flag and each parameter's ``requires_grad`` are restored.
 
     Args:
         model: The classifier.
@@ -69,7 +70,9 @@ def influence_mode(model: nn.Module, tracked: Mapping[str, nn.Module]) -> Iterat
             param.requires_grad_(False)
         for param in anchors(tracked):
             param.requires_grad_(True)
-        with torch.autocast(device_type=device.type, enabled=False):
+        # The passes differentiate, whatever grad mode the caller is in (a Lightning hook runs under
+        # no_grad or inference_mode); autocast would change the dtypes the statistics are taken in.
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
             yield device
     finally:
         for module, flag in training.items():

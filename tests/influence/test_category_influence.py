@@ -265,13 +265,18 @@ def test_model_state_restored_and_no_gradients_left(digits_data) -> None:
     _assert_untouched(model)
 
 
-def test_autocast_does_not_reach_the_passes(digits_data) -> None:
+@pytest.mark.parametrize(
+    "context",
+    [lambda: torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad, torch.inference_mode],
+    ids=["autocast", "no_grad", "inference_mode"],
+)
+def test_callers_autocast_and_grad_mode_do_not_reach_the_passes(digits_data, context) -> None:
     x, y = digits_data[0][:128], digits_data[1][:128]
     model = train(mlp(), x, y, steps=10)
     plain = category_influence(model, loader(x, y), loader(x, y), 10, curvature="ekfac", damping=0.1)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast = category_influence(model, loader(x, y), loader(x, y), 10, curvature="ekfac", damping=0.1)
-    torch.testing.assert_close(autocast, plain)
+    with context():
+        inside = category_influence(model, loader(x, y), loader(x, y), 10, curvature="ekfac", damping=0.1)
+    torch.testing.assert_close(inside, plain)
 
 
 def test_non_finite_rows_are_returned_and_counted(digits_data) -> None:
