@@ -85,6 +85,7 @@ class InterventionSettings:
 
     curvature: CurvatureName = "ekfac"
     damping: float | None = None
+    curvature_samples: int | None = None
     modules: tuple[str, ...] | None = None
     fitness: FitnessMode = "predicted"
     trial_batches: int | None = None
@@ -102,6 +103,8 @@ class InterventionSettings:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}.")
         if self.damping is not None and not (_is_number(self.damping) and math.isfinite(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be None (automatic) or a finite number >= 0, got {self.damping!r}.")
+        if self.curvature_samples is not None and not (_is_int(self.curvature_samples) and self.curvature_samples >= 1):
+            raise ValueError(f"curvature_samples must be None (every sample) or a positive integer, got {self.curvature_samples!r}.")
         if self.modules is not None:
             if isinstance(self.modules, str) or not all(isinstance(m, str) for m in self.modules) or not self.modules:
                 raise TypeError(f"modules must be None or a non-empty list of layer names such as ['head'], got {self.modules!r}.")
@@ -457,7 +460,7 @@ class InterventionCallback(Callback):
         with preserved_rng(), torch.inference_mode(False), torch.enable_grad():
             influence = category_influence(
                 influence_model(pl_module), train_loader, val_loader, len(self.class_names),
-                curvature=settings.curvature, damping=settings.damping,
+                curvature=settings.curvature, damping=settings.damping, curvature_samples=settings.curvature_samples,
                 modules=None if settings.modules is None else list(settings.modules), seed=settings.seed,
                 progress=show_progress,
             )  # fmt: skip

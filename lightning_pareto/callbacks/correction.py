@@ -58,7 +58,10 @@ class CourseCorrection(InterventionCallback):
         classes: Classes watched for drops: ``"any"``, or a list of names or indices.
         max_corrections: Most rollbacks attempted in one run (applied or skipped).
         curvature: Influence curvature: ``"ekfac"``, ``"kfac"`` or ``"exact"`` (small models only).
-        damping: Curvature damping ``lambda >= 0``; ``None`` picks ``0.1 * trace(G) / P``.
+        damping: Curvature damping ``lambda >= 0``; ``None`` picks 0.1 times the curvature's largest
+            eigenvalue.
+        curvature_samples: Fit the curvature on about this many training samples (a seeded subset;
+            every sample is still scored), or ``None`` for all. Speeds up large training sets.
         modules: Layers the influence differentiates, e.g. ``["head"]`` (names in ``pl_module.net``);
             ``None`` uses every Linear/Conv2d layer.
         fitness: ``"predicted"`` (first-order gains, no training, fast) or ``"trial"`` (train from the
@@ -87,6 +90,7 @@ class CourseCorrection(InterventionCallback):
         max_corrections: int = 3,
         curvature: CurvatureName = "ekfac",
         damping: float | None = None,
+        curvature_samples: int | None = None,
         modules: list[str] | None = None,
         fitness: FitnessMode = "predicted",
         trial_batches: int | None = None,
@@ -101,7 +105,8 @@ class CourseCorrection(InterventionCallback):
     ) -> None:
         super().__init__(
             InterventionSettings(
-                curvature=curvature, damping=damping, modules=None if modules is None else tuple(modules),
+                curvature=curvature, damping=damping, curvature_samples=curvature_samples,
+                modules=None if modules is None else tuple(modules),
                 fitness=fitness, trial_batches=trial_batches, preset=preset, w_min=w_min, w_max=w_max, trust=trust,
                 time_budget=time_budget, seed=seed, log_figures=log_figures, influence_batch_size=influence_batch_size,
             )  # fmt: skip

@@ -51,7 +51,10 @@ class DirectImprovement(InterventionCallback):
             the last one. Give this or ``at_epochs``.
         apply_epochs: Number of epochs trained with the weights before they are cleared.
         curvature: Influence curvature: ``"ekfac"``, ``"kfac"`` or ``"exact"`` (small models only).
-        damping: Curvature damping ``lambda >= 0``; ``None`` picks ``0.1 * trace(G) / P``.
+        damping: Curvature damping ``lambda >= 0``; ``None`` picks 0.1 times the curvature's largest
+            eigenvalue.
+        curvature_samples: Fit the curvature on about this many training samples (a seeded subset;
+            every sample is still scored), or ``None`` for all. Speeds up large training sets.
         modules: Layers the influence differentiates, e.g. ``["head"]`` for the last layer only
             (names in ``pl_module.net``); ``None`` uses every Linear/Conv2d layer.
         fitness: How the GA scores a candidate: ``"predicted"`` (first-order gains, no training,
@@ -85,6 +88,7 @@ class DirectImprovement(InterventionCallback):
         apply_epochs: int = 1,
         curvature: CurvatureName = "ekfac",
         damping: float | None = None,
+        curvature_samples: int | None = None,
         modules: list[str] | None = None,
         fitness: FitnessMode = "predicted",
         trial_batches: int | None = None,
@@ -99,7 +103,8 @@ class DirectImprovement(InterventionCallback):
     ) -> None:
         super().__init__(
             InterventionSettings(
-                curvature=curvature, damping=damping, modules=None if modules is None else tuple(modules),
+                curvature=curvature, damping=damping, curvature_samples=curvature_samples,
+                modules=None if modules is None else tuple(modules),
                 fitness=fitness, trial_batches=trial_batches, preset=preset, w_min=w_min, w_max=w_max, trust=trust,
                 time_budget=time_budget, seed=seed, log_figures=log_figures, influence_batch_size=influence_batch_size,
             )  # fmt: skip

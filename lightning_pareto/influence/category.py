@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_pareto._distributed import all_reduce_sum, is_distributed, merge_rows
+from lightning_pareto.influence._curvature_subset import check_curvature_samples, curvature_batches
 from lightning_pareto.influence._layout import layer_shape
 from lightning_pareto.influence._passes import captured_batches, influence_mode
 from lightning_pareto.influence._timings import InfluenceTimings, timed
@@ -48,6 +49,7 @@ def category_influence(
     modules: Sequence[str] | None = None,
     fisher: str = "empirical",
     seed: int = 0,
+    curvature_samples: int | None = None,
     progress: bool | None = None,
     timings: InfluenceTimings | None = None,
 ) -> Tensor:
@@ -69,7 +71,10 @@ def category_influence(
         modules: Qualified names of the layers to track (for example ``["head"]``); ``None`` tracks
             every Linear/Conv2d and warns about other parameterised layers.
         fisher: Curvature's labels: ``"empirical"``, ``"sampled"``, or ``"ggn"`` (exact only).
-        seed: Seed of the label sampler for ``fisher="sampled"``.
+        seed: Seed of the label sampler for ``fisher="sampled"`` and of the ``curvature_samples`` subset.
+        curvature_samples: Fit the curvature on about this many training samples (a seeded systematic
+            subset, see ``fit_curvature``) instead of all of them; every sample is still scored. ``None``
+            (default): all. Not used with a fitted ``Curvature``.
         progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
         timings: Filled with the seconds of each phase.
 
@@ -114,7 +119,8 @@ def category_influence(
     return _influence(
         model, train_loader, val_loader, num_classes, class_of,
         curvature=curvature, damping=damping, modules=modules, fisher=fisher, seed=seed,
-        progress=progress, timings=timings, group_names=[f"class {c}" for c in range(num_classes)],
+        curvature_samples=curvature_samples, progress=progress, timings=timings,
+        group_names=[f"class {c}" for c in range(num_classes)],
     )  # fmt: skip
 
 
@@ -129,6 +135,7 @@ def influence_value(
     modules: Sequence[str] | None = None,
     fisher: str = "empirical",
     seed: int = 0,
+    curvature_samples: int | None = None,
     progress: bool | None = None,
     timings: InfluenceTimings | None = None,
 ) -> Tensor:
@@ -154,7 +161,8 @@ def influence_value(
     scores = _influence(
         model, train_loader, val_loader, 1, whole_set,
         curvature=curvature, damping=damping, modules=modules, fisher=fisher, seed=seed,
-        progress=progress, timings=timings, group_names=["validation set"],
+        curvature_samples=curvature_samples, progress=progress, timings=timings,
+        group_names=["validation set"],
     )  # fmt: skip
     return scores[:, 0]
 
@@ -171,6 +179,7 @@ def _influence(
     modules: Sequence[str] | None,
     fisher: str,
     seed: int,
+    curvature_samples: int | None,
     progress: bool | None,
     timings: InfluenceTimings | None,
     group_names: Sequence[str],
@@ -184,6 +193,8 @@ def _influence(
     else:
         check_options(curvature, fisher)
         resolve_damping(damping, 1.0)  # validate before any pass
+        check_curvature_samples(curvature_samples)
+        curvature_batches(train_loader, curvature_samples, seed)  # a loader it cannot subset fails here
         tracked = tracked_modules(model, modules)
         fitted = None
     # The validation pass runs first so that bad labels fail before the training passes.
@@ -192,7 +203,7 @@ def _influence(
     if fitted is None:
         fitted = fit_tracked_curvature(
             model, train_loader, tracked, curvature=curvature, damping=damping, fisher=fisher, seed=seed,
-            progress=progress, timings=timings,
+            curvature_samples=curvature_samples, progress=progress, timings=timings,
         )  # fmt: skip
     with influence_mode(model, tracked) as device:
         with timed(timings, "precondition", device):

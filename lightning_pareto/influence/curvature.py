@@ -38,6 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_pareto.influence._curvature_subset import check_curvature_samples, curvature_batches
 from lightning_pareto.influence._exact import dense_curvature
 from lightning_pareto.influence._kronecker import KroneckerFactors, corrected_eigenvalues, eigenbases, kronecker_factors
 from lightning_pareto.influence._layout import flatten_layout, tracked_parameter_count, unflatten_layout
@@ -282,6 +283,7 @@ def fit_curvature(
     modules: Sequence[str] | None = None,
     fisher: str = "empirical",
     seed: int = 0,
+    curvature_samples: int | None = None,
     progress: bool | None = None,
     timings: InfluenceTimings | None = None,
 ) -> Curvature:
@@ -301,7 +303,10 @@ def fit_curvature(
             ``DEFAULT_DAMPING_FACTOR`` times the largest eigenvalue.
         modules: Qualified names of the layers to track; ``None`` tracks every Linear/Conv2d.
         fisher: ``"empirical"``, ``"sampled"`` or (exact only) ``"ggn"``.
-        seed: Seed of the label sampler for ``fisher="sampled"``.
+        seed: Seed of the label sampler for ``fisher="sampled"`` and of the ``curvature_samples`` subset.
+        curvature_samples: Fit on about this many training samples, a seeded systematic subset of the
+            loader's rows (see ``_curvature_subset``), or ``None`` (default) for every sample. The
+            passes cost time in proportion to the samples they see.
         progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
         timings: Filled with the seconds of the ``factors``, ``eigen`` and ``correction`` phases.
 
@@ -310,15 +315,17 @@ def fit_curvature(
 
     Raises:
         ValueError: On an unknown option, untrackable ``modules``, an exact curvature over more than
-            ``MAX_EXACT_PARAMETERS`` parameters, or an empty loader.
+            ``MAX_EXACT_PARAMETERS`` parameters, an empty loader, or ``curvature_samples`` below 1 or
+            given for a loader without a sized ``dataset``.
         FloatingPointError: If the curvature is not finite (NaN/inf in the model or the data).
     """
     check_options(curvature, fisher)
     resolve_damping(damping, 1.0)  # validate before any pass
+    check_curvature_samples(curvature_samples)
     tracked = tracked_modules(model, modules)
     return fit_tracked_curvature(
         model, train_loader, tracked, curvature=curvature, damping=damping, fisher=fisher, seed=seed,
-        progress=progress, timings=timings,
+        curvature_samples=curvature_samples, progress=progress, timings=timings,
     )  # fmt: skip
 
 
@@ -331,10 +338,12 @@ def fit_tracked_curvature(
     damping: float | None,
     fisher: str,
     seed: int,
+    curvature_samples: int | None = None,
     progress: bool | None,
     timings: InfluenceTimings | None,
 ) -> Curvature:
     """``fit_curvature`` for layers already selected by ``tracked_modules`` and validated options."""
+    train_loader = curvature_batches(train_loader, curvature_samples, seed)
     if curvature == "exact":
         count = tracked_parameter_count(tracked)
         if count > MAX_EXACT_PARAMETERS:

@@ -211,3 +211,21 @@ def test_bad_arguments_fail_at_setup_before_training(tmp_path: Path, kwargs: dic
     with pytest.raises(ValueError, match=message):
         _fit(tmp_path, [ScriptedAccuracy({}), DirectImprovement(**kwargs), probe], max_epochs=2)
     assert probe.starts == []
+
+
+def test_curvature_samples_reach_the_engine_and_the_intervention_applies(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_pareto import influence
+
+    calls: list[dict] = []
+    real = influence.category_influence
+
+    def recording(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("lightning_pareto.influence.category_influence", recording)
+    improvement = DirectImprovement(targets=["b"], at_epochs=[1], curvature="kfac", curvature_samples=40, log_figures=False)
+    _fit(tmp_path, [PerClassAccuracy(log_figure_every_n_epochs=0), improvement], max_epochs=3)
+    assert [call["curvature_samples"] for call in calls] == [40]
+    assert improvement.records[0].status == "applied"

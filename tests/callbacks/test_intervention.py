@@ -45,6 +45,8 @@ from lightning_pareto.nets import MLP
     [
         ({"damping": -1.0}, ValueError, "damping"),
         ({"modules": "head"}, TypeError, "modules"),
+        ({"curvature_samples": 0}, ValueError, "curvature_samples"),
+        ({"curvature_samples": 2.5}, ValueError, "curvature_samples"),
         ({"trial_batches": 0}, ValueError, "trial_batches"),
         ({"preset": "huge"}, ValueError, "preset"),
         ({"w_min": 1.5}, ValueError, "w_min"),
