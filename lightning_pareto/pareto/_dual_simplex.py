@@ -119,6 +119,10 @@ class BoxedLP:
         self.slack_upper = np.concatenate([np.full(num_ub, np.inf), np.zeros(self.num_rows - num_ub)])
         self.dual_tolerance = _DUAL_TOLERANCE * max(1.0, float(np.abs(cost).max(initial=0.0)))
         self._largest_activity = np.abs(self.rows) @ upper
+        # Working sets hold the columns whose reduced cost is nearest to changing sign per unit of dual
+        # move: |d_j| / ||a_j|| (an all-zero column never changes sign).
+        norms = np.sqrt(np.einsum("ij,ij->j", self.rows, self.rows))
+        self._inverse_norms = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
 
     def solve(
         self,
@@ -171,12 +175,11 @@ class BoxedLP:
         duals = self._duals(basic)
         if duals is None:
             return None
-        reduced = self.cost - self.rows.T @ duals
+        reduced = self.cost - duals @ self.rows
         # Nonbasic columns on the bound their reduced cost points to (ties on the cheaper bound).
         at_upper = _aligned(self.cost < 0, reduced, self.dual_tolerance)
-        working = np.zeros(self.num_columns, dtype=bool)
+        working = _about_smallest(np.abs(reduced) * self._inverse_norms, working_size)
         working[basic[basic < self.num_columns]] = True
-        working[_smallest(np.abs(reduced), working_size)] = True
         slack_tolerance = _PRIMAL_TOLERANCE * np.maximum(np.abs(rhs), 1.0) + _ACTIVITY_TOLERANCE * self._largest_activity
         iterations = 0
         for _ in range(_MAX_ROUNDS):
@@ -206,7 +209,7 @@ class BoxedLP:
             at_upper[columns] = outcome.at_upper
             if outcome.status == "failed":
                 return None
-            reduced = self.cost - self.rows.T @ outcome.duals
+            reduced = self.cost - outcome.duals @ self.rows
             if outcome.status == "infeasible":
                 if working.all():
                     return None  # HiGHS confirms the verdict with its own message
@@ -233,7 +236,7 @@ class BoxedLP:
         duals = self._duals(basic)
         if duals is None or np.any(duals[np.isinf(self.slack_upper)] > self.dual_tolerance):
             return None
-        return self._basis_with(basic, duals, self.cost - self.rows.T @ duals)
+        return self._basis_with(basic, duals, self.cost - duals @ self.rows)
 
     def _duals(self, basic: np.ndarray) -> np.ndarray | None:
         inverse = _checked_inverse(_basis_matrix(self.rows, basic))
@@ -405,16 +408,19 @@ def _ratio_test(
     columns passed before it flip to their other bound. ``None`` when no breakpoint does: the dual is
     unbounded and the LP infeasible.
     """
-    eligible = towards_wrong_sign > pivot_tolerance
-    num_eligible = int(np.count_nonzero(eligible))
+    # Only eligible columns (moving towards their wrong sign) have breakpoints: work on those alone.
+    eligible = np.flatnonzero(towards_wrong_sign > pivot_tolerance)
+    num_eligible = len(eligible)
     if num_eligible == 0:
         return None
-    ratios = np.where(eligible, room, np.inf) / np.maximum(towards_wrong_sign, pivot_tolerance)
+    pace = towards_wrong_sign[eligible]
+    ratios = room[eligible] / pace
+    ranges = upper[eligible]
     count = min(_FIRST_SORTED_BREAKPOINTS, num_eligible)
     while True:
         nearest = _smallest(ratios, count)
         nearest = nearest[np.argsort(ratios[nearest], kind="stable")]
-        crossing = int(np.searchsorted(np.cumsum(towards_wrong_sign[nearest] * upper[nearest]), excess, side="left"))
+        crossing = int(np.searchsorted(np.cumsum(pace[nearest] * ranges[nearest]), excess, side="left"))
         if crossing < count or count == num_eligible:
             break
         count = min(4 * count, num_eligible)
@@ -423,8 +429,8 @@ def _ratio_test(
     # Among breakpoints tied with the crossing one, the largest pivot enters (a better-conditioned basis).
     sorted_ratios = ratios[nearest[: crossing + 1]]
     tied = np.flatnonzero(sorted_ratios >= sorted_ratios[-1] - 1e-12 * (1.0 + sorted_ratios[-1]))
-    chosen = int(tied[np.argmax(towards_wrong_sign[nearest[tied]])])
-    return int(nearest[chosen]), nearest[:chosen], float(sorted_ratios[chosen])
+    chosen = int(tied[np.argmax(pace[nearest[tied]])])
+    return int(eligible[nearest[chosen]]), eligible[nearest[:chosen]], float(sorted_ratios[chosen])
 
 
 def single_blas_thread() -> AbstractContextManager[Any]:
@@ -465,7 +471,7 @@ def _checked_inverse(matrix: np.ndarray) -> np.ndarray | None:
 
 def _aligned(at_upper: np.ndarray, reduced: np.ndarray, tolerance: float) -> np.ndarray:
     """Each column on the bound its reduced cost points to (within the tolerance, the bound it has)."""
-    return np.where(reduced < -tolerance, True, np.where(reduced > tolerance, False, at_upper))
+    return np.where(np.abs(reduced) > tolerance, reduced < 0, at_upper)
 
 
 def _smallest(values: np.ndarray, count: int) -> np.ndarray:
@@ -473,6 +479,20 @@ def _smallest(values: np.ndarray, count: int) -> np.ndarray:
     if count >= len(values):
         return np.arange(len(values))
     return np.argpartition(values, count)[:count]
+
+
+def _about_smallest(values: np.ndarray, count: int) -> np.ndarray:
+    """Mask of about the ``count`` smallest values (at least ``count``, ties included): faster than a full partition.
+
+    The cut is the matching order statistic of an evenly strided sample of the values, so the mask is
+    deterministic; it holds every value up to the cut.
+    """
+    if count >= len(values):
+        return np.ones(len(values), dtype=bool)
+    stride = max(1, len(values) // (4 * count))
+    sample = values[::stride]
+    rank = min(len(sample) - 1, count // stride)
+    return values <= np.partition(sample, rank)[rank]
 
 
 def _from_linprog(result: OptimizeResult) -> BoxedLPResult:
