@@ -17,6 +17,12 @@ Curvatures:
   spatially-uncorrelated expansion), eigendecomposed in float64.
 - ``"ekfac"``: K-FAC's eigenbases with eigenvalues re-fitted to the per-sample gradients.
 
+K-FAC/EKFAC layers with more than ``TRUNCATE_INPUTS_ABOVE`` (2,048) inputs keep only the leading
+input eigendirections (down to 1e-4 of the largest eigenvalue) and treat the rest as one isotropic
+block (see ``_kronecker``): the dense eigendecomposition of a 3,137 x 3,137 factor was most of the
+cost on seed 000's MNIST CNN, and the influence it gives agrees with the untruncated one to a
+Spearman correlation of 0.9999999 there.
+
 Damping ``lambda`` is added to the diagonal (``(G + lambda I)^{-1}``): to the eigenvalues for
 K-FAC/EKFAC (so K-FAC inverts ``G_out (x) A_in + lambda I`` exactly), to the dense matrix for exact.
 ``damping=None`` picks ``DEFAULT_DAMPING_FACTOR`` (0.1) times the largest eigenvalue of the undamped
@@ -130,7 +136,10 @@ class KroneckerCurvature(Curvature):
         self.tracked = dict(tracked)
         self.layers = dict(layers)
         self.fisher = fisher
-        eigenvalues = torch.cat([layer.eigenvalues.flatten() for layer in self.layers.values()])
+        eigenvalues = torch.cat([
+            torch.cat([layer.eigenvalues.flatten(), layer.residual if layer.residual is not None else layer.eigenvalues[:0, 0]])
+            for layer in self.layers.values()
+        ])  # fmt: skip
         self.largest_eigenvalue = float(eigenvalues.max())
         resolved = resolve_damping(damping, self.largest_eigenvalue)
         smallest, largest = float(eigenvalues.min()) + resolved, float(eigenvalues.max()) + resolved
@@ -145,14 +154,7 @@ class KroneckerCurvature(Curvature):
         eigenbases cast to it): float32 vectors get float32 matmuls, float64 vectors float64 ones.
         """
         _check_layers(self.tracked, grads)
-        solved = {}
-        for name, layer in self.layers.items():
-            vectors = grads[name]
-            rotate_g, rotate_a = layer.eigvecs_grads.to(vectors.dtype), layer.eigvecs_inputs.to(vectors.dtype)
-            rotated = rotate_g.T @ vectors @ rotate_a
-            rotated = rotated / (layer.eigenvalues + self.damping).to(vectors.dtype)
-            solved[name] = rotate_g @ rotated @ rotate_a.T
-        return solved
+        return {name: layer.inverse(grads[name], self.damping) for name, layer in self.layers.items()}
 
     def with_damping(self, damping: float | None) -> KroneckerCurvature:
         """See ``Curvature.with_damping``."""

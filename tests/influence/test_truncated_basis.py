@@ -1,0 +1,127 @@
+"""Truncated input eigenbases of wide layers: leading eigenpairs plus one isotropic block, against dense references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _influence_reference import digits, loader, mlp, relative_error, single_thread, spearman, train  # noqa: F401
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from lightning_pareto.influence import _kronecker, category_influence, fit_curvature
+from lightning_pareto.influence._kronecker import leading_eigh
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def digits64() -> tuple[Tensor, Tensor]:
+    x, y = digits(torch.float64)
+    return x[:400], y[:400]
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(digits64) -> nn.Module:
+    return train(mlp().double(), *digits64, steps=80)
+
+
+@pytest.fixture
+def truncate_wide_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Truncate the 65-input first layer of the digits MLP (not its 33-input head), from rank 8."""
+    monkeypatch.setattr(_kronecker, "TRUNCATE_INPUTS_ABOVE", 48)
+    monkeypatch.setattr(_kronecker, "_START_RANK", 8)
+    monkeypatch.setattr(_kronecker, "_OVERSAMPLING", 4)
+    monkeypatch.setattr(_kronecker, "TRUNCATION_TOLERANCE", 1e-2)
+
+
+def _decaying_matrix(size: int, decay: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(size, size, dtype=torch.float64, generator=generator)).Q
+    values = decay ** torch.arange(size, dtype=torch.float64)
+    return basis @ torch.diag(values) @ basis.T, values
+
+
+def test_leading_eigh_finds_the_top_eigenpairs_down_to_the_tolerance() -> None:
+    matrix, values = _decaying_matrix(1200, 0.97)
+    found_values, found_vectors = leading_eigh(matrix, tolerance=1e-4)
+    expected = int((values > 1e-4).sum())  # 0.97^k > 1e-4 for k <= 302
+    assert found_values.shape == (expected,) and found_vectors.shape == (1200, expected)
+    torch.testing.assert_close(found_values, values[:expected], rtol=1e-8, atol=1e-12)
+    residual = matrix @ found_vectors - found_vectors * found_values
+    assert residual.norm() / found_values.norm() < 1e-6
+    torch.testing.assert_close(found_vectors.T @ found_vectors, torch.eye(expected, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
+def test_leading_eigh_gives_up_on_a_flat_spectrum() -> None:
+    matrix, _ = _decaying_matrix(600, 0.999)
+    assert leading_eigh(matrix, tolerance=1e-4) is None
+
+
+def _first_layer_inputs(x: Tensor) -> Tensor:
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+
+
+@pytest.mark.usefixtures("truncate_wide_inputs")
+def test_truncated_kfac_is_the_kronecker_product_with_the_discarded_spectrum_averaged(trained_mlp, digits64) -> None:
+    x, y = digits64
+    curvature = fit_curvature(trained_mlp, loader(x, y), curvature="kfac", damping=0.01)
+    layer = curvature.layers["0"]
+    assert layer.truncated and not curvature.layers["2"].truncated
+    kept = layer.eigvecs_inputs.shape[1]
+    assert 0 < kept < 65
+    a = _first_layer_inputs(x)
+    a = a.T @ a / len(x)
+    values, vectors = torch.linalg.eigh(a)
+    values, vectors = values.flip(0), vectors.flip(1)
+    kept_basis = layer.eigvecs_inputs
+    # The kept directions span A's leading eigenspace (randomized: up to small principal angles).
+    projector = kept_basis @ kept_basis.T
+    assert (projector - vectors[:, :kept] @ vectors[:, :kept].T).norm() < 0.05
+    # Dense reference on that basis: A's Rayleigh quotients on it, the rest of the trace spread evenly.
+    rayleigh = torch.diag(kept_basis.T @ a @ kept_basis)
+    mean_discarded = (torch.trace(a) - rayleigh.sum()) / (65 - kept)
+    identity = torch.eye(65, dtype=torch.float64)
+    a_truncated = kept_basis @ torch.diag(rayleigh) @ kept_basis.T + mean_discarded * (identity - projector)
+    z1 = (x @ trained_mlp[0].weight.T + trained_mlp[0].bias).detach().requires_grad_(True)
+    logits = trained_mlp[2](torch.relu(z1))
+    (g,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), [z1])
+    dense = torch.kron(g.T @ g / len(x), a_truncated) + 0.01 * torch.eye(32 * 65, dtype=torch.float64)
+    torch.manual_seed(0)
+    vectors_in = torch.randn(3, 32, 65, dtype=torch.float64)
+    head = torch.zeros(3, *curvature.layers["2"].eigenvalues.shape, dtype=torch.float64)
+    solved = curvature.inverse_hvp({"0": vectors_in, "2": head})["0"]
+    expected = torch.linalg.solve(dense, vectors_in.flatten(1).T).T.reshape(vectors_in.shape)
+    assert relative_error(solved, expected) < 1e-8
+
+
+@pytest.mark.usefixtures("truncate_wide_inputs")
+def test_truncated_ekfac_residual_is_the_mean_second_moment_outside_the_kept_directions(trained_mlp, digits64) -> None:
+    x, y = digits64
+    curvature = fit_curvature(trained_mlp, loader(x, y), curvature="ekfac", damping=0.01)
+    layer = curvature.layers["0"]
+    kept = layer.eigvecs_inputs.shape[1]
+    params = {name: p.detach() for name, p in trained_mlp.named_parameters()}
+
+    def loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(trained_mlp, p, (xi[None],)), yi[None])
+
+    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    per_sample = torch.cat([grads["0.weight"], grads["0.bias"][:, :, None]], 2)  # (n, 32, 65)
+    rotated = layer.eigvecs_grads.T @ per_sample  # output side rotated
+    complement = torch.eye(65, dtype=torch.float64) - layer.eigvecs_inputs @ layer.eigvecs_inputs.T
+    inner = (rotated @ layer.eigvecs_inputs).square().mean(0)
+    outside = (rotated @ complement).square().sum(2).mean(0) / (65 - kept)
+    torch.testing.assert_close(layer.eigenvalues, inner, rtol=1e-8, atol=1e-14)
+    torch.testing.assert_close(layer.residual, outside, rtol=1e-8, atol=1e-14)
+
+
+def test_truncation_leaves_default_damped_influence_unchanged(trained_mlp, digits64, monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = digits64
+    train_data, val_data = loader(x[:300], y[:300]), loader(x[300:], y[300:])
+    full = category_influence(trained_mlp, train_data, val_data, 10)
+    monkeypatch.setattr(_kronecker, "TRUNCATE_INPUTS_ABOVE", 48)
+    monkeypatch.setattr(_kronecker, "_START_RANK", 16)
+    monkeypatch.setattr(_kronecker, "_OVERSAMPLING", 4)
+    truncated = category_influence(trained_mlp, train_data, val_data, 10)
+    assert min(spearman(truncated[:, c], full[:, c]) for c in range(10)) > 0.995
