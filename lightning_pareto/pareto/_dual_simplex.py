@@ -345,7 +345,8 @@ class _WorkingLP:
                 leaving = int(np.argmax(np.where(violated, distance, 0.0) / norms))
                 to_lower = bool(basic_values[leaving] < 0.0)
                 signed_row = -inverse[leaving] if to_lower else inverse[leaving]
-                towards_wrong_sign = (signed_row @ columns) * direction
+                towards_wrong_sign = signed_row @ columns
+                towards_wrong_sign *= direction
                 towards_wrong_sign[basic] = 0.0
                 pivot_tolerance = pivot_scale * float(np.abs(signed_row).sum())
                 step = _ratio_test(towards_wrong_sign, float(distance[leaving]), room, upper, pivot_tolerance)
@@ -415,12 +416,11 @@ def _ratio_test(
         return None
     pace = towards_wrong_sign[eligible]
     ratios = room[eligible] / pace
-    ranges = upper[eligible]
     count = min(_FIRST_SORTED_BREAKPOINTS, num_eligible)
     while True:
         nearest = _smallest(ratios, count)
         nearest = nearest[np.argsort(ratios[nearest], kind="stable")]
-        crossing = int(np.searchsorted(np.cumsum(pace[nearest] * ranges[nearest]), excess, side="left"))
+        crossing = int(np.searchsorted(np.cumsum(pace[nearest] * upper[eligible[nearest]]), excess, side="left"))
         if crossing < count or count == num_eligible:
             break
         count = min(4 * count, num_eligible)
@@ -482,10 +482,11 @@ def _smallest(values: np.ndarray, count: int) -> np.ndarray:
 
 
 def _about_smallest(values: np.ndarray, count: int) -> np.ndarray:
-    """Mask of about the ``count`` smallest values (at least ``count``, ties included): faster than a full partition.
+    """Mask of about the ``count`` smallest values (all values up to a cut): faster than a full partition.
 
-    The cut is the matching order statistic of an evenly strided sample of the values, so the mask is
-    deterministic; it holds every value up to the cut.
+    The cut is the matching order statistic of an evenly strided sample of at least ``4 * count``
+    values (all of them when there are few), so the mask is deterministic and its size close to
+    ``count``; the working set it starts is only a guess anyway (sifting adds what it misses).
     """
     if count >= len(values):
         return np.ones(len(values), dtype=bool)

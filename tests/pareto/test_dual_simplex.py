@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
-from lightning_pareto.pareto._dual_simplex import BoxedLP
+from lightning_pareto.pareto._dual_simplex import BoxedLP, _about_smallest
 
 
 def _random_boxed_lp(seed: int, num_columns: int, num_ub: int = 4) -> dict[str, np.ndarray]:
@@ -105,3 +105,18 @@ def test_the_iteration_cap_hands_the_lp_to_highs() -> None:
     result = _boxed(problem).solve(problem["b_ub"], problem["b_eq"], max_iterations=0)
     assert result.iterations == 0 and result.basis is None
     _assert_optimal_and_feasible(result, problem, _highs(problem))
+
+
+@pytest.mark.parametrize("count", [1, 7, 100, 999, 5000])
+def test_about_smallest_keeps_about_count_smallest_values_deterministically(count: int) -> None:
+    values = np.abs(np.random.default_rng(count).normal(size=4000))
+    values[::50] = 0.0  # ties
+    mask = _about_smallest(values, count)
+    if count <= 1000:  # sampled cut: close to count (the 80 tied zeros always go in)
+        assert 0.5 * count <= mask.sum() <= 2 * count + 80
+    else:  # a sample of 4 * count values is all of them: exact
+        assert mask.sum() == min(count, len(values)) or mask.all()
+    # A cut: every kept value is no larger than every dropped one.
+    if not mask.all():
+        assert values[mask].max() <= values[~mask].min()
+    np.testing.assert_array_equal(mask, _about_smallest(values.copy(), count))
