@@ -138,6 +138,9 @@ class CapturedBatch:
             per-sample loss with respect to the outputs ``(batch, T, out)``.
         labels: Observed int64 labels ``(batch,)`` on the model's device.
         index: Dataset indices ``(batch,)`` (int64, CPU), or ``None`` when the loader yields ``(x, y)``.
+
+    From ``captured_batches(..., reuse_buffers=True)`` (the default) the tensors in ``layers`` live in
+    buffers that the next batch overwrites: use them before advancing the generator.
     """
 
     layers: dict[str, tuple[Tensor, Tensor]]
@@ -159,6 +162,7 @@ def captured_batches(
     seed: int = 0,
     desc: str,
     progress: bool | None,
+    reuse_buffers: bool = True,
 ) -> Iterator[CapturedBatch]:
     """Run the model over a loader and yield each batch's captured layer inputs and output gradients.
 
@@ -174,6 +178,9 @@ def captured_batches(
         seed: Seed of the label sampler for ``"sampled"``.
         desc: Progress bar label.
         progress: See ``progress_bar``.
+        reuse_buffers: Write every batch's ``(a, g)`` into the same buffers (see ``LayerCapture``):
+            a batch's layer tensors are valid until the next batch is drawn. On CPU this saves the
+            page faults of fresh allocations, about as costly as the copies themselves.
 
     Yields:
         One ``CapturedBatch`` per loader batch.
@@ -181,7 +188,7 @@ def captured_batches(
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed) if fisher == "sampled" else None
     differentiated = anchors(tracked)
-    with LayerCapture(tracked) as capture:
+    with LayerCapture(tracked, reuse_buffers=reuse_buffers) as capture:
         for batch in progress_bar(loader, desc=desc, enabled=progress):
             x, y, index = unpack(batch)
             x, y = x.to(device), y.to(device)

@@ -166,3 +166,116 @@ def test_passes_capture_exact_gradients_through_in_place_ops_without_touching_pa
     for name, (a, g) in batch.layers.items():
         torch.testing.assert_close(torch.einsum("bto,bti->boi", g, a), expected[name], rtol=1e-10, atol=1e-12)
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+def _reference_patches(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``F.unfold`` patches transposed to ``(batch, T, C_in kh kw)``, plus a ones column for a bias."""
+    padding = conv.padding
+    if padding == "same":
+        pads = []  # F.pad order (left, right, top, bottom); PyTorch puts the odd pixel right/bottom
+        for kernel, dilation in zip(reversed(conv.kernel_size), reversed(conv.dilation)):
+            total = dilation * (kernel - 1)
+            pads += [total // 2, total - total // 2]
+        x, padding = F.pad(x, pads), 0
+    elif padding == "valid":
+        padding = 0
+    rows = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride).transpose(1, 2)
+    if conv.bias is None:
+        return rows
+    return torch.cat([rows, torch.ones(*rows.shape[:2], 1, dtype=rows.dtype)], dim=2)
+
+
+CONV_CASES = {
+    "padded 3x3": (dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), (5, 3, 8, 8)),
+    "stride 2": (dict(in_channels=2, out_channels=3, kernel_size=3, stride=2, padding=1), (4, 2, 9, 7)),
+    "dilation 2": (dict(in_channels=2, out_channels=3, kernel_size=3, dilation=2, padding=2), (3, 2, 9, 9)),
+    "same, even kernel": (dict(in_channels=3, out_channels=2, kernel_size=(2, 4), padding="same"), (2, 3, 7, 6)),
+    "same, dilated": (
+        dict(in_channels=2, out_channels=2, kernel_size=(2, 3), padding="same", dilation=(3, 2)),
+        (2, 2, 8, 9),
+    ),
+    "valid": (dict(in_channels=2, out_channels=2, kernel_size=3, padding="valid"), (3, 2, 6, 5)),
+    "no bias": (dict(in_channels=3, out_channels=2, kernel_size=3, padding=1, bias=False), (3, 3, 5, 5)),
+    "non-square kernel, stride, padding": (
+        dict(in_channels=2, out_channels=3, kernel_size=(3, 1), stride=(2, 1), padding=(1, 2), dilation=(1, 3)),
+        (2, 2, 7, 6),
+    ),
+    "batch of 1": (dict(in_channels=4, out_channels=2, kernel_size=3, stride=2, padding=1), (1, 4, 6, 6)),
+    "empty batch": (dict(in_channels=2, out_channels=2, kernel_size=3, padding=1), (0, 2, 4, 4)),
+    "kernel covers input": (dict(in_channels=2, out_channels=2, kernel_size=4), (2, 2, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conv_inputs_and_grads_equal_the_unfold_reference(case: str, dtype: torch.dtype) -> None:
+    from lightning_pareto.influence.capture import layer_inputs, layer_output_grads
+
+    torch.manual_seed(0)
+    kwargs, shape = CONV_CASES[case]
+    conv = nn.Conv2d(**kwargs).to(dtype)
+    x = torch.randn(shape, dtype=dtype)
+    x[..., 0, 0] = -0.0  # signed zeros and non-finite values are copied, not computed with
+    if shape[0]:
+        x[0, 0, -1, -1] = float("nan")
+        x[-1, -1, 1, 0] = float("-inf")
+    expected = _reference_patches(conv, x)
+    for inputs in (x, x.contiguous(memory_format=torch.channels_last)):
+        a = layer_inputs(conv, inputs)
+        assert a.shape == expected.shape and a.dtype == dtype and a.is_contiguous()
+        torch.testing.assert_close(a, expected, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(a.signbit(), expected.signbit())
+    out = conv(x)
+    assert a.shape[1] == out.shape[2] * out.shape[3]
+    grads = torch.randn_like(out)
+    for grads_in in (grads, grads.contiguous(memory_format=torch.channels_last)):
+        g = layer_output_grads(conv, grads_in)
+        assert g.is_contiguous()
+        assert torch.equal(g, grads.flatten(start_dim=2).transpose(1, 2))
+    # out=: written in place, also into a slice of a larger buffer along the position axis.
+    buffer = torch.full((shape[0], 2 * a.shape[1] + 1, a.shape[2]), 7.0, dtype=dtype)
+    result = layer_inputs(conv, x, out=buffer[:, 1 : 1 + a.shape[1]])
+    assert result.data_ptr() == buffer[:, 1:].data_ptr()
+    torch.testing.assert_close(buffer[:, 1 : 1 + a.shape[1]], expected, rtol=0, atol=0, equal_nan=True)
+    assert (buffer[:, 0] == 7).all() and (buffer[:, 1 + a.shape[1] :] == 7).all()
+
+
+class TwiceConv(nn.Module):
+    """A strided conv called twice (positions of both calls concatenated) and a Linear head with bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, stride=2, padding=1)
+        self.bare = nn.Conv2d(2, 3, 2, bias=False)
+        self.head = nn.Linear(3 * 3 * 3, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.tanh(self.conv(torch.tanh(self.conv(x))))  # (b, 2, 4, 4)
+        return self.head(torch.tanh(self.bare(x)).flatten(1))
+
+
+def test_reused_buffers_give_the_same_rows_as_fresh_tensors() -> None:
+    torch.manual_seed(0)
+    model = TwiceConv().double()
+    tracked = tracked_modules(model)
+    names = list(tracked)
+    pointers: list[dict[str, tuple[int, int]]] = []
+    with LayerCapture(tracked) as fresh, LayerCapture(tracked, reuse_buffers=True) as reused:
+        for size in (5, 5, 3, 6):  # a smaller batch reuses the buffer, a larger one grows it
+            x, y = torch.randn(size, 2, 16, 16, dtype=torch.float64), torch.randint(0, 4, (size,))
+            fresh.clear()
+            reused.clear()
+            loss = F.cross_entropy(model(x), y, reduction="sum")
+            torch.autograd.grad(loss, [m.weight for m in tracked.values()])
+            pointers.append({})
+            for name in names:
+                (a, g), (a_reused, g_reused) = fresh.layer(name), reused.layer(name)
+                assert a_reused.is_contiguous() and g_reused.is_contiguous()
+                assert torch.equal(a, a_reused) and torch.equal(g, g_reused)
+                pointers[-1][name] = (a_reused.data_ptr(), g_reused.data_ptr())
+            a, _ = reused.layer("conv")
+            assert a.shape == (size, 64 + 16, 19)
+            second = _reference_patches(tracked["conv"], torch.tanh(tracked["conv"](x))).detach()
+            assert torch.equal(a[:, 64:], second)
+    assert pointers[0]["conv"] == pointers[1]["conv"] == pointers[2]["conv"]
+    assert pointers[0]["bare"] == pointers[1]["bare"]
