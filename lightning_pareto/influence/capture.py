@@ -149,25 +149,29 @@ def _writes(module: nn.Module, kind: str) -> bool:
     return isinstance(module, nn.Conv2d) or (kind == "inputs" and module.bias is not None)
 
 
-def _write_inputs(module: nn.Module, inputs: Tensor, out: Tensor | None, indices: dict) -> Tensor:
+def _write_inputs(module: nn.Module, inputs: Tensor, out: Tensor | None, cache: dict) -> Tensor:
     # Conv2d: ONE gather (index_select) from the flattened input, extended by a zero (padding) and a
     # one (bias) slot, writes the patches straight in their final (batch, T, features) layout; an
     # unfold -> transpose -> cat takes three passes over the (9x larger than the input) patches, two
-    # of them strided. ``indices`` caches the gather index per input geometry.
+    # of them strided. ``cache`` caches the gather index per input geometry and the staging buffer.
     shape = _input_rows_shape(module, inputs)
-    batch, positions, width = shape
+    batch, positions, features = shape
     if isinstance(module, nn.Conv2d):
-        channels, height, widthx = inputs.shape[1:]
-        key = ("inputs", id(module), channels, height, widthx, inputs.device)
-        index = indices.get(key)
+        channels, height, width = inputs.shape[1:]
+        key = ("inputs", id(module), channels, height, width, inputs.device)
+        index = cache.get(key)
         if index is None:
-            index = indices[key] = _patch_index(module, channels, height, widthx).to(inputs.device)
-        source = inputs.new_empty(batch, channels * height * widthx + 2)
+            index = cache[key] = _patch_index(module, channels, height, width).to(inputs.device)
+        size = channels * height * width + 2
+        source = cache.get(("source", id(module)))
+        if source is None or source.numel() < batch * size or (source.dtype, source.device) != (inputs.dtype, inputs.device):
+            source = cache[("source", id(module))] = inputs.new_empty(batch * size)
+        source = source[: batch * size].view(batch, size)
         source[:, :-2].view(inputs.shape).copy_(inputs)
         source[:, -2] = 0
         source[:, -1] = 1
         rows = out if out is not None else inputs.new_empty(shape)
-        torch.index_select(source, 1, index, out=rows.view(batch, positions * width))
+        torch.index_select(source, 1, index, out=rows.view(batch, positions * features))
         return rows
     rows = inputs.reshape(shape[0], shape[1], inputs.shape[-1])
     if module.bias is None:
@@ -178,7 +182,7 @@ def _write_inputs(module: nn.Module, inputs: Tensor, out: Tensor | None, indices
     return result
 
 
-def _write_output_grads(module: nn.Module, grads: Tensor, out: Tensor | None, indices: dict) -> Tensor:
+def _write_output_grads(module: nn.Module, grads: Tensor, out: Tensor | None, cache: dict) -> Tensor:
     shape = _grad_rows_shape(module, grads)
     batch, positions, channels = shape
     if isinstance(module, nn.Conv2d):
@@ -187,9 +191,9 @@ def _write_output_grads(module: nn.Module, grads: Tensor, out: Tensor | None, in
             return channels_last.reshape(shape)
         # (batch, C, T) -> (batch, T, C) as a gather: faster than a strided copy_ (measured 2-3x on CPU).
         key = ("grads", channels, positions, grads.device)
-        index = indices.get(key)
+        index = cache.get(key)
         if index is None:
-            index = indices[key] = (
+            index = cache[key] = (
                 (torch.arange(channels) * positions + torch.arange(positions)[:, None]).reshape(-1).to(grads.device)
             )
         rows = out if out is not None else grads.new_empty(shape)
@@ -292,7 +296,7 @@ class LayerCapture:
         self._grads: dict[str, dict[int, Tensor]] = {name: {} for name in self.tracked}
         self._handles: list[RemovableHandle] = []
         self._buffers: dict[tuple[str, str], Tensor] = {}
-        self._indices: dict = {}
+        self._cache: dict = {}  # gather indices and staging buffers of _write_inputs/_write_output_grads
 
     def __enter__(self) -> LayerCapture:
         for name, module in self.tracked.items():
@@ -310,7 +314,7 @@ class LayerCapture:
         self._handles.clear()
         self.clear()
         self._buffers.clear()
-        self._indices.clear()
+        self._cache.clear()
 
     def clear(self) -> None:
         """Forget the recorded batch (call before the next forward)."""
@@ -358,13 +362,13 @@ class LayerCapture:
         """The rows of every call of a layer, written in place along ``T`` (no ``torch.cat`` copy)."""
         module = self.tracked[name]
         if len(tensors) == 1 and not (self.reuse_buffers and _writes(module, kind)):
-            return write(module, tensors[0], None, self._indices)
+            return write(module, tensors[0], None, self._cache)
         shapes = [shape_of(module, tensor) for tensor in tensors]
         batch, width = shapes[0][0], shapes[0][2]
         rows = self._buffer(name, kind, (batch, sum(shape[1] for shape in shapes), width), tensors[0])
         start = 0
         for tensor, shape in zip(tensors, shapes):
-            write(module, tensor, rows[:, start : start + shape[1]], self._indices)
+            write(module, tensor, rows[:, start : start + shape[1]], self._cache)
             start += shape[1]
         return rows
 
