@@ -178,7 +178,9 @@ class BoxedLP:
         reduced = self.cost - duals @ self.rows
         # Nonbasic columns on the bound their reduced cost points to (ties on the cheaper bound).
         at_upper = _aligned(self.cost < 0, reduced, self.dual_tolerance)
-        working = _about_smallest(np.abs(reduced) * self._inverse_norms, working_size)
+        closeness = np.abs(reduced)
+        closeness *= self._inverse_norms
+        working = _about_smallest(closeness, working_size)
         working[basic[basic < self.num_columns]] = True
         slack_tolerance = _PRIMAL_TOLERANCE * np.maximum(np.abs(rhs), 1.0) + _ACTIVITY_TOLERANCE * self._largest_activity
         iterations = 0
@@ -254,9 +256,9 @@ class BoxedLP:
     ) -> BoxedLPResult:
         structural = basic < self.num_columns
         x = np.where(at_upper, self.upper, 0.0)
-        x[basic[structural]] = outcome.basic_values[structural]
+        basic_columns = basic[structural]
         # Basic values are within the primal tolerance of their bounds; the clip removes that round-off.
-        np.clip(x, 0.0, self.upper, out=x)
+        x[basic_columns] = np.clip(outcome.basic_values[structural], 0.0, self.upper[basic_columns])
         return BoxedLPResult(
             x=x,
             fun=float(self.cost @ x),
@@ -329,20 +331,24 @@ class _WorkingLP:
             held = np.where(direction < 0, upper, 0.0)
             held[basic] = 0.0
             residual = self.rhs - columns @ held
+            basic_upper = upper[basic]
+            basic_tolerance = tolerance[basic]
             for updates in range(_REFACTOR_EVERY):
                 basic_values = inverse @ residual
-                basic_upper = upper[basic]
                 distance = np.maximum(-basic_values, basic_values - basic_upper)
-                violated = distance > tolerance[basic]
-                if not violated.any():
+                outside = distance > basic_tolerance
+                if not outside.any():
                     if updates == 0:  # fresh values: the optimum is confirmed
                         return self._outcome("optimal", basic, direction, duals, basic_values, iteration)
                     break
                 if iteration == max_iterations:
                     return self._outcome("failed", basic, direction, duals, basic_values, iteration)
-                # Leaving row: the largest violation per unit norm of its row of B^-1 (dual steepest edge).
-                norms = np.sqrt(np.einsum("ij,ij->i", inverse, inverse))
-                leaving = int(np.argmax(np.where(violated, distance, 0.0) / norms))
+                # Leaving row: the largest violation per unit norm of its row of B^-1 (dual steepest edge;
+                # compared squared).
+                score = distance * distance
+                score /= np.einsum("ij,ij->i", inverse, inverse)
+                score[~outside] = -1.0
+                leaving = int(score.argmax())
                 to_lower = bool(basic_values[leaving] < 0.0)
                 signed_row = -inverse[leaving] if to_lower else inverse[leaving]
                 towards_wrong_sign = signed_row @ columns
@@ -357,13 +363,15 @@ class _WorkingLP:
                 # Dual step t along the leaving row: y += t rho, and every room shrinks by t times its
                 # pace; passed (flipped) columns changed sign and bound, so their room is mirrored.
                 duals = duals + dual_step * signed_row
-                room -= dual_step * towards_wrong_sign
+                towards_wrong_sign *= dual_step
+                room -= towards_wrong_sign
                 # Primal side: flipped columns change the held activity; the leaving column is held at
                 # the bound it leaves to, the entering one is no longer held.
-                if len(flipped):
+                if flipped.size:
                     room[flipped] *= -1.0
-                    residual = residual - columns[:, flipped] @ (upper[flipped] * direction[flipped])
-                    direction[flipped] *= -1.0
+                    flipped_direction = direction[flipped]
+                    residual = residual - columns[:, flipped] @ (upper[flipped] * flipped_direction)
+                    direction[flipped] = -flipped_direction
                 leaving_column = int(basic[leaving])
                 room[leaving_column] = dual_step
                 if movable[leaving_column]:
@@ -374,13 +382,15 @@ class _WorkingLP:
                 if direction[entering] < 0:
                     residual = residual + columns[:, entering] * upper[entering]
                 basic[leaving] = entering
+                basic_upper[leaving] = upper[entering]
+                basic_tolerance[leaving] = tolerance[entering]
                 # Product-form update of B^-1 for the column exchange.
                 pivot_column = inverse @ columns[:, entering]
-                pivot = pivot_column[leaving]
+                pivot = float(pivot_column[leaving])
                 if abs(pivot) < _PIVOT_TOLERANCE:
                     break  # refactorise (and recheck the basis) rather than divide by a tiny pivot
                 pivot_row = inverse[leaving] / pivot
-                inverse = inverse - np.outer(pivot_column, pivot_row)
+                inverse -= np.outer(pivot_column, pivot_row)
                 inverse[leaving] = pivot_row
 
     def _outcome(
@@ -411,26 +421,34 @@ def _ratio_test(
     """
     # Only eligible columns (moving towards their wrong sign) have breakpoints: work on those alone.
     eligible = np.flatnonzero(towards_wrong_sign > pivot_tolerance)
-    num_eligible = len(eligible)
+    num_eligible = eligible.size
     if num_eligible == 0:
         return None
     pace = towards_wrong_sign[eligible]
     ratios = room[eligible] / pace
+    slope_drops = pace * upper[eligible]
     count = min(_FIRST_SORTED_BREAKPOINTS, num_eligible)
     while True:
-        nearest = _smallest(ratios, count)
-        nearest = nearest[np.argsort(ratios[nearest], kind="stable")]
-        crossing = int(np.searchsorted(np.cumsum(pace[nearest] * upper[eligible[nearest]]), excess, side="left"))
+        if count == num_eligible:
+            nearest = np.argsort(ratios, kind="stable")
+        else:
+            nearest = np.argpartition(ratios, count)[:count]
+            nearest = nearest[np.argsort(ratios[nearest], kind="stable")]
+        crossing = int(np.cumsum(slope_drops[nearest]).searchsorted(excess, side="left"))
         if crossing < count or count == num_eligible:
             break
         count = min(4 * count, num_eligible)
     if crossing == count:
         return None
-    # Among breakpoints tied with the crossing one, the largest pivot enters (a better-conditioned basis).
-    sorted_ratios = ratios[nearest[: crossing + 1]]
-    tied = np.flatnonzero(sorted_ratios >= sorted_ratios[-1] - 1e-12 * (1.0 + sorted_ratios[-1]))
-    chosen = int(tied[np.argmax(pace[nearest[tied]])])
-    return int(eligible[nearest[chosen]]), eligible[nearest[:chosen]], float(sorted_ratios[chosen])
+    crossing_ratio = float(ratios[nearest[crossing]])
+    tie_floor = crossing_ratio - 1e-12 * (1.0 + crossing_ratio)
+    if crossing == 0 or ratios[nearest[crossing - 1]] < tie_floor:
+        chosen = crossing  # no breakpoint tied with the crossing one (the usual case)
+    else:
+        # Among breakpoints tied with the crossing one, the largest pivot enters (a better-conditioned basis).
+        tied = np.flatnonzero(ratios[nearest[: crossing + 1]] >= tie_floor)
+        chosen = int(tied[np.argmax(pace[nearest[tied]])])
+    return int(eligible[nearest[chosen]]), eligible[nearest[:chosen]], float(ratios[nearest[chosen]])
 
 
 def single_blas_thread() -> AbstractContextManager[Any]:
