@@ -186,7 +186,8 @@ class BoxedLP:
         iterations = 0
         for _ in range(_MAX_ROUNDS):
             columns = np.flatnonzero(working)
-            held = np.where(at_upper & ~working, self.upper, 0.0)
+            held = np.where(at_upper, self.upper, 0.0)
+            held[columns] = 0.0
             local = _WorkingLP(
                 cost=self.cost[columns],
                 rows=self.rows[:, columns],
@@ -218,7 +219,9 @@ class BoxedLP:
                 # Columns held at a bound may be what makes the working LP infeasible: free more of them.
                 working[_smallest(np.where(working, np.inf, np.abs(reduced)), int(working.sum()))] = True
                 continue
-            wrong_bound = ~working & np.where(at_upper, reduced > self.dual_tolerance, reduced < -self.dual_tolerance)
+            # Held columns whose reduced cost points to the other bound (working columns are optimal).
+            wrong_bound = np.where(at_upper, reduced, -reduced) > self.dual_tolerance
+            wrong_bound[columns] = False
             if not wrong_bound.any():
                 return self._optimum(basic, at_upper, outcome, reduced, iterations)
             at_upper[wrong_bound] = ~at_upper[wrong_bound]

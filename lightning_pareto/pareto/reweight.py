@@ -14,8 +14,11 @@ from lightning_pareto.pareto._dual_simplex import Basis, BoxedLP, BoxedLPResult,
 Scale = Literal["mean_abs", "none"]
 SolveStatus = Literal["optimal", "infeasible", "unbounded", "error"]
 
-# Levels: LPs on 1,000 random samples, then 10,000, 100,000, ..., then all samples.
+# Levels: LPs on max(1,000, n / 5) random samples, then ten times more at each level, then all samples.
+# (At n = 50,000 a 1,000-sample level before the 10,000-sample one cost more than it saved: the
+# full-level solves took as many iterations without it.)
 _FIRST_LEVEL_SAMPLES = 1000
+_FIRST_LEVEL_SHARE = 5
 _LEVEL_GROWTH = 10
 # Columns with the smallest reduced costs in the dual simplex's first working set (see _dual_simplex.py).
 _WORKING_SIZE = 5000
@@ -87,8 +90,8 @@ class WeightLP:
     box-bounded columns and only K + 2 rows, built once; only the right-hand side changes between
     solves. Rows hold ``I[i, c] / mean_i |I[i, c]|`` so absolute tolerances mean the same for every
     class. LPs are solved exactly by a dual simplex for few rows and many boxed columns
-    (``_dual_simplex.py``) on nested random subsets of samples (1,000, then ten times more at each
-    level, then all): every row is a sum over samples, so a subset's LP with right-hand sides scaled
+    (``_dual_simplex.py``) on nested random subsets of samples (max(1,000, n / 5), then ten times
+    more at each level, then all): every row is a sum over samples, so a subset's LP with right-hand sides scaled
     by its share has nearly the same duals, and its optimal basis starts the next level. Every
     optimal basis is remembered: the GA's candidates share the matrix and costs, so an earlier
     solve's basis is a start for any later one, and each level starts from whichever remembered
@@ -354,7 +357,7 @@ def _nested_subsets(num_samples: int) -> list[np.ndarray]:
     """Sample indices of the levels: nested random subsets growing ten-fold, then all samples."""
     order = np.random.default_rng(0).permutation(num_samples)
     sizes = []
-    size = _FIRST_LEVEL_SAMPLES
+    size = max(_FIRST_LEVEL_SAMPLES, num_samples // _FIRST_LEVEL_SHARE)
     while size < num_samples:
         sizes.append(size)
         size *= _LEVEL_GROWTH
