@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPOSITORY))
 from _pareto_cases import trade_off_influence  # noqa: E402
 
 from lightning_pareto.pareto import WeightLP, search_weights, solve_weights  # noqa: E402
+from lightning_pareto.pareto._dual_simplex import BoxedLP  # noqa: E402
 
 NUM_CLASSES = 10
 TARGETS = [0, 2]
@@ -43,6 +44,24 @@ def _timed(function: Any) -> tuple[float, Any]:
     start = time.perf_counter()
     value = function()
     return time.perf_counter() - start, value
+
+
+def _count_lp_solves(function: Any) -> tuple[Any, int, int]:
+    """Runs ``function``; returns its value, the BoxedLP solves (all nested levels) and their dual simplex iterations."""
+    counts = [0, 0]
+    original = BoxedLP.solve
+
+    def counted(self: BoxedLP, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        counts[0] += 1
+        counts[1] += result.iterations
+        return result
+
+    BoxedLP.solve = counted  # type: ignore[method-assign]
+    try:
+        return function(), counts[0], counts[1]
+    finally:
+        BoxedLP.solve = original  # type: ignore[method-assign]
 
 
 def benchmark_size(num_samples: int, repeats: int, search: bool) -> dict[str, Any]:
@@ -75,6 +94,10 @@ def benchmark_size(num_samples: int, repeats: int, search: bool) -> dict[str, An
             cpu_times.append(time.process_time() - cpu_start)
             search_times.append(seconds)
             results.append(result)
+        # One more (untimed) search counts the LP solves of every nested level and their iterations.
+        _, solves, iterations = _count_lp_solves(
+            lambda: search_weights(influence, TARGETS, preset="paper", progress=False)
+        )
         row |= {
             "search_paper_seconds": search_times,
             "search_paper_median": statistics.median(search_times),
@@ -88,6 +111,8 @@ def benchmark_size(num_samples: int, repeats: int, search: bool) -> dict[str, An
             "search_status": results[0].status,
             "search_fitness": results[0].fitness,
             "search_deterministic": len({r.fitness for r in results}) == 1,
+            "search_lp_solves": solves,
+            "search_dual_simplex_iterations": iterations,
         }
     return row
 
@@ -120,6 +145,7 @@ def main() -> None:
         if "search_paper_median" in row:
             line += (
                 f"  search(paper) {row['search_paper_median']:.1f}s (cpu {row['search_paper_cpu_median']:.1f}s) for {row['search_evaluations']} LPs, "
+                f"({row['search_lp_solves']} solves, {row['search_dual_simplex_iterations']} iterations), "
                 f"{row['search_status']}, deterministic={row['search_deterministic']}"
             )
         print(line, flush=True)
