@@ -31,7 +31,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import scipy.linalg
-from scipy.linalg import blas
 import torch
 from torch import Tensor, nn
 
@@ -45,9 +44,6 @@ TRUNCATE_INPUTS_ABOVE = 2048
 """Input factors wider than this keep only their leading eigenvectors (see the module docstring)."""
 TRUNCATION_TOLERANCE = 1e-4
 """Kept eigenvalues of a truncated input factor reach down to this fraction of its largest."""
-# BLAS symmetric rank-k updates by dtype, and the input width from which they beat addmm_ on CPU.
-_SYRK = {torch.float32: blas.ssyrk, torch.float64: blas.dsyrk}
-_SYRK_FROM = 2048
 # Randomized subspace iteration: starting rank, oversampling, power iterations.
 _START_RANK, _OVERSAMPLING, _POWER_ITERATIONS = 256, 32, 2
 
@@ -126,9 +122,7 @@ def kronecker_factors(
     input_sums, grad_sums = {}, {}
     for name, module in tracked.items():
         outputs, inputs = layer_shape(module)
-        # Wide CPU factors accumulate one triangle by BLAS syrk, into column-major memory (see _add_gram).
-        wide = inputs >= _SYRK_FROM and module.weight.device.type == "cpu" and module.weight.dtype in _SYRK
-        input_sums[name] = module.weight.new_zeros(inputs, inputs).T if wide else module.weight.new_zeros(inputs, inputs)
+        input_sums[name] = module.weight.new_zeros(inputs, inputs)
         grad_sums[name] = module.weight.new_zeros(outputs, outputs)
     positions = dict.fromkeys(tracked, 0)
     samples = 0
@@ -138,7 +132,7 @@ def kronecker_factors(
         samples += batch.size
         for name, (a, g) in batch.layers.items():
             rows_a, rows_g = a.flatten(end_dim=1), g.flatten(end_dim=1)
-            _add_gram(input_sums[name], rows_a)
+            input_sums[name].addmm_(rows_a.T, rows_a)
             grad_sums[name].addmm_(rows_g.T, rows_g)
             positions[name] += rows_a.shape[0]
     # Under DDP each rank saw a shard: sum the statistics so every rank holds the whole set's.
@@ -148,33 +142,11 @@ def kronecker_factors(
         raise ValueError("train_loader yielded no samples")
     return {
         name: (
-            all_reduce_sum(_symmetric(input_sums[name])).double() / layer_positions[name],
+            all_reduce_sum(input_sums[name]).double() / layer_positions[name],
             all_reduce_sum(grad_sums[name]).double() / samples,
         )
         for name in tracked
     }
-
-
-def _add_gram(total: Tensor, rows: Tensor) -> None:
-    """``total += rows^T rows``; for a column-major CPU ``total`` only its upper triangle, by BLAS syrk.
-
-    A symmetric rank-k update does half the multiply-adds of a matmul; for the widest inputs (3,137
-    for the first Linear of seed 000's MNIST CNN) SciPy's syrk measured 1.7-2.7 times faster than
-    ``addmm_`` on 2 CPU threads, and slower below ~2,000 columns, hence ``_SYRK_FROM``.
-    """
-    if total.is_contiguous():
-        total.addmm_(rows.T, rows)
-        return
-    syrk = _SYRK[rows.dtype]
-    syrk(1.0, rows.contiguous().numpy().T, beta=1.0, c=total.numpy(), trans=0, lower=0, overwrite_c=1)
-
-
-def _symmetric(total: Tensor) -> Tensor:
-    """The full symmetric matrix of an accumulator ``_add_gram`` filled (upper triangle when column-major)."""
-    if total.is_contiguous():
-        return total
-    upper = total.triu()
-    return upper + upper.triu(1).T
 
 
 def eigenbases(factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, KroneckerFactors]:
