@@ -222,10 +222,12 @@ def leading_eigh(matrix: Tensor, tolerance: float | None = None, seed: int = 0) 
 def symmetric_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
     """Eigendecomposition of a symmetric matrix in float64: ``(values ascending, vectors as columns)``.
 
-    On CPU, LAPACK's divide-and-conquer ``dsyevd`` through SciPy: with the OpenBLAS SciPy ships it is
-    about twice as fast as ``torch.linalg.eigh`` (MKL) on the AMD CPUs measured for
-    ``benchmarks/RESULTS.md`` (3137 x 3137: ~10 s against ~20 s on one thread). Elsewhere
-    ``torch.linalg.eigh``.
+    ``torch.linalg.eigh``, except on CPU above ``TRUNCATE_INPUTS_ABOVE`` rows (only reached when a
+    wide factor's spectrum is too flat to truncate): there LAPACK's divide-and-conquer ``dsyevd``
+    through SciPy, about twice as fast as torch's (MKL) on the AMD CPUs measured for
+    ``benchmarks/RESULTS.md`` (3137 x 3137: ~10 s against ~20 s on one thread). Not below: SciPy's
+    OpenBLAS threads keep spinning after a call and slow torch's next passes (the MNIST CNN's
+    influence took 0.4 s longer with SciPy for its factors of 10-289 rows).
 
     Args:
         matrix: Tensor of shape ``(d, d)``.
@@ -234,7 +236,7 @@ def symmetric_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
         float64 tensors of shapes ``(d,)`` and ``(d, d)`` on the matrix's device.
     """
     matrix = matrix.double()
-    if matrix.device.type != "cpu":
+    if matrix.device.type != "cpu" or matrix.shape[0] <= TRUNCATE_INPUTS_ABOVE:
         return torch.linalg.eigh(matrix)
     values, vectors = scipy.linalg.eigh(matrix.numpy(), driver="evd", check_finite=False)
     return torch.from_numpy(values), torch.from_numpy(vectors)
