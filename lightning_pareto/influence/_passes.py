@@ -45,18 +45,17 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @contextmanager
-def influence_mode(model: nn.Module, tracked: Mapping[str, nn.Module]) -> Iterator[torch.device]:
+def influence_mode(model: nn.Module) -> Iterator[torch.device]:
     """Put the model in the state the passes need and restore it afterwards, also on exceptions.
 
     Inside: every submodule in eval mode (no dropout, no batch statistics, so per-sample losses are
-    independent), ``requires_grad`` only on the tracked layers' anchors (see ``anchors``: backward
-    reaches exactly the tracked outputs and nothing else gets a gradient), gradients enabled (also
+    independent), ``requires_grad`` off on every parameter (``captured_batches`` differentiates
+    zero probes added to the tracked outputs, so no parameter gradient is computed), gradients enabled (also
     under a caller's ``no_grad``/``inference_mode``), autocast disabled. On exit each submodule's
     training flag and each parameter's ``requires_grad`` are restored.
 
     Args:
         model: The classifier.
-        tracked: Qualified name -> tracked layer.
 
     Yields:
         The model's device.
@@ -68,8 +67,6 @@ def influence_mode(model: nn.Module, tracked: Mapping[str, nn.Module]) -> Iterat
         model.eval()
         for param in requires_grad:
             param.requires_grad_(False)
-        for param in anchors(tracked):
-            param.requires_grad_(True)
         # The passes differentiate, whatever grad mode the caller is in (a Lightning hook runs under
         # no_grad or inference_mode); autocast would change the dtypes the statistics are taken in.
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
@@ -79,15 +76,6 @@ def influence_mode(model: nn.Module, tracked: Mapping[str, nn.Module]) -> Iterat
             module.training = flag
         for param, flag in requires_grad.items():
             param.requires_grad_(flag)
-
-
-def anchors(tracked: Mapping[str, nn.Module]) -> list[nn.Parameter]:
-    """One parameter per tracked layer whose gradient makes autograd visit the layer's output.
-
-    The bias where there is one: its gradient is a cheap sum of the output gradients, so backward
-    skips the weight-gradient matmul the passes do not need; the weight for a layer without bias.
-    """
-    return [module.bias if module.bias is not None else module.weight for module in tracked.values()]
 
 
 def per_sample_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -167,8 +155,9 @@ def captured_batches(
     """Run the model over a loader and yield each batch's captured layer inputs and output gradients.
 
     The backward pass starts from the sum of per-sample cross-entropies, so the captured output
-    gradients are exact per-sample gradients; only the tracked layers' anchors are differentiated and
-    their gradients are discarded (no ``.grad`` is written). Call inside ``influence_mode``.
+    gradients are exact per-sample gradients; it differentiates only the zero probes that
+    ``LayerCapture(probe=True)`` adds to the tracked outputs (no ``.grad`` is written, no weight
+    gradient is computed, backward stops at the first tracked layer). Call inside ``influence_mode``.
 
     Args:
         model: The classifier, in ``influence_mode``.
@@ -187,13 +176,13 @@ def captured_batches(
     """
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed) if fisher == "sampled" else None
-    differentiated = anchors(tracked)
-    with LayerCapture(tracked, reuse_buffers=reuse_buffers) as capture:
+    with LayerCapture(tracked, reuse_buffers=reuse_buffers, probe=True) as capture:
         for batch in progress_bar(loader, desc=desc, enabled=progress):
             x, y, index = unpack(batch)
             x, y = x.to(device), y.to(device)
             capture.clear()
             logits = model(x)
             loss = per_sample_loss(logits, fisher_labels(logits, y, fisher, generator)).sum()
-            torch.autograd.grad(loss, differentiated, allow_unused=True)
+            if capture.probes():  # none when no tracked layer ran: capture.layer says so below
+                torch.autograd.grad(loss, capture.probes(), allow_unused=True)
             yield CapturedBatch({name: capture.layer(name) for name in tracked}, y, index)

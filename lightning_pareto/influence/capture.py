@@ -270,6 +270,10 @@ class LayerCapture:
         reuse_buffers: Write each layer's ``(a, g)`` into buffers kept between batches instead of
             fresh tensors: ``layer(name)`` then overwrites the tensors it returned for ``name`` before.
             On CPU this saves the page faults of fresh allocations of the (large) Conv2d patches.
+        probe: Add a zero scalar that requires grad (``probes()``) to every tracked output, so that
+            ``torch.autograd.grad(loss, capture.probes())`` reaches every tracked output while no
+            parameter requires grad: backward then computes only the gradients flowing between
+            tracked layers, no weight or bias gradient, and nothing below the first tracked layer.
 
     Example:
         >>> import torch
@@ -289,9 +293,11 @@ class LayerCapture:
         True
     """
 
-    def __init__(self, tracked: Mapping[str, nn.Module], *, reuse_buffers: bool = False) -> None:
+    def __init__(self, tracked: Mapping[str, nn.Module], *, reuse_buffers: bool = False, probe: bool = False) -> None:
         self.tracked = dict(tracked)
         self.reuse_buffers = reuse_buffers
+        self.probe = probe
+        self._probes: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self._inputs: dict[str, list[Tensor]] = {name: [] for name in self.tracked}
         self._grads: dict[str, dict[int, Tensor]] = {name: {} for name in self.tracked}
         self._handles: list[RemovableHandle] = []
@@ -315,6 +321,11 @@ class LayerCapture:
         self.clear()
         self._buffers.clear()
         self._cache.clear()
+        self._probes.clear()
+
+    def probes(self) -> list[Tensor]:
+        """The zero scalars added to tracked outputs (``probe=True``), one per device and dtype seen."""
+        return list(self._probes.values())
 
     def clear(self) -> None:
         """Forget the recorded batch (call before the next forward)."""
@@ -382,12 +393,19 @@ class LayerCapture:
             flat = self._buffers[(name, kind)] = like.new_empty(numel)
         return flat[:numel].view(shape)
 
-    def _forward_hook(self, name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
-        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+    def _forward_hook(self, name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor | None]:
+        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
             call = len(self._inputs[name])
             self._inputs[name].append(args[0].detach())
+            replaced = None
+            if self.probe:
+                key = (output.device, output.dtype)
+                if key not in self._probes:
+                    self._probes[key] = torch.zeros((), device=output.device, dtype=output.dtype, requires_grad=True)
+                output = replaced = output + self._probes[key]
             if output.requires_grad:
                 # A tensor hook sees the gradient of the output's value before any later in-place op.
                 output.register_hook(lambda grad: self._grads[name].__setitem__(call, grad.detach()))
+            return replaced
 
         return hook

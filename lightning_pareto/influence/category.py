@@ -198,14 +198,14 @@ def _influence(
         tracked = tracked_modules(model, modules)
         fitted = None
     # The validation pass runs first so that bad labels fail before the training passes.
-    with influence_mode(model, tracked) as device, timed(timings, "queries", device):
+    with influence_mode(model) as device, timed(timings, "queries", device):
         queries = _mean_gradients(model, val_loader, tracked, num_groups, group_of, group_names, progress)
     if fitted is None:
         fitted = fit_tracked_curvature(
             model, train_loader, tracked, curvature=curvature, damping=damping, fisher=fisher, seed=seed,
             curvature_samples=curvature_samples, progress=progress, timings=timings,
         )  # fmt: skip
-    with influence_mode(model, tracked) as device:
+    with influence_mode(model) as device:
         with timed(timings, "precondition", device):
             preconditioned = fitted.inverse_hvp(queries)
         with timed(timings, "scores", device):

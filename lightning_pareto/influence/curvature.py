@@ -353,7 +353,7 @@ def fit_tracked_curvature(
                 f"curvature='exact' builds a dense {count} x {count} matrix, above MAX_EXACT_PARAMETERS="
                 f"{MAX_EXACT_PARAMETERS}: use curvature='ekfac', or track fewer layers with modules=[...]"
             )
-    with influence_mode(model, tracked) as device:
+    with influence_mode(model) as device:
         if curvature == "exact":
             with timed(timings, "factors", device):
                 matrix = dense_curvature(model, train_loader, tracked, fisher=fisher, seed=seed, progress=progress)

@@ -161,7 +161,7 @@ def test_passes_capture_exact_gradients_through_in_place_ops_without_touching_pa
         return F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
 
     expected = layout_from_named(tracked, vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y))
-    with influence_mode(model, tracked):
+    with influence_mode(model):
         (batch,) = captured_batches(model, [(x, y)], tracked, desc="test", progress=False)
     for name, (a, g) in batch.layers.items():
         torch.testing.assert_close(torch.einsum("bto,bti->boi", g, a), expected[name], rtol=1e-10, atol=1e-12)
