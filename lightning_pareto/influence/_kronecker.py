@@ -225,8 +225,8 @@ def leading_eigh(matrix: Tensor, tolerance: float | None = None, seed: int = 0) 
     """Leading eigenpairs of a positive semi-definite matrix down to ``tolerance`` times the largest.
 
     Randomized subspace iteration (Halko, Martinsson & Tropp 2011, algorithm 4.4) in float64 with a
-    seeded start, doubling the rank from ``_START_RANK`` until the smallest kept eigenvalue is below
-    ``tolerance`` times the largest (so everything discarded is smaller still).
+    seeded start, growing the rank from ``_START_RANK`` (see ``_next_rank``) until the smallest kept
+    eigenvalue is below ``tolerance`` times the largest (so everything discarded is smaller still).
 
     Args:
         matrix: Symmetric PSD tensor of shape ``(d, d)``.
@@ -257,8 +257,27 @@ def leading_eigh(matrix: Tensor, tolerance: float | None = None, seed: int = 0) 
         if values[-1] <= tolerance * values[0]:
             keep = int((values > tolerance * values[0]).sum())
             return values[:keep], vectors[:, :keep]
-        rank *= 2
+        rank = _next_rank(values, tolerance)
     return None
+
+
+def _next_rank(values: Tensor, tolerance: float) -> int:
+    """Rank of the next subspace iteration after ``values`` (descending) fell short of ``tolerance``.
+
+    Extrapolates the log-linear decay of the tail half of ``values`` to where it reaches
+    ``tolerance * values[0]``, with a 25% margin, between ``rank + 64`` and ``2 * rank`` (doubling
+    when the tail does not decay): a round costs in proportion to its rank, so overshooting by a
+    doubling wastes about as much as one more round.
+    """
+    rank = values.shape[0]
+    tail = values[rank // 2 :].clamp(min=torch.finfo(values.dtype).tiny).log()
+    positions = torch.arange(rank // 2, rank, dtype=values.dtype)
+    slope = torch.cov(torch.stack([positions, tail]))[0, 1] / positions.var()
+    if slope >= 0:
+        return 2 * rank
+    intercept = tail.mean() - slope * positions.mean()
+    reach = float((torch.log(values[0] * tolerance) - intercept) / slope)
+    return int(min(2 * rank, max(rank + 64, 32 * -(-int(1.25 * reach) // 32))))
 
 
 def symmetric_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:

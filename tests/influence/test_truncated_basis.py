@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from lightning_pareto.influence import _kronecker, category_influence, fit_curvature
-from lightning_pareto.influence._kronecker import leading_eigh
+from lightning_pareto.influence._kronecker import _next_rank, leading_eigh
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -126,3 +126,13 @@ def test_truncation_leaves_default_damped_influence_unchanged(trained_mlp, digit
     monkeypatch.setattr(_kronecker, "_OVERSAMPLING", 4)
     truncated = category_influence(trained_mlp, train_data, val_data, 10)
     assert min(spearman(truncated[:, c], full[:, c]) for c in range(10)) > 0.995
+
+
+@pytest.mark.parametrize("decay", [0.97, 0.99])
+def test_next_rank_extrapolates_an_exponential_decay_to_the_tolerance(decay: float) -> None:
+    values = decay ** torch.arange(256, dtype=torch.float64)
+    needed = int((decay ** torch.arange(4096, dtype=torch.float64) > 1e-4).sum())  # 303 and 917
+    rank = _next_rank(values, 1e-4)
+    assert min(needed, 512) <= rank <= min(512, 1.25 * needed + 32)  # reaches it, or doubles at most
+    assert rank % 32 == 0 and 256 + 64 <= rank <= 512
+    assert _next_rank(torch.ones(256, dtype=torch.float64), 1e-4) == 512  # no decay: double
