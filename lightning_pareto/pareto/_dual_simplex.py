@@ -123,6 +123,14 @@ class BoxedLP:
         # move: |d_j| / ||a_j|| (an all-zero column never changes sign).
         norms = np.sqrt(np.einsum("ij,ij->j", self.rows, self.rows))
         self._inverse_norms = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
+        self._cost_negative = cost < 0
+        # The columns one after another (row j is column j): a working set is gathered in one pass over
+        # contiguous m-entry blocks, four times faster than picking entries out of every row.
+        self._columns_by_row = np.ascontiguousarray(self.rows.T)
+        # Length-N scratch arrays reused by every solve: two large temporaries alive at once made glibc
+        # give their pages back and fault them in again at each allocation (a 0.2 ms pass took 1.4 ms).
+        self._reduced = np.empty(self.num_columns)
+        self._scratch = np.empty(self.num_columns)
 
     def solve(
         self,
@@ -175,10 +183,13 @@ class BoxedLP:
         duals = self._duals(basic)
         if duals is None:
             return None
-        reduced = self.cost - duals @ self.rows
+        reduced = self._reduced_costs(duals)
         # Nonbasic columns on the bound their reduced cost points to (ties on the cheaper bound).
-        at_upper = _aligned(self.cost < 0, reduced, self.dual_tolerance)
-        closeness = np.abs(reduced)
+        closeness = np.abs(reduced, out=self._scratch)
+        at_upper = reduced < 0
+        ties = closeness <= self.dual_tolerance
+        if ties.any():
+            at_upper[ties] = self._cost_negative[ties]
         closeness *= self._inverse_norms
         working = _about_smallest(closeness, working_size)
         working[basic[basic < self.num_columns]] = True
@@ -186,11 +197,11 @@ class BoxedLP:
         iterations = 0
         for _ in range(_MAX_ROUNDS):
             columns = np.flatnonzero(working)
-            held = np.where(at_upper, self.upper, 0.0)
+            held = np.multiply(self.upper, at_upper, out=self._scratch)
             held[columns] = 0.0
             local = _WorkingLP(
                 cost=self.cost[columns],
-                rows=self.rows[:, columns],
+                rows=np.take(self._columns_by_row, columns, axis=0).T,
                 rhs=rhs - self.rows @ held,
                 upper=self.upper[columns],
                 slack_upper=self.slack_upper,
@@ -212,7 +223,7 @@ class BoxedLP:
             at_upper[columns] = outcome.at_upper
             if outcome.status == "failed":
                 return None
-            reduced = self.cost - outcome.duals @ self.rows
+            reduced = self._reduced_costs(outcome.duals)
             if outcome.status == "infeasible":
                 if working.all():
                     return None  # HiGHS confirms the verdict with its own message
@@ -220,13 +231,18 @@ class BoxedLP:
                 working[_smallest(np.where(working, np.inf, np.abs(reduced)), int(working.sum()))] = True
                 continue
             # Held columns whose reduced cost points to the other bound (working columns are optimal).
-            wrong_bound = np.where(at_upper, reduced, -reduced) > self.dual_tolerance
+            wrong_bound = np.where(at_upper, reduced > self.dual_tolerance, reduced < -self.dual_tolerance)
             wrong_bound[columns] = False
             if not wrong_bound.any():
                 return self._optimum(basic, at_upper, outcome, reduced, iterations)
             at_upper[wrong_bound] = ~at_upper[wrong_bound]
             working |= wrong_bound
         return None
+
+    def _reduced_costs(self, duals: np.ndarray) -> np.ndarray:
+        """``cost - rows^T duals`` in the solver's scratch array (valid until the next call)."""
+        reduced = np.dot(duals, self.rows, out=self._reduced)
+        return np.subtract(self.cost, reduced, out=reduced)
 
     def basis(self, basic: np.ndarray) -> Basis | None:
         """The :class:`Basis` with these basic columns, or ``None`` if it is singular or not dual feasible.
@@ -241,7 +257,7 @@ class BoxedLP:
         duals = self._duals(basic)
         if duals is None or np.any(duals[np.isinf(self.slack_upper)] > self.dual_tolerance):
             return None
-        return self._basis_with(basic, duals, self.cost - duals @ self.rows)
+        return self._basis_with(basic, duals, self._reduced_costs(duals))
 
     def _duals(self, basic: np.ndarray) -> np.ndarray | None:
         inverse = _checked_inverse(_basis_matrix(self.rows, basic))
@@ -251,14 +267,14 @@ class BoxedLP:
         return inverse.T @ basic_cost
 
     def _basis_with(self, basic: np.ndarray, duals: np.ndarray, reduced: np.ndarray) -> Basis:
-        bound_offset = float(np.minimum(reduced, 0.0) @ self.upper)
+        bound_offset = float(np.minimum(reduced, 0.0, out=self._scratch) @ self.upper)
         return Basis(basic=basic.copy(), duals=duals.copy(), bound_offset=bound_offset)
 
     def _optimum(
         self, basic: np.ndarray, at_upper: np.ndarray, outcome: _Outcome, reduced: np.ndarray, iterations: int
     ) -> BoxedLPResult:
         structural = basic < self.num_columns
-        x = np.where(at_upper, self.upper, 0.0)
+        x = self.upper * at_upper
         basic_columns = basic[structural]
         # Basic values are within the primal tolerance of their bounds; the clip removes that round-off.
         x[basic_columns] = np.clip(outcome.basic_values[structural], 0.0, self.upper[basic_columns])
