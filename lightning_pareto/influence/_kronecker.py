@@ -235,8 +235,8 @@ def leading_eigh(matrix: Tensor, tolerance: float | None = None, seed: int = 0) 
 
     Returns:
         ``(values descending, vectors as columns)`` of shapes ``(k,)`` and ``(d, k)``, or ``None``
-        when the spectrum does not decay that far within ``d / 2`` directions (then a dense
-        eigendecomposition is cheaper).
+        when the spectrum does not decay that far within ``d / 2`` directions, or is not on course
+        to (then a dense eigendecomposition is cheaper).
     """
     tolerance = TRUNCATION_TOLERANCE if tolerance is None else tolerance
     matrix = matrix.double()
@@ -257,27 +257,34 @@ def leading_eigh(matrix: Tensor, tolerance: float | None = None, seed: int = 0) 
         if values[-1] <= tolerance * values[0]:
             keep = int((values > tolerance * values[0]).sum())
             return values[:keep], vectors[:, :keep]
-        rank = _next_rank(values, tolerance)
+        rank = _next_rank(values, tolerance, limit=size // 2 - _OVERSAMPLING)
+        if rank is None:  # the decay will not reach the tolerance in time: give up now
+            return None
     return None
 
 
-def _next_rank(values: Tensor, tolerance: float) -> int:
+def _next_rank(values: Tensor, tolerance: float, limit: int) -> int | None:
     """Rank of the next subspace iteration after ``values`` (descending) fell short of ``tolerance``.
 
     Extrapolates the log-linear decay of the tail half of ``values`` to where it reaches
-    ``tolerance * values[0]``, with a 25% margin, between ``rank + 64`` and ``2 * rank`` (doubling
-    when the tail does not decay): a round costs in proportion to its rank, so overshooting by a
-    doubling wastes about as much as one more round.
+    ``tolerance * values[0]``, with a 25% margin, and asks for that rank, between ``1.25 * rank`` and
+    ``2 * rank`` and at most ``limit`` (a round costs in proportion to its rank, so a doubling
+    overshoots by about one round's cost at most). ``None`` when the extrapolation lies beyond
+    ``limit`` or the tail does not decay: the iterations would end in a dense eigendecomposition
+    anyway, so it is cheaper to go there now.
     """
     rank = values.shape[0]
     tail = values[rank // 2 :].clamp(min=torch.finfo(values.dtype).tiny).log()
     positions = torch.arange(rank // 2, rank, dtype=values.dtype)
     slope = torch.cov(torch.stack([positions, tail]))[0, 1] / positions.var()
     if slope >= 0:
-        return 2 * rank
+        return None
     intercept = tail.mean() - slope * positions.mean()
     reach = float((torch.log(values[0] * tolerance) - intercept) / slope)
-    return int(min(2 * rank, max(rank + 64, 32 * -(-int(1.25 * reach) // 32))))
+    if reach > limit:
+        return None
+    wanted = 32 * -(-int(1.25 * reach) // 32)
+    return int(min(2 * rank, limit, max(rank + rank // 4, wanted)))
 
 
 def symmetric_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:

@@ -256,12 +256,12 @@ def _mean_gradients(
     for batch in captured_batches(model, loader, tracked, desc="influence: queries", progress=progress):
         groups = group_of(batch.labels)
         counts += torch.bincount(groups.cpu(), minlength=num_groups)
+        # Select each group's samples once per batch (not its T-times-longer rows per layer).
+        members = [(group, (groups == group).nonzero().squeeze(1)) for group in groups.unique().tolist()]
         for name, (a, g) in batch.layers.items():
-            row_groups = groups.repeat_interleave(a.shape[1])
-            rows_a, rows_g = a.flatten(end_dim=1), g.flatten(end_dim=1)
-            for group in groups.unique().tolist():
-                members = (row_groups == group).nonzero().squeeze(1)
-                sums[name][group].addmm_(rows_g[members].T, rows_a[members])
+            for group, samples in members:
+                rows_a, rows_g = a.index_select(0, samples).flatten(end_dim=1), g.index_select(0, samples).flatten(end_dim=1)
+                sums[name][group].addmm_(rows_g.T, rows_a)
     # Under DDP each rank saw a shard of the validation set: sum the per-class statistics.
     counts = all_reduce_sum(counts)
     sums = {name: all_reduce_sum(total) for name, total in sums.items()}

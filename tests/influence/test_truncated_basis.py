@@ -128,11 +128,16 @@ def test_truncation_leaves_default_damped_influence_unchanged(trained_mlp, digit
     assert min(spearman(truncated[:, c], full[:, c]) for c in range(10)) > 0.995
 
 
-@pytest.mark.parametrize("decay", [0.97, 0.99])
+@pytest.mark.parametrize("decay", [0.97, 0.985, 0.99])
 def test_next_rank_extrapolates_an_exponential_decay_to_the_tolerance(decay: float) -> None:
     values = decay ** torch.arange(256, dtype=torch.float64)
-    needed = int((decay ** torch.arange(4096, dtype=torch.float64) > 1e-4).sum())  # 303 and 917
-    rank = _next_rank(values, 1e-4)
-    assert min(needed, 512) <= rank <= min(512, 1.25 * needed + 32)  # reaches it, or doubles at most
-    assert rank % 32 == 0 and 256 + 64 <= rank <= 512
-    assert _next_rank(torch.ones(256, dtype=torch.float64), 1e-4) == 512  # no decay: double
+    needed = int((decay ** torch.arange(4096, dtype=torch.float64) > 1e-4).sum())  # 303, 610, 917
+    rank = _next_rank(values, 1e-4, limit=2000)
+    assert rank % 32 == 0 and min(needed, 512) <= rank <= min(512, 1.25 * needed + 32)  # reaches it, or doubles
+    # Out of reach of a 1,200-row matrix's 600 - oversampling directions: give up at once.
+    assert (_next_rank(values, 1e-4, limit=568) is None) == (needed > 568)
+
+
+def test_next_rank_gives_up_on_a_tail_that_does_not_decay() -> None:
+    values = torch.cat([0.9 ** torch.arange(128.0), torch.full((128,), 0.9**128)]).double()
+    assert _next_rank(values, 1e-4, limit=2000) is None
