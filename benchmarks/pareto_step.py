@@ -194,34 +194,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _synchronize(device)
         epoch_seconds.append(time.perf_counter() - start)
 
-        timings = InfluenceTimings()
-        start = time.perf_counter()
-        influence = category_influence(
-            model,
-            ImageBatches(train_images, train_labels, args.influence_batch),
-            val_batches,
-            NUM_CLASSES,
-            curvature="ekfac",
-            timings=timings,
-            progress=False,
-        )
-        _synchronize(device)
-        influence_seconds.append(time.perf_counter() - start)
-        phases.append({key: value for key, value in vars(timings).items() if isinstance(value, float)})
-
-        if args.curvature_samples:
+        def timed_influence(**options: Any) -> tuple[float, Tensor]:
             start = time.perf_counter()
-            subset_influence = category_influence(
+            scores = category_influence(
                 model,
                 ImageBatches(train_images, train_labels, args.influence_batch),
                 val_batches,
                 NUM_CLASSES,
                 curvature="ekfac",
-                curvature_samples=args.curvature_samples,
                 progress=False,
+                **options,
             )
             _synchronize(device)
-            subset_seconds.append(time.perf_counter() - start)
+            return time.perf_counter() - start, scores
+
+        timings = InfluenceTimings()
+        seconds, influence = timed_influence(timings=timings)
+        influence_seconds.append(seconds)
+        phases.append({key: value for key, value in vars(timings).items() if isinstance(value, float)})
+
+        if args.curvature_samples:
+            seconds, subset_influence = timed_influence(curvature_samples=args.curvature_samples)
+            subset_seconds.append(seconds)
             subset_spearman.append([
                 float(spearmanr(subset_influence[:, c], influence[:, c])[0]) for c in range(NUM_CLASSES)
             ])  # fmt: skip

@@ -27,7 +27,8 @@ networks measured for ``benchmarks/RESULTS.md`` keep a few hundred of 3,137 dire
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import scipy.linalg
@@ -248,11 +249,12 @@ def leading_eigh(matrix: Tensor, tolerance: float | None = None, seed: int = 0) 
     rank = _START_RANK
     while rank + _OVERSAMPLING <= size // 2:
         sketch = torch.randn(size, rank + _OVERSAMPLING, generator=generator).to(matrix.device)
-        basis = torch.linalg.qr(single @ sketch).Q
+        basis = _orthonormal(single @ sketch)
         for _ in range(_POWER_ITERATIONS):
-            basis = torch.linalg.qr(single @ basis).Q
-        basis = torch.linalg.qr(basis.double()).Q
-        values, vectors = torch.linalg.eigh(basis.T @ (matrix @ basis))
+            basis = _orthonormal(single @ basis)
+        basis = _orthonormal(basis.double())
+        with single_threaded_lapack(matrix.device):
+            values, vectors = torch.linalg.eigh(basis.T @ (matrix @ basis))
         values, vectors = values.flip(0)[:rank], (basis @ vectors).flip(1)[:, :rank]
         if values[-1] <= tolerance * values[0]:
             keep = int((values > tolerance * values[0]).sum())
@@ -261,6 +263,31 @@ def leading_eigh(matrix: Tensor, tolerance: float | None = None, seed: int = 0) 
         if rank is None:  # the decay will not reach the tolerance in time: give up now
             return None
     return None
+
+
+@contextmanager
+def single_threaded_lapack(device: torch.device) -> Iterator[None]:
+    """Run CPU LAPACK factorizations (eigh, QR) on one thread, restoring torch's thread count after.
+
+    Their many thread barriers make them many times slower with two threads on a shared machine:
+    a 1024 x 1024 float64 ``eigh`` took 5-14 s instead of 0.25 s on one thread beside another busy
+    process (0.01 s either way for the 288 x 288 Rayleigh-Ritz problems when the machine is quiet).
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _orthonormal(columns: Tensor) -> Tensor:
+    """An orthonormal basis of the column space of a tall ``columns`` (thin QR, one LAPACK thread)."""
+    with single_threaded_lapack(columns.device):
+        return torch.linalg.qr(columns).Q
 
 
 def _next_rank(values: Tensor, tolerance: float, limit: int) -> int | None:
@@ -305,7 +332,8 @@ def symmetric_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
     """
     matrix = matrix.double()
     if matrix.device.type != "cpu" or matrix.shape[0] <= TRUNCATE_INPUTS_ABOVE:
-        return torch.linalg.eigh(matrix)
+        with single_threaded_lapack(matrix.device):
+            return torch.linalg.eigh(matrix)
     values, vectors = scipy.linalg.eigh(matrix.numpy(), driver="evd", check_finite=False)
     return torch.from_numpy(values), torch.from_numpy(vectors)
 

@@ -141,3 +141,19 @@ def test_next_rank_extrapolates_an_exponential_decay_to_the_tolerance(decay: flo
 def test_next_rank_gives_up_on_a_tail_that_does_not_decay() -> None:
     values = torch.cat([0.9 ** torch.arange(128.0), torch.full((128,), 0.9**128)]).double()
     assert _next_rank(values, 1e-4, limit=2000) is None
+
+
+def test_single_threaded_lapack_restores_the_thread_count_also_on_errors() -> None:
+    from lightning_pareto.influence._kronecker import single_threaded_lapack
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with single_threaded_lapack(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"), single_threaded_lapack(torch.device("cpu")):
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
