@@ -426,9 +426,9 @@ class _WorkingLP:
                 # Primal side: flipped columns change the held activity; the leaving column is held at
                 # the bound it leaves to, the entering one is no longer held.
                 if flipped.size:
-                    room[flipped] *= -1.0
-                    flipped_direction = direction[flipped]
-                    residual = residual - (upper[flipped] * flipped_direction) @ by_column[flipped]
+                    flipped_direction = direction.take(flipped)
+                    room[flipped] = -room.take(flipped)
+                    residual = residual - (upper.take(flipped) * flipped_direction) @ by_column.take(flipped, axis=0)
                     direction[flipped] = -flipped_direction
                 leaving_column = int(basic[leaving])
                 room[leaving_column] = dual_step
@@ -479,30 +479,32 @@ def _ratio_test(
     unbounded and the LP infeasible.
     """
     # Only eligible columns (moving towards their wrong sign) have breakpoints: work on those alone.
-    eligible = np.flatnonzero(towards_wrong_sign > pivot_tolerance)
+    # (Array methods rather than np.* functions: this runs every iteration on small arrays, where the
+    # functions' dispatch costs as much as the work.)
+    eligible = (towards_wrong_sign > pivot_tolerance).nonzero()[0]
     num_eligible = eligible.size
     if num_eligible == 0:
         return None
-    pace = towards_wrong_sign[eligible]
-    ratios = room[eligible]
+    pace = towards_wrong_sign.take(eligible)
+    ratios = room.take(eligible)
     ratios /= pace
     count = min(_FIRST_SORTED_BREAKPOINTS, num_eligible)
     while True:
         if count == num_eligible:
-            nearest = np.argsort(ratios, kind="stable")
+            nearest = ratios.argsort(kind="stable")
         else:
-            nearest = np.argpartition(ratios, count)[:count]
-            nearest = nearest[np.argsort(ratios[nearest], kind="stable")]
+            nearest = ratios.argpartition(count)[:count]
+            nearest = nearest.take(ratios.take(nearest).argsort(kind="stable"))
         # Slope drops of the sorted breakpoints only (not of every eligible column).
-        nearest_pace = pace[nearest]
-        slope_drops = nearest_pace * upper[eligible[nearest]]
-        crossing = int(np.cumsum(slope_drops).searchsorted(excess, side="left"))
+        nearest_pace = pace.take(nearest)
+        slope_drops = nearest_pace * upper.take(eligible.take(nearest))
+        crossing = int(slope_drops.cumsum().searchsorted(excess, side="left"))
         if crossing < count or count == num_eligible:
             break
         count = min(4 * count, num_eligible)
     if crossing == count:
         return None
-    nearest_ratios = ratios[nearest[: crossing + 1]]
+    nearest_ratios = ratios.take(nearest[: crossing + 1])
     crossing_ratio = float(nearest_ratios[crossing])
     tie_floor = crossing_ratio - 1e-12 * (1.0 + crossing_ratio)
     if crossing == 0 or nearest_ratios[crossing - 1] < tie_floor:
