@@ -120,3 +120,39 @@ def test_about_smallest_keeps_about_count_smallest_values_deterministically(coun
     if not mask.all():
         assert values[mask].max() <= values[~mask].min()
     np.testing.assert_array_equal(mask, _about_smallest(values.copy(), count))
+
+
+def _dual_bound_offset_from_definition(problem: dict[str, np.ndarray], duals: np.ndarray) -> float:
+    """``sum_j min(0, d_j) upper_j`` with ``d = cost - A^T y``, from the problem data alone."""
+    rows = np.vstack([problem["a_ub"], problem["a_eq"]])
+    reduced = problem["cost"] - rows.T @ duals
+    return float(np.minimum(reduced, 0.0) @ problem["upper"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("working_size", [30, 300])
+def test_warm_starts_from_distant_right_hand_sides_price_held_columns_correctly(seed: int, working_size: int) -> None:
+    # Right-hand sides scaled by up to 3x move the duals far from the start: held columns far from
+    # the working set can change sign, which the solver must detect by pricing them after a round.
+    problem = _random_boxed_lp(20 + seed, 2000, num_ub=6)
+    boxed = _boxed(problem)
+    start = boxed.solve(problem["b_ub"], problem["b_eq"], working_size=working_size).basis
+    assert start is not None
+    rng = np.random.default_rng(seed)
+    for _ in range(4):
+        changed = dict(problem, b_ub=problem["b_ub"] * rng.uniform(0.3, 3.0, 6))
+        expected = _highs(changed)
+        assert expected.status == 0
+        warm = boxed.solve(changed["b_ub"], changed["b_eq"], start=start, working_size=working_size)
+        assert warm.basis is not None  # the dual simplex decided, not the HiGHS fallback
+        _assert_optimal_and_feasible(warm, changed, expected)
+        np.testing.assert_allclose(warm.duals[:6], expected.ineqlin.marginals, rtol=1e-7, atol=1e-9)
+        # The returned basis's dual bound offset is the definition's, and its bound is a lower bound
+        # (weak duality) for the original right-hand side, equal to the optimum for its own.
+        offset = _dual_bound_offset_from_definition(changed, warm.basis.duals)
+        assert warm.basis.bound_offset == pytest.approx(offset, rel=1e-9, abs=1e-9)
+        own_rhs = np.concatenate([changed["b_ub"], changed["b_eq"]])
+        assert warm.basis.dual_bound(own_rhs) == pytest.approx(expected.fun, rel=1e-9, abs=1e-9)
+        original_rhs = np.concatenate([problem["b_ub"], problem["b_eq"]])
+        assert warm.basis.dual_bound(original_rhs) <= _highs(problem).fun + 1e-9
+        start = warm.basis
