@@ -37,6 +37,24 @@ def trained_cnn(digits64) -> nn.Module:
     return train(cnn().double(), *digits64, steps=40)
 
 
+class WideConv(nn.Module):
+    """A 24-channel Conv2d over 4 positions (more channels than positions) and a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 24, 4, stride=4)
+        self.head = nn.Linear(96, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.conv(x.view(-1, 1, 8, 8))).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def trained_wide_cnn(digits64) -> nn.Module:
+    torch.manual_seed(0)
+    return train(WideConv().double(), *digits64, steps=40)
+
+
 def _layer_grads(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     """Per-sample gradients of each Linear/Conv2d as ``(n, out, in [+1 bias column])``, by torch.func."""
     params = {name: p.detach() for name, p in model.named_parameters()}
@@ -84,7 +102,8 @@ def test_kfac_inverts_the_damped_kronecker_product(trained_mlp, digits64) -> Non
         assert relative_error(solved[name], expected) < 1e-9
 
 
-@pytest.mark.parametrize("model_name", ["trained_mlp", "trained_cnn"])
+# The CNN's convolutions rotate each sample's gradient, the wide one's rotate its positions (see _gradient_first).
+@pytest.mark.parametrize("model_name", ["trained_mlp", "trained_cnn", "trained_wide_cnn"])
 def test_ekfac_eigenvalues_are_second_moments_in_the_kfac_eigenbasis(request, model_name, digits64) -> None:
     model = request.getfixturevalue(model_name)
     curvature = fit_curvature(model, loader(*digits64), curvature="ekfac", damping=0.1)
