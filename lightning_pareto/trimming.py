@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import logging
 import math
 import time
 import warnings
@@ -38,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from lightning_pareto._quiet import quiet_lightning
 
 __all__ = [
     "METHODS",
@@ -375,7 +376,7 @@ class LightningFit(Fitter):
         from lightning_pareto.module import ClassifierModule
 
         module = ClassifierModule(net, num_classes, optimizer=self._make_optimizer)
-        with _quiet_lightning():
+        with quiet_lightning():
             seed_everything(seed, verbose=False)
             trainer = Trainer(
                 max_epochs=self.max_epochs, accelerator=self.accelerator, devices=1, logger=False,
@@ -549,22 +550,3 @@ def _scoring_state(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes.items():
             module.train(training)
-
-
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's info messages and its data-loader hints for the duration of a fit."""
-    from lightning.fabric.utilities.warnings import PossibleUserWarning
-
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=PossibleUserWarning)
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)

@@ -24,7 +24,7 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_pareto.active._quiet import quiet_lightning
+from lightning_pareto._quiet import quiet_lightning
 from lightning_pareto.active.strategies import Strategy
 from lightning_pareto.data.indexed import IndexedDataset
 

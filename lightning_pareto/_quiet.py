@@ -1,4 +1,4 @@
-"""Silence Lightning's per-``Trainer`` info messages and data-loader hints (an acquisition loop builds many)."""
+"""Silence Lightning's per-``Trainer`` info messages and data-loader hints (trimming and active learning build many)."""
 
 from __future__ import annotations
 
