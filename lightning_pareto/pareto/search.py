@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -297,6 +298,10 @@ class _Evaluator:
         self.trust = trust
         self.search_trust = search_trust
         self.candidates: dict[tuple[float, ...], _Candidate] = {}
+        # Only the best candidate keeps its weights (the first of equal ones, as ``max`` picks): the
+        # others' are dropped (375 weight vectors at n = 50,000 held 150 MB, and every fresh vector
+        # cost its page faults).
+        self._best_key: tuple[float, ...] | None = None
         self.trial_cache: dict[bytes, np.ndarray] = {}
         self.trials = 0
         self.target_mask = np.zeros(lp.num_classes, dtype=bool)
@@ -306,7 +311,15 @@ class _Evaluator:
         """Fitness of a gene vector (clipped to [0, 1]); each distinct vector is scored once."""
         key = tuple(np.clip(genes, 0.0, 1.0).tolist())
         if key not in self.candidates:
-            self.candidates[key] = self._score(np.asarray(key))
+            candidate = self._score(np.asarray(key))
+            best = None if self._best_key is None else self.candidates[self._best_key]
+            if best is None or candidate.fitness > best.fitness:
+                if best is not None:
+                    self.candidates[self._best_key] = _without_weights(best)
+                self._best_key = key
+            else:
+                candidate = _without_weights(candidate)
+            self.candidates[key] = candidate
         return self.candidates[key].fitness
 
     def _score(self, genes: np.ndarray) -> _Candidate:
@@ -368,12 +381,13 @@ class _Evaluator:
                 seconds=seconds,
                 stopped_early=stopped_early,
             )
-        # max() keeps the first of equal candidates: evaluation order is seeded, so this is deterministic.
-        best = max(self.candidates.values(), key=lambda candidate: candidate.fitness)
+        # The first of equal candidates (as max() would pick): evaluation order is seeded, so this is
+        # deterministic. It is the only one that kept its weights.
+        best = self.candidates[self._best_key]
         if best.improved:
             status: SearchStatus = "improved"
             reason = ""
-        elif all(candidate.solution.weights is None for candidate in self.candidates.values()):
+        elif all(candidate.solution.status != "optimal" for candidate in self.candidates.values()):
             status, reason = "infeasible", f"no candidate's LP gave weights; last: {best.solution.reason}"
         else:
             status = "no_improvement"
@@ -397,6 +411,10 @@ class _Evaluator:
             seconds=seconds,
             stopped_early=stopped_early,
         )
+
+
+def _without_weights(candidate: _Candidate) -> _Candidate:
+    return dataclasses.replace(candidate, solution=dataclasses.replace(candidate.solution, weights=None))
 
 
 def _run_ga(

@@ -173,3 +173,17 @@ def test_global_random_state_is_left_alone(influence: np.ndarray) -> None:
     random.seed(5)
     search_weights(influence, [0], generations=1, population=3, elites=1)
     assert (np.random.rand(), random.random()) == expected
+
+
+def test_the_best_candidates_weights_are_returned_after_many_evaluations(influence: np.ndarray) -> None:
+    # Only the best candidate keeps its weights during the search: the returned ones must be the LP
+    # optimum (HiGHS, not the dual simplex) at the returned thresholds and trust, and score the fitness.
+    from lightning_pareto.pareto import WeightLP
+
+    result = search_weights(influence, [0, 2], preset="paper", generations=5)
+    assert result.status == "improved" and result.evaluations > 50
+    highs = WeightLP(influence, [0, 2], sifting=False).solve(result.thresholds, result.trust)
+    gains = _relative_gains(influence, result.weights)
+    assert result.fitness == pytest.approx(gains[0] + gains[2] - np.maximum(-gains[[1, 3]], 0.0).sum(), rel=1e-6)
+    assert highs.objective == pytest.approx(gains[0] * np.abs(influence[:, 0]).mean() / highs.scale[0]
+                                            + gains[2] * np.abs(influence[:, 2]).mean() / highs.scale[2], rel=1e-6)
