@@ -165,26 +165,28 @@ def accumulate_gram(total: Tensor, rows: Tensor) -> None:
         total: Square tensor ``(d, d)`` to accumulate into.
         rows: Tensor ``(m, d)``.
     """
-    width = rows.shape[1]
-    if width < 2 * _STRIP_WIDTH:
+    strips = _strips(rows.shape[1])
+    if not strips:
         total.addmm_(rows.T, rows)
         return
-    strips = -(-width // _STRIP_WIDTH)
-    edges = [round(i * width / strips) for i in range(strips + 1)]
-    for start, stop in zip(edges[:-1], edges[1:]):
+    for start, stop in strips:
         total[start:stop, start:].addmm_(rows[:, start:stop].T, rows[:, start:])
 
 
 def symmetrized(total: Tensor) -> Tensor:
     """Fill in place the lower triangle that ``accumulate_gram`` left out; returns ``total``."""
-    width = total.shape[0]
-    if width < 2 * _STRIP_WIDTH:
-        return total
-    strips = -(-width // _STRIP_WIDTH)
-    edges = [round(i * width / strips) for i in range(strips + 1)]
-    for start, stop in zip(edges[:-1], edges[1:]):  # diagonal blocks were written whole
+    for start, stop in _strips(total.shape[0]):  # diagonal blocks were written whole
         total[stop:, start:stop] = total[start:stop, stop:].T
     return total
+
+
+def _strips(width: int) -> list[tuple[int, int]]:
+    """``accumulate_gram``'s row strips ``(start, stop)`` of a ``width``-wide factor; none below ``2 * _STRIP_WIDTH``."""
+    if width < 2 * _STRIP_WIDTH:
+        return []
+    count = -(-width // _STRIP_WIDTH)
+    edges = [round(i * width / count) for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def eigenbases(factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, KroneckerFactors]:
@@ -395,11 +397,10 @@ def corrected_eigenvalues(
                 rotations[name] = (basis.eigvecs_inputs.to(a.dtype), basis.eigvecs_grads.to(g.dtype))
             rotate_a, rotate_g = rotations[name]
             if a.shape[1] == 1:
-                rotated_a, rotated_g = a @ rotate_a, g @ rotate_g
-                squared_g = rotated_g[:, 0].square().T
-                sums[name] += (squared_g @ rotated_a[:, 0].square()).double()
+                squared_a, squared_g = (a[:, 0] @ rotate_a).square(), (g[:, 0] @ rotate_g).square().T
+                sums[name] += (squared_g @ squared_a).double()
                 if name in outside:  # ||P a||^2 = ||a||^2 - ||U_A^T a||^2 (a rank-one gradient)
-                    remainder = (a[:, 0].square().sum(1) - rotated_a[:, 0].square().sum(1)).clamp(min=0.0)
+                    remainder = (a[:, 0].square().sum(1) - squared_a.sum(1)).clamp(min=0.0)
                     outside[name] += (squared_g @ remainder).double()
                 continue
             chunk = max(1, _CHUNK_ELEMENTS // (g.shape[2] * a.shape[2]))

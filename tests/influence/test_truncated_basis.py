@@ -157,3 +157,17 @@ def test_single_threaded_lapack_restores_the_thread_count_also_on_errors() -> No
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("strip_width", "width"), [(7, 13), (7, 14), (7, 31), (800, 1700)])
+def test_strip_accumulation_equals_the_dense_gram(monkeypatch: pytest.MonkeyPatch, strip_width: int, width: int) -> None:
+    from lightning_pareto.influence._kronecker import accumulate_gram, symmetrized
+
+    monkeypatch.setattr(_kronecker, "_STRIP_WIDTH", strip_width)
+    generator = torch.Generator().manual_seed(width)
+    batches = [torch.randn(rows, width, dtype=torch.float64, generator=generator) for rows in (5, 9)]
+    total = torch.zeros(width, width, dtype=torch.float64)
+    for rows in batches:
+        accumulate_gram(total, rows)
+    stacked = torch.cat(batches)
+    torch.testing.assert_close(symmetrized(total), stacked.T @ stacked, rtol=1e-12, atol=1e-12)
