@@ -156,3 +156,38 @@ def test_warm_starts_from_distant_right_hand_sides_price_held_columns_correctly(
         original_rhs = np.concatenate([problem["b_ub"], problem["b_eq"]])
         assert warm.basis.dual_bound(original_rhs) <= _highs(problem).fun + 1e-9
         start = warm.basis
+
+
+def test_solves_from_a_cached_start_match_highs_and_an_uncached_solver() -> None:
+    # The first-round state of a start basis is cached: later solves from it must not see what an
+    # earlier solve changed, and must give the same answer, bit for bit, as a solver without the cache.
+    problem = _random_boxed_lp(30, 3000, num_ub=8)
+    boxed = _boxed(problem)
+    start = boxed.solve(problem["b_ub"], problem["b_eq"], working_size=200).basis
+    assert start is not None
+    rng = np.random.default_rng(31)
+    right_hand_sides = [problem["b_ub"] * rng.uniform(0.5, 2.0, 8) for _ in range(4)]
+    for b_ub in right_hand_sides + right_hand_sides[::-1]:
+        changed = dict(problem, b_ub=b_ub)
+        cached = boxed.solve(b_ub, problem["b_eq"], start=start, working_size=200)
+        uncached = _boxed(problem).solve(b_ub, problem["b_eq"], start=start, working_size=200)
+        assert cached.basis is not None  # the dual simplex decided, not the HiGHS fallback
+        _assert_optimal_and_feasible(cached, changed, _highs(changed))
+        np.testing.assert_array_equal(cached.x, uncached.x)
+        assert cached.iterations == uncached.iterations
+
+
+def test_evicted_starts_are_rebuilt_correctly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("lightning_pareto.pareto._dual_simplex._CACHED_STARTS", 2)
+    problem = _random_boxed_lp(32, 2000, num_ub=6)
+    boxed = _boxed(problem)
+    rng = np.random.default_rng(33)
+    starts = []
+    for _ in range(4):
+        b_ub = problem["b_ub"] * rng.uniform(0.5, 2.0, 6)
+        starts.append(boxed.solve(b_ub, problem["b_eq"], working_size=100).basis)
+    for start in starts + starts:  # each start again after the cache has evicted it
+        result = boxed.solve(problem["b_ub"], problem["b_eq"], start=start, working_size=100)
+        assert result.basis is not None
+        _assert_optimal_and_feasible(result, problem, _highs(problem))
+    assert len(boxed._start_states) == 2
