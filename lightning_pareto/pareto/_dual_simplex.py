@@ -284,15 +284,20 @@ class BoxedLP:
         else:
             # A Basis's duals came from the same basis matrix: equal to recomputing them, bit for bit.
             basic, duals = start.basic, start.duals
+        # A full cache gives its least recently used entry's arrays to this one: fresh length-N arrays
+        # cost their page faults (as much again as the passes that fill them).
+        recycled = None
+        if start is not None and len(self._start_states) >= _CACHED_STARTS:
+            recycled = self._start_states.popitem(last=False)[1][1]
         reduced = self._reduced_costs(duals)
         # Nonbasic columns on the bound their reduced cost points to (ties on the cheaper bound).
-        closeness = np.abs(reduced)
-        at_upper = reduced < 0
+        closeness = np.abs(reduced, out=None if recycled is None else recycled.closeness)
+        at_upper = np.less(reduced, 0.0, out=None if recycled is None else recycled.at_upper)
         ties = closeness <= self.dual_tolerance
         if ties.any():
             at_upper[ties] = self._cost_negative[ties]
         closeness *= self._inverse_norms
-        working = _about_smallest(closeness, working_size)
+        working = _about_smallest(closeness, working_size, out=None if recycled is None else recycled.working)
         working[basic[basic < self.num_columns]] = True
         columns = np.flatnonzero(working)
         state = _StartState(
@@ -306,8 +311,6 @@ class BoxedLP:
         )
         if start is not None:
             self._start_states[key] = (start, state)
-            if len(self._start_states) > _CACHED_STARTS:
-                self._start_states.popitem(last=False)
         return state
 
     def _held_activity_and_cost(self, at_upper: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -636,19 +639,22 @@ def _smallest(values: np.ndarray, count: int) -> np.ndarray:
     return np.argpartition(values, count)[:count]
 
 
-def _about_smallest(values: np.ndarray, count: int) -> np.ndarray:
+def _about_smallest(values: np.ndarray, count: int, out: np.ndarray | None = None) -> np.ndarray:
     """Mask of about the ``count`` smallest values (all values up to a cut): faster than a full partition.
 
     The cut is the matching order statistic of an evenly strided sample of at least ``4 * count``
     values (all of them when there are few), so the mask is deterministic and its size close to
     ``count``; the working set it starts is only a guess anyway (sifting adds what it misses).
+    The mask is written into ``out`` (a bool array shaped like ``values``) when given.
     """
     if count >= len(values):
-        return np.ones(len(values), dtype=bool)
+        mask = np.empty(len(values), dtype=bool) if out is None else out
+        mask.fill(True)
+        return mask
     stride = max(1, len(values) // (4 * count))
     sample = values[::stride]
     rank = min(len(sample) - 1, count // stride)
-    return values <= np.partition(sample, rank)[rank]
+    return np.less_equal(values, np.partition(sample, rank)[rank], out=out)
 
 
 def _from_linprog(result: OptimizeResult) -> BoxedLPResult:

@@ -120,6 +120,9 @@ def test_about_smallest_keeps_about_count_smallest_values_deterministically(coun
     if not mask.all():
         assert values[mask].max() <= values[~mask].min()
     np.testing.assert_array_equal(mask, _about_smallest(values.copy(), count))
+    out = np.zeros(len(values), dtype=bool)
+    assert _about_smallest(values, count, out=out) is out
+    np.testing.assert_array_equal(out, mask)
 
 
 def _dual_bound_offset_from_definition(problem: dict[str, np.ndarray], duals: np.ndarray) -> float:
@@ -178,6 +181,7 @@ def test_solves_from_a_cached_start_match_highs_and_an_uncached_solver() -> None
 
 
 def test_evicted_starts_are_rebuilt_correctly(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With two cached starts, every new start reuses an evicted entry's arrays.
     monkeypatch.setattr("lightning_pareto.pareto._dual_simplex._CACHED_STARTS", 2)
     problem = _random_boxed_lp(32, 2000, num_ub=6)
     boxed = _boxed(problem)
