@@ -171,3 +171,57 @@ def test_strip_accumulation_equals_the_dense_gram(monkeypatch: pytest.MonkeyPatc
         accumulate_gram(total, rows)
     stacked = torch.cat(batches)
     torch.testing.assert_close(symmetrized(total), stacked.T @ stacked, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("strip_width", "width"), [(7, 13), (7, 31), (800, 1700)])
+def test_gram_with_a_ones_column_equals_the_dense_gram(monkeypatch: pytest.MonkeyPatch, strip_width: int, width: int) -> None:
+    """The bias slot's Gram row is taken from column sums and the row count, not a product."""
+    from lightning_pareto.influence._kronecker import accumulate_gram, symmetrized
+
+    monkeypatch.setattr(_kronecker, "_STRIP_WIDTH", strip_width)
+    generator = torch.Generator().manual_seed(width)
+    batches = [torch.randn(rows, width, dtype=torch.float64, generator=generator) for rows in (5, 9)]
+    for rows in batches:
+        rows[:, -1] = 1.0
+    total = torch.zeros(width, width, dtype=torch.float64)
+    for rows in batches:
+        accumulate_gram(total, rows, ones_last=True)
+    stacked = torch.cat(batches)
+    torch.testing.assert_close(symmetrized(total, ones_last=True), stacked.T @ stacked, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("ones_last", [False, True])
+@pytest.mark.parametrize("kept", [5, 32, 33])
+def test_input_rotation_equals_the_plain_product(ones_last: bool, kept: int) -> None:
+    """Padded columns are zero and the folded-in bias row gives the same product as ``rows @ U_A``."""
+    from lightning_pareto.influence._kronecker import _InputRotation
+
+    generator = torch.Generator().manual_seed(kept)
+    vectors = torch.randn(40, kept, dtype=torch.float64, generator=generator)
+    rows = torch.randn(6, 3, 40, dtype=torch.float64, generator=generator)
+    if ones_last:
+        rows[..., -1] = 1.0
+    rotation = _InputRotation.of(vectors, ones_last=ones_last)
+    assert rotation.padded.shape[1] % 32 == 0
+    product = rotation.inputs(rows)
+    torch.testing.assert_close(product[..., :kept], rows @ vectors, rtol=1e-12, atol=1e-12)
+    assert torch.all(product[..., kept:] == 0)
+    torch.testing.assert_close(rotation.inputs(rows[:, 0]), rows[:, 0] @ rotation.padded, rtol=1e-12, atol=1e-12)
+
+
+def test_leading_eigh_of_a_float32_matrix_matches_the_dense_float64_pairs() -> None:
+    """A wide factor reaches leading_eigh in float32: pairs still match a dense float64 eigh."""
+    generator = torch.Generator().manual_seed(3)
+    size = 600
+    basis, _ = torch.linalg.qr(torch.randn(size, size, dtype=torch.float64, generator=generator))
+    spectrum = torch.logspace(0, -12, size, dtype=torch.float64)  # 1e-4 at rank 200
+    matrix = ((basis * spectrum) @ basis.T).float()
+    found_values, found_vectors = leading_eigh(matrix, tolerance=1e-4)
+    values, vectors = torch.linalg.eigh(matrix.double())
+    values, vectors = values.flip(0), vectors.flip(1)
+    keep = found_values.shape[0]
+    assert found_values.dtype == torch.float64
+    assert keep == int((values > 1e-4 * values[0]).sum())
+    torch.testing.assert_close(found_values, values[:keep], rtol=1e-4, atol=1e-8)
+    overlap = (found_vectors.T @ vectors[:, :keep]).abs().diagonal()
+    assert overlap[: keep // 2].min() > 0.999
