@@ -15,8 +15,8 @@ second moments of the per-sample gradients in that basis:
 
 Wide layers (more than ``TRUNCATE_INPUTS_ABOVE`` inputs, e.g. the 3,137 of a Linear after a
 flattened feature map) keep only the leading eigenvectors of ``A``: those down to
-``TRUNCATION_TOLERANCE`` times its largest eigenvalue, found by randomized subspace iteration in
-float64. The rest of the input space is one isotropic block with the mean of the discarded
+``TRUNCATION_TOLERANCE`` times its largest eigenvalue, found by randomized subspace iteration
+(float32 range finder, float64 Rayleigh-Ritz). The rest of the input space is one isotropic block with the mean of the discarded
 eigenvalues (K-FAC), or the mean second moment of the gradients' components in it (EKFAC), per
 output eigendirection. A dense ``d x d`` eigendecomposition and the ``n x d x d`` rotations become
 ``d x d x k`` and ``n x d x k`` work. The price: ``(lambda_j + damping)^{-1}`` of a discarded
@@ -155,7 +155,8 @@ def kronecker_factors(
         # A wide factor stays in its float32: leading_eigh's range finder runs in float32, and a
         # float64 copy of a 3,137 x 3,137 matrix (page faults included) costs more than it serves.
         inputs = inputs.double() if inputs.shape[0] <= TRUNCATE_INPUTS_ABOVE else inputs.clone()
-        factors[name] = (inputs.div_(layer_positions[name]), all_reduce_sum(symmetrized(grad_sums[name])).double().div_(samples))
+        grads = all_reduce_sum(symmetrized(grad_sums[name])).double()
+        factors[name] = (inputs.div_(layer_positions[name]), grads.div_(samples))
     return factors
 
 
@@ -251,8 +252,9 @@ def leading_eigh(matrix: Tensor, tolerance: float | None = None, seed: int = 0) 
     """Leading eigenpairs of a positive semi-definite matrix down to ``tolerance`` times the largest.
 
     Randomized subspace iteration (Halko, Martinsson & Tropp 2011, algorithm 4.4; float32 range finder,
-    float64 Rayleigh-Ritz) with a seeded start, growing the rank from ``_START_RANK`` (see ``_next_rank``) until the smallest kept
-    eigenvalue is below ``tolerance`` times the largest (so everything discarded is smaller still).
+    float64 Rayleigh-Ritz) with a seeded start, growing the rank from ``_START_RANK`` (see
+    ``_next_rank``) until the smallest kept eigenvalue is below ``tolerance`` times the largest (so
+    everything discarded is smaller still).
 
     Args:
         matrix: Symmetric PSD tensor of shape ``(d, d)``, float32 or float64.
@@ -445,7 +447,10 @@ def corrected_eigenvalues(
         Layer name -> ``KroneckerFactors`` with the corrected eigenvalues.
     """
     # Sums over the padded input columns of _InputRotation (the padding's stay zero).
-    sums = {name: basis.eigenvalues.new_zeros(basis.eigenvalues.shape[0], _aligned(basis.eigenvalues.shape[1])) for name, basis in bases.items()}
+    sums = {
+        name: basis.eigenvalues.new_zeros(basis.eigenvalues.shape[0], _aligned(basis.eigenvalues.shape[1]))
+        for name, basis in bases.items()
+    }
     # Truncated bases: second moments of the gradients' components outside the kept input directions.
     outside = {name: torch.zeros_like(basis.residual) for name, basis in bases.items() if basis.residual is not None}
     rotations: dict[str, tuple[_InputRotation, Tensor]] = {}
