@@ -15,7 +15,9 @@ flipped (which keeps the basis dual feasible, since they are boxed) and join the
 dual simplex goes on. At exit every column satisfies the full LP's optimality conditions, so the
 answer is the full LP's optimum. An optimal basis stays dual feasible when only the right-hand side
 changes, so passing it as the next solve's ``start`` leaves only a short primal repair; its dual
-bound for the new right-hand side (:meth:`Basis.dual_bound`) says how good a start it is.
+bound for the new right-hand side (:meth:`Basis.dual_bound`) says how good a start it is. What the
+first round needs from a start (reduced-cost signs, working set, held activity) does not depend on
+the right-hand side: it is cached for the last starts used.
 
 Anything unexpected (an iteration cap, a near-singular basis, an infeasibility verdict) hands the LP to
 HiGHS whole, whose answer is returned instead.
