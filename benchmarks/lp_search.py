@@ -7,6 +7,10 @@ Times are medians over repeats. Prints a table and writes ``benchmarks/results/l
 
     python benchmarks/lp_search.py                      # n = 5,000 and 50,000, 3 repeats
     python benchmarks/lp_search.py --sizes 5000 --repeats 5
+    python benchmarks/lp_search.py --compare-with /tmp/old --repeats 5   # interleaved A/B at n = 50,000
+
+For an A/B, export the old code with ``git archive <commit> | tar -x -C /tmp/old``: each search runs in
+its own process, old and new taking turns, so both see the same load (nothing is written).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -117,12 +122,47 @@ def benchmark_size(num_samples: int, repeats: int, search: bool) -> dict[str, An
     return row
 
 
+# One paper-preset search at n = 50,000 in a fresh process, on the code under ROOT (set before this).
+_SEARCH_IN_PROCESS = """
+import hashlib, json, sys, time
+sys.path[:0] = [ROOT, ROOT + "/tests/pareto"]
+from _pareto_cases import trade_off_influence
+from lightning_pareto.pareto import search_weights
+influence = trade_off_influence(50000, 10, seed=0)
+search_weights(influence, [0, 2], preset="fast", progress=False)  # imports and first calls, untimed
+start = time.perf_counter()
+result = search_weights(influence, [0, 2], preset="paper", progress=False)
+print(json.dumps({"seconds": time.perf_counter() - start, "fitness": result.fitness,
+                  "weights_sha1": hashlib.sha1(result.weights.tobytes()).hexdigest()}))
+"""
+
+
+def compare(old_root: Path, repeats: int) -> None:
+    """Interleaved A/B of the paper-preset search at n = 50,000: code under ``old_root`` vs this repository."""
+    roots = {"old": str(old_root.resolve()), "new": str(REPOSITORY)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in roots}
+    for _ in range(repeats):
+        for name, root in roots.items():
+            script = f"ROOT = {root!r}\n" + _SEARCH_IN_PROCESS
+            output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(output.stdout.strip().splitlines()[-1]))
+            print(name, runs[name][-1], flush=True)
+    for name, results in runs.items():
+        print(f"{name}: median {statistics.median(r['seconds'] for r in results):.3f} s")
+    outcomes = {(r["fitness"], r["weights_sha1"]) for results in runs.values() for r in results}
+    print("identical fitness and weights:", len(outcomes) == 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 50000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-search", action="store_true", help="time the LP only")
+    parser.add_argument("--compare-with", type=Path, help="root of older code: interleaved A/B of the search instead")
     arguments = parser.parse_args()
+    if arguments.compare_with is not None:
+        compare(arguments.compare_with, arguments.repeats)
+        return
 
     machine = {
         "platform": platform.platform(),
