@@ -16,9 +16,9 @@ second moments of the per-sample gradients in that basis:
 Wide layers (more than ``TRUNCATE_INPUTS_ABOVE`` inputs, e.g. the 3,137 of a Linear after a
 flattened feature map) keep only the leading eigenvectors of ``A``: those down to
 ``TRUNCATION_TOLERANCE`` times its largest eigenvalue, found by randomized subspace iteration
-(float32 range finder, float64 Rayleigh-Ritz). The rest of the input space is one isotropic block with the mean of the discarded
-eigenvalues (K-FAC), or the mean second moment of the gradients' components in it (EKFAC), per
-output eigendirection. A dense ``d x d`` eigendecomposition and the ``n x d x d`` rotations become
+(float32 range finder, float64 Rayleigh-Ritz). The rest of the input space is one isotropic block
+with the mean of the discarded eigenvalues (K-FAC), or the mean second moment of the gradients'
+components in it (EKFAC), per output eigendirection. A dense ``d x d`` eigendecomposition and the ``n x d x d`` rotations become
 ``d x d x k`` and ``n x d x k`` work. The price: ``(lambda_j + damping)^{-1}`` of a discarded
 direction is replaced by that of the block's mean, an error below ``TRUNCATION_TOLERANCE`` times the
 layer's largest eigenvalue over the damping (about 1e-3 at the default damping; the trained
@@ -152,9 +152,10 @@ def kronecker_factors(
     factors = {}
     for name in tracked:
         inputs = all_reduce_sum(symmetrized(input_sums[name], ones_last=has_bias[name]))
-        # A wide factor stays in its float32: leading_eigh's range finder runs in float32, and a
-        # float64 copy of a 3,137 x 3,137 matrix (page faults included) costs more than it serves.
-        inputs = inputs.double() if inputs.shape[0] <= TRUNCATE_INPUTS_ABOVE else inputs.clone()
+        # A wide factor stays in its float32 (the sums are not used again, so it is divided in place):
+        # leading_eigh's range finder runs in float32, and a float64 copy of a 3,137 x 3,137 matrix
+        # (page faults included) costs more than it serves.
+        inputs = inputs.double() if inputs.shape[0] <= TRUNCATE_INPUTS_ABOVE else inputs
         grads = all_reduce_sum(symmetrized(grad_sums[name])).double()
         factors[name] = (inputs.div_(layer_positions[name]), grads.div_(samples))
     return factors
@@ -497,6 +498,6 @@ def corrected_eigenvalues(
         if name in outside:
             discarded = basis.eigvecs_inputs.shape[0] - basis.eigvecs_inputs.shape[1]
             residual = all_reduce_sum(outside[name]) / samples / discarded
-        eigenvalues = all_reduce_sum(sums[name][:, : basis.eigenvalues.shape[1]].contiguous()) / samples
+        eigenvalues = all_reduce_sum(sums[name][:, : basis.eigenvalues.shape[1]]) / samples
         corrected[name] = KroneckerFactors(basis.eigvecs_inputs, basis.eigvecs_grads, eigenvalues, residual)
     return corrected
