@@ -26,8 +26,10 @@ HiGHS whole, whose answer is returned instead.
 from __future__ import annotations
 
 import functools
+import threading
 from collections import OrderedDict
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,15 +122,20 @@ class BoxedLP:
         self.a_ub, self.a_eq = a_ub, a_eq
         # The rows with the cost appended: one product with a held-column vector gives both their
         # activity and their cost.
-        # (C order: a row-major product over the columns; np.vstack of column-major inputs is column-major.)
-        self._rows_and_cost = np.ascontiguousarray(np.vstack([a_ub, a_eq, cost[None, :]]))
+        # (C order, filled row by row: a row-major product over the columns; np.vstack of column-major
+        # inputs is column-major, and a copy of it to C order took as long again.)
+        num_ub = a_ub.shape[0]
+        self._rows_and_cost = np.empty((num_ub + a_eq.shape[0] + 1, len(cost)))
+        self._rows_and_cost[:num_ub] = a_ub
+        self._rows_and_cost[num_ub:-1] = a_eq
+        self._rows_and_cost[-1] = cost
         self.rows = self._rows_and_cost[:-1]
         self.num_rows, self.num_columns = self.rows.shape
-        num_ub = a_ub.shape[0]
         # Slack upper bounds: +inf for inequality rows, 0 for equality rows (a fixed slack never enters).
         self.slack_upper = np.concatenate([np.full(num_ub, np.inf), np.zeros(self.num_rows - num_ub)])
         self.dual_tolerance = _DUAL_TOLERANCE * max(1.0, float(np.abs(cost).max(initial=0.0)))
-        self._largest_activity = np.abs(self.rows) @ upper
+        absolute = np.abs(self.rows)
+        self._largest_activity = absolute @ upper
         # Working sets hold the columns whose reduced cost is nearest to changing sign per unit of dual
         # move: |d_j| / ||a_j|| (an all-zero column never changes sign).
         norms = np.sqrt(np.einsum("ij,ij->j", self.rows, self.rows))
@@ -137,7 +144,9 @@ class BoxedLP:
         # The columns one after another (row j is column j): a working set is gathered in one pass over
         # contiguous m-entry blocks, four times faster than picking entries out of every row.
         self._columns_by_row = np.ascontiguousarray(self.rows.T)
-        self._largest_entries = np.abs(self.rows).max(axis=0, initial=0.0)
+        self._largest_entries = absolute.max(axis=0, initial=0.0)
+        del absolute
+        self._identity = np.eye(self.num_rows)
         # Length-N scratch arrays reused by every solve: two large temporaries alive at once made glibc
         # give their pages back and fault them in again at each allocation (a 0.2 ms pass took 1.4 ms).
         self._reduced = np.empty(self.num_columns)
@@ -209,9 +218,14 @@ class BoxedLP:
             else:
                 columns = np.flatnonzero(working)
                 held_activity_and_cost = self._held_activity_and_cost(at_upper, columns)
+            # The working columns one after another, then the slacks' identity rows: gathered straight
+            # into place ("clip" mode writes to `out` unbuffered; the indices are valid anyway).
+            by_column = np.empty((len(columns) + self.num_rows, self.num_rows))
+            np.take(self._columns_by_row, columns, axis=0, out=by_column[: len(columns)], mode="clip")
+            by_column[len(columns) :] = self._identity
             local = _WorkingLP(
                 cost=self.cost[columns],
-                columns_by_row=np.take(self._columns_by_row, columns, axis=0),
+                by_column=by_column,
                 largest_entry=float(self._largest_entries[columns].max(initial=0.0)),
                 rhs=rhs - held_activity_and_cost[:-1],
                 upper=self.upper[columns],
@@ -257,7 +271,7 @@ class BoxedLP:
                 # nothing at zero, which is c^T h - y^T A h for the held vector h; working columns
                 # are priced here.
                 held_part = float(held_activity_and_cost[-1] - outcome.duals @ held_activity_and_cost[:-1])
-                working_reduced = local.cost - local.columns_by_row @ outcome.duals
+                working_reduced = local.cost - local.by_column[: len(columns)] @ outcome.duals
                 working_part = float(np.minimum(working_reduced, 0.0) @ local.upper)
                 return self._optimum(basic, at_upper, outcome, held_part + working_part, iterations)
             flipped = suspects[wrong_bound]
@@ -409,7 +423,7 @@ class _WorkingLP:
     """The LP on the working columns, the other columns' activity moved into the right-hand side."""
 
     cost: np.ndarray
-    columns_by_row: np.ndarray  # (w, m): working column j is row j
+    by_column: np.ndarray  # (w + m, m): working column j is row j, then the m slacks (identity rows)
     largest_entry: float  # max |entry| of the working columns
     rhs: np.ndarray
     upper: np.ndarray
@@ -426,13 +440,11 @@ class _WorkingLP:
         (every ``_REFACTOR_EVERY`` iterations, and before optimality is declared) the inverse,
         duals, reduced costs and row residual are updated, not recomputed.
         """
-        num_structural, num_rows = self.columns_by_row.shape
+        num_columns, num_rows = self.by_column.shape
         # The columns in both layouts: one after another (``by_column[j]`` is column j) to pick out a
         # few of them, and row by row for the pivot row's product with all of them (the per-iteration
         # product, fastest on contiguous rows).
-        by_column = np.empty((num_structural + num_rows, num_rows))
-        by_column[:num_structural] = self.columns_by_row
-        by_column[num_structural:] = np.eye(num_rows)
+        by_column = self.by_column
         columns = np.ascontiguousarray(by_column.T)
         cost = np.concatenate([self.cost, np.zeros(num_rows)])
         upper = np.concatenate([self.upper, self.slack_upper])
@@ -441,17 +453,23 @@ class _WorkingLP:
         inequality_rows = np.isinf(self.slack_upper)
         pivot_scale = _PIVOT_TOLERANCE * max(1.0, self.largest_entry)
         basic = basic.copy()
+        # Work arrays of the iterations (fresh length-w temporaries cost allocations every iteration).
+        towards_wrong_sign = np.empty(num_columns)
         # direction_j = +1 for a column at its lower bound, -1 at its upper bound, 0 for a fixed column;
         # room_j = d_j * direction_j >= 0 is how far column j's reduced cost is from its wrong sign.
-        direction = np.where(np.concatenate([at_upper, np.zeros(num_rows, dtype=bool)]), -1.0, 1.0) * movable
+        direction = np.zeros(num_columns)
+        direction[: len(at_upper)] = at_upper
+        direction *= -2.0
+        direction += 1.0
+        direction *= movable
         duals = basic_values = np.zeros(num_rows)
         iteration = 0
         while True:
-            inverse = _checked_inverse(by_column[basic].T)
+            inverse = _checked_inverse(by_column.take(basic, axis=0).T)
             if inverse is None:
                 return self._outcome("failed", basic, direction, duals, basic_values, iteration)
-            duals = inverse.T @ cost[basic]
-            if np.any(duals[inequality_rows] > self.dual_tolerance):
+            duals = inverse.T @ cost.take(basic)
+            if (duals[inequality_rows] > self.dual_tolerance).any():
                 # A slack's reduced cost -y_r went negative: no longer dual feasible (round-off trouble).
                 return self._outcome("failed", basic, direction, duals, basic_values, iteration)
             reduced = cost - duals @ columns
@@ -462,8 +480,8 @@ class _WorkingLP:
             held = np.where(direction < 0, upper, 0.0)
             held[basic] = 0.0
             residual = self.rhs - columns @ held
-            basic_upper = upper[basic]
-            basic_tolerance = tolerance[basic]
+            basic_upper = upper.take(basic)
+            basic_tolerance = tolerance.take(basic)
             for updates in range(_REFACTOR_EVERY):
                 basic_values = inverse @ residual
                 distance = np.maximum(-basic_values, basic_values - basic_upper)
@@ -486,7 +504,7 @@ class _WorkingLP:
                     leaving = int(score.argmax())
                 to_lower = bool(basic_values[leaving] < 0.0)
                 signed_row = -inverse[leaving] if to_lower else inverse[leaving]
-                towards_wrong_sign = signed_row @ columns
+                np.dot(signed_row, columns, out=towards_wrong_sign)
                 towards_wrong_sign *= direction
                 towards_wrong_sign[basic] = 0.0
                 pivot_tolerance = pivot_scale * float(np.abs(signed_row).sum())
@@ -600,9 +618,25 @@ def single_blas_thread() -> AbstractContextManager[Any]:
     only add synchronisation, and the idle ones spin for a while after each call, taking a core from
     the solver (on two shared cores the solve ran 1.8x slower, single products up to 30x). Wrap every
     call that mixes BLAS with the solver, not only the solver: a threaded call just before it leaves
-    spinning threads behind.
+    spinning threads behind. Nested in another such context on the same thread it does nothing
+    (setting the limit costs about 70 us, twice per LP solve otherwise).
     """
-    return _thread_pools().limit(limits=1, user_api="blas")
+    if getattr(_blas_limit, "active", False):
+        return nullcontext()
+    return _limited_blas()
+
+
+_blas_limit = threading.local()
+
+
+@contextmanager
+def _limited_blas() -> Iterator[None]:
+    with _thread_pools().limit(limits=1, user_api="blas"):
+        _blas_limit.active = True
+        try:
+            yield
+        finally:
+            _blas_limit.active = False
 
 
 @functools.cache
