@@ -195,3 +195,23 @@ def test_evicted_starts_are_rebuilt_correctly(monkeypatch: pytest.MonkeyPatch) -
         assert result.basis is not None
         _assert_optimal_and_feasible(result, problem, _highs(problem))
     assert len(boxed._start_states) == 2
+
+
+def test_nested_single_blas_thread_contexts_keep_one_thread_until_the_outer_one_ends() -> None:
+    from threadpoolctl import threadpool_info
+
+    from lightning_pareto.pareto._dual_simplex import single_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    with single_blas_thread():
+        with single_blas_thread():
+            assert all(threads == 1 for threads in blas_threads())
+        # Leaving the inner context must not restore the threads while the outer one is open.
+        assert all(threads == 1 for threads in blas_threads())
+    assert blas_threads() == before
+    with single_blas_thread():  # usable again after the outer one ended
+        assert all(threads == 1 for threads in blas_threads())
+    assert blas_threads() == before
