@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_pareto._distributed import all_reduce_sum
+from lightning_pareto.influence._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram
 from lightning_pareto.influence._layout import layer_shape
 from lightning_pareto.influence._passes import captured_batches
 
@@ -139,7 +140,16 @@ def kronecker_factors(
         model, loader, tracked, fisher=fisher, seed=seed, desc="influence: factors", progress=progress
     ):
         samples += batch.size
-        for name, (a, g) in batch.layers.items():
+        for name, module in tracked.items():
+            inputs, grads = batch.raw(name)
+            if all(supports_shifted_gram(module, x) for x in inputs):
+                # Stride-1 convolutions: correlations of the feature map, no patches (see _conv_gram).
+                for x, g in zip(inputs, grads):
+                    input_sums[name] += conv_input_gram(module, x)
+                    grad_sums[name] += conv_output_gram(g)
+                    positions[name] += g.shape[0] * g.shape[2] * g.shape[3]
+                continue
+            a, g = batch.layers[name]
             rows_a, rows_g = a.flatten(end_dim=1), g.flatten(end_dim=1)
             accumulate_gram(input_sums[name], rows_a, ones_last=has_bias[name])
             accumulate_gram(grad_sums[name], rows_g)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -117,13 +116,14 @@ def fisher_labels(logits: Tensor, labels: Tensor, fisher: str, generator: torch.
     return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
 
 
-@dataclass
 class CapturedBatch:
     """One batch of a capture pass.
 
     Attributes:
         layers: Layer name -> ``(a, g)``: inputs ``(batch, T, in + has_bias)`` and gradients of the
-            per-sample loss with respect to the outputs ``(batch, T, out)``.
+            per-sample loss with respect to the outputs ``(batch, T, out)`` (see ``LayerCapture.layer``).
+            Each layer's rows are written when first looked up, so a pass that reads only ``raw`` for
+            a layer never unfolds its patches.
         labels: Observed int64 labels ``(batch,)`` on the model's device.
         index: Dataset indices ``(batch,)`` (int64, CPU), or ``None`` when the loader yields ``(x, y)``.
 
@@ -131,14 +131,38 @@ class CapturedBatch:
     buffers that the next batch overwrites: use them before advancing the generator.
     """
 
-    layers: dict[str, tuple[Tensor, Tensor]]
-    labels: Tensor
-    index: Tensor | None
+    def __init__(self, capture: LayerCapture, labels: Tensor, index: Tensor | None) -> None:
+        self._raw = {name: capture.raw(name) for name in capture.tracked}
+        self.layers: Mapping[str, tuple[Tensor, Tensor]] = _LayerRows(capture, self._raw)
+        self.labels, self.index = labels, index
+
+    def raw(self, name: str) -> tuple[list[Tensor], list[Tensor]]:
+        """The layer's inputs and output gradients as recorded, one per call (``LayerCapture.raw``)."""
+        return self._raw[name]
 
     @property
     def size(self) -> int:
         """Number of samples in the batch."""
         return self.labels.shape[0]
+
+
+class _LayerRows(Mapping):
+    """``LayerCapture.rows`` of every tracked layer, each computed once, on first lookup."""
+
+    def __init__(self, capture: LayerCapture, raw: Mapping[str, tuple[list[Tensor], list[Tensor]]]) -> None:
+        self._capture, self._raw = capture, raw
+        self._rows: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def __getitem__(self, name: str) -> tuple[Tensor, Tensor]:
+        if name not in self._rows:
+            self._rows[name] = self._capture.rows(name, *self._raw[name])
+        return self._rows[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
 
 
 def captured_batches(
@@ -185,4 +209,4 @@ def captured_batches(
             loss = per_sample_loss(logits, fisher_labels(logits, y, fisher, generator)).sum()
             if capture.probes():  # none when no tracked layer ran: capture.layer says so below
                 torch.autograd.grad(loss, capture.probes(), allow_unused=True)
-            yield CapturedBatch({name: capture.layer(name) for name in tracked}, y, index)
+            yield CapturedBatch(capture, y, index)

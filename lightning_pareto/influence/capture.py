@@ -348,7 +348,36 @@ class LayerCapture:
         Raises:
             RuntimeError: If the layer was not called, or no output gradient reached it.
         """
-        module = self.tracked[name]
+        return self.rows(name, *self.raw(name))
+
+    def rows(self, name: str, inputs: Sequence[Tensor], grads: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """``layer(name)`` of tensors from ``raw(name)``, also after the capture moved on or closed.
+
+        Args:
+            name: Qualified name of a tracked layer.
+            inputs: Its inputs, one per call.
+            grads: Its output gradients, one per call.
+
+        Returns:
+            ``(a, g)`` as from ``layer``.
+        """
+        a = self._rows(name, "inputs", list(inputs), _write_inputs, _input_rows_shape)
+        g = self._rows(name, "grads", list(grads), _write_output_grads, _grad_rows_shape)
+        return a, g
+
+    def raw(self, name: str) -> tuple[list[Tensor], list[Tensor]]:
+        """The tensors recorded for one layer, as the layer saw them: one input and one output gradient per call.
+
+        Args:
+            name: Qualified name of a tracked layer.
+
+        Returns:
+            ``(inputs, grads)``, lists in call order: the detached layer inputs (``(batch, C_in, H, W)``
+            for Conv2d) and the gradients with respect to the outputs (``(batch, C_out, H_out, W_out)``).
+
+        Raises:
+            RuntimeError: If the layer was not called, or no output gradient reached it.
+        """
         inputs, grads = self._inputs[name], self._grads[name]
         if not inputs:
             raise RuntimeError(f"tracked layer {name!r} was not called in the forward pass")
@@ -357,10 +386,7 @@ class LayerCapture:
                 f"no output gradient reached tracked layer {name!r}: is its output used in the loss, "
                 "outside torch.no_grad()?"
             )
-        a = self._rows(name, "inputs", inputs, _write_inputs, _input_rows_shape)
-        calls = [grads[call] for call in range(len(inputs))]
-        g = self._rows(name, "grads", calls, _write_output_grads, _grad_rows_shape)
-        return a, g
+        return list(inputs), [grads[call] for call in range(len(inputs))]
 
     def _rows(
         self,
