@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_pareto._distributed import all_reduce_sum
+from lightning_pareto.influence._conv_grads import grouped_gradients_pay, per_sample_conv_gradients
 from lightning_pareto.influence._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram
 from lightning_pareto.influence._layout import layer_shape
 from lightning_pareto.influence._passes import captured_batches
@@ -470,14 +471,28 @@ def corrected_eigenvalues(
         model, loader, tracked, fisher=fisher, seed=seed, desc="influence: eigenvalue correction", progress=progress
     ):
         samples += batch.size
-        for name, (a, g) in batch.layers.items():
+        for name, module in tracked.items():
+            inputs, grads = batch.raw(name)
             if name not in rotations:
                 basis = bases[name]
                 rotations[name] = (
-                    _InputRotation.of(basis.eigvecs_inputs.to(a.dtype), ones_last=tracked[name].bias is not None),
-                    basis.eigvecs_grads.to(g.dtype),
+                    _InputRotation.of(basis.eigvecs_inputs.to(inputs[0].dtype), ones_last=module.bias is not None),
+                    basis.eigvecs_grads.to(grads[0].dtype),
                 )
             rotate_a, rotate_g = rotations[name]
+            outputs, features = layer_shape(module)
+            chunk = max(1, _CHUNK_ELEMENTS // (outputs * features))
+            if (
+                name not in outside
+                and grouped_gradients_pay(module, inputs)
+                and _gradient_first(sum(g[0, 0].numel() for g in grads), features, outputs, rotate_a.padded.shape[1])
+            ):
+                for start in range(0, batch.size, chunk):
+                    per_sample = per_sample_conv_gradients(module, inputs, grads, start, min(start + chunk, batch.size))
+                    inner = ((per_sample @ rotate_a.padded).transpose(1, 2) @ rotate_g).square_()
+                    sums[name] += inner.sum(dim=0).T.double()
+                continue
+            a, g = batch.layers[name]
             if a.shape[1] == 1:
                 squared_a, squared_g = rotate_a.inputs(a[:, 0]).square(), (g[:, 0] @ rotate_g).square().T
                 sums[name] += (squared_g @ squared_a).double()
@@ -485,7 +500,6 @@ def corrected_eigenvalues(
                     remainder = (a[:, 0].square().sum(1) - squared_a.sum(1)).clamp(min=0.0)
                     outside[name] += (squared_g @ remainder).double()
                 continue
-            chunk = max(1, _CHUNK_ELEMENTS // (g.shape[2] * a.shape[2]))
             if name not in outside and _gradient_first(*a.shape[1:], g.shape[2], rotate_a.padded.shape[1]):
                 for start in range(0, batch.size, chunk):
                     per_sample = g[start : start + chunk].transpose(1, 2) @ a[start : start + chunk]

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_pareto._distributed import all_reduce_sum, is_distributed, merge_rows
+from lightning_pareto.influence._conv_grads import grouped_gradients_pay, per_sample_conv_gradients
 from lightning_pareto.influence._curvature_subset import check_curvature_samples, curvature_batches
 from lightning_pareto.influence._layout import layer_shape
 from lightning_pareto.influence._passes import captured_batches, influence_mode
@@ -287,11 +288,28 @@ def _score(
     rows: list[tuple[Tensor | None, Tensor]] = []
     for batch in captured_batches(model, loader, tracked, desc="influence: scores", progress=progress):
         total = None
-        for name, (a, g) in batch.layers.items():
-            layer_scores = _contract(a, g, queries[name].to(a.dtype))
+        for name, module in tracked.items():
+            inputs, grads = batch.raw(name)
+            if grouped_gradients_pay(module, inputs):
+                layer_scores = _per_sample_scores(module, inputs, grads, queries[name].to(inputs[0].dtype))
+            else:
+                a, g = batch.layers[name]
+                layer_scores = _contract(a, g, queries[name].to(a.dtype))
             total = layer_scores if total is None else total + layer_scores
         rows.append((batch.index, total.float().cpu()))
     return _assemble(loader, rows, width=next(iter(queries.values())).shape[0])
+
+
+def _per_sample_scores(module: nn.Module, inputs: list[Tensor], grads: list[Tensor], query: Tensor) -> Tensor:
+    """``_contract`` of a narrow Conv2d from its feature maps: per-sample gradients (``_conv_grads``) times the queries."""
+    num_queries, outputs, features = query.shape
+    flat_queries = query.reshape(num_queries, outputs * features).T
+    batch = inputs[0].shape[0]
+    chunk = max(1, _CHUNK_ELEMENTS // (outputs * features))
+    return torch.cat([
+        per_sample_conv_gradients(module, inputs, grads, start, min(start + chunk, batch)).flatten(1) @ flat_queries
+        for start in range(0, batch, chunk)
+    ])  # fmt: skip
 
 
 def _contract(a: Tensor, g: Tensor, query: Tensor) -> Tensor:
