@@ -92,24 +92,35 @@ def benchmark_size(num_samples: int, repeats: int, search: bool) -> dict[str, An
         "objective_sifting_minus_plain": max(abs(a - b) for a, b in objectives),
     }
     if search:
-        search_times, cpu_times, results = [], [], []
-        for _ in range(repeats):
-            cpu_start = time.process_time()
+        search_times, cpu_times, results, one_process_times, one_process_results = [], [], [], [], []
+        for _ in range(repeats):  # the default (two worker processes from 20,000 samples on) and one process, in turns
             seconds, result = _timed(lambda: search_weights(influence, TARGETS, preset="paper", progress=False))
-            cpu_times.append(time.process_time() - cpu_start)
             search_times.append(seconds)
             results.append(result)
-        # One more (untimed) search counts the LP solves of every nested level and their iterations.
+            cpu_start = time.process_time()
+            seconds, result = _timed(
+                lambda: search_weights(influence, TARGETS, preset="paper", progress=False, workers=1)
+            )
+            cpu_times.append(time.process_time() - cpu_start)
+            one_process_times.append(seconds)
+            one_process_results.append(result)
+        # One more (untimed) one-process search counts the LP solves of every nested level and their iterations.
         _, solves, iterations = _count_lp_solves(
-            lambda: search_weights(influence, TARGETS, preset="paper", progress=False)
+            lambda: search_weights(influence, TARGETS, preset="paper", progress=False, workers=1)
         )
         row |= {
             "search_paper_seconds": search_times,
             "search_paper_median": statistics.median(search_times),
-            # Process CPU time: the search runs on one thread, so on a shared machine this is the
-            # steadier measure (wall time includes waiting for a core).
+            "search_paper_one_process_seconds": one_process_times,
+            "search_paper_one_process_median": statistics.median(one_process_times),
+            # Process CPU time of the one-process search (one thread): on a shared machine the steadier
+            # measure, as wall time includes waiting for a core.
             "search_paper_cpu_seconds": cpu_times,
             "search_paper_cpu_median": statistics.median(cpu_times),
+            "search_fitness_one_process": one_process_results[0].fitness,
+            "search_weights_max_difference_to_one_process": float(
+                np.abs(results[0].weights - one_process_results[0].weights).max()
+            ) if results[0].weights is not None and one_process_results[0].weights is not None else None,
             "load_average_after": os.getloadavg(),
             "search_evaluations": results[0].evaluations,
             "search_seconds_per_evaluation": statistics.median(search_times) / results[0].evaluations,
@@ -184,7 +195,8 @@ def main() -> None:
         )
         if "search_paper_median" in row:
             line += (
-                f"  search(paper) {row['search_paper_median']:.1f}s (cpu {row['search_paper_cpu_median']:.1f}s) for {row['search_evaluations']} LPs, "
+                f"  search(paper) {row['search_paper_median']:.2f}s (one process {row['search_paper_one_process_median']:.2f}s, "
+                f"cpu {row['search_paper_cpu_median']:.1f}s) for {row['search_evaluations']} LPs, "
                 f"({row['search_lp_solves']} solves, {row['search_dual_simplex_iterations']} iterations), "
                 f"{row['search_status']}, deterministic={row['search_deterministic']}"
             )

@@ -12,7 +12,8 @@ in the same run and alternately (so that they see the same machine load):
   default damping, empirical Fisher, batches of ``--influence-batch``);
 - ``search_s``: the LP + GA weight search with predicted fitness and the paper's GA settings
   (``search_weights(..., preset="paper")``: 20 generations of 24, 6 elites) for the two classes with
-  the lowest validation accuracy;
+  the lowest validation accuracy, with its default two LP worker processes (the epoch uses both
+  cores too); ``search_one_process_seconds`` times the same search with ``workers=1``;
 - ``influence_subset_s`` (with ``--curvature-samples``, default 10,000): the same influence with the
   curvature fitted on that many samples (``curvature_samples``; every sample still scored), and the
   Spearman correlation of its scores with the all-samples ones.
@@ -180,6 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"after {args.warmup_epochs} warm-up epochs: val accuracy {accuracy.mean():.3f}, targets {targets}")
 
     epoch_seconds, influence_seconds, search_seconds, phases, searches = [], [], [], [], []
+    search_one_process_seconds: list[float] = []
     subset_seconds: list[float] = []
     subset_spearman: list[list[float]] = []
     for repeat in range(args.repeats):
@@ -223,8 +225,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         result = search_weights(influence, targets, preset="paper", seed=repeat, progress=False)
         search_seconds.append(time.perf_counter() - start)
+        # The same search with every LP in this process (the default uses two worker processes here).
+        start = time.perf_counter()
+        single = search_weights(influence, targets, preset="paper", seed=repeat, progress=False, workers=1)
+        search_one_process_seconds.append(time.perf_counter() - start)
         searches.append(
             {
+                "fitness_one_process": single.fitness,
                 "status": result.status,
                 "evaluations": result.evaluations,
                 "generations": result.generations,
@@ -263,6 +270,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "epoch_seconds": epoch_seconds,
         "influence_seconds": influence_seconds,
         "search_seconds": search_seconds,
+        "search_one_process_seconds": search_one_process_seconds,
+        "search_one_process_in_epochs": statistics.median(search_one_process_seconds) / epoch_s,
         "influence_phase_seconds": phases,
         "searches": searches,
         "settings": {

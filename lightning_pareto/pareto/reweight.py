@@ -170,6 +170,8 @@ class WeightLP:
             self._levels.append((len(samples), columns, lp))
         # Optimal bases of earlier solves, per level: each is a start for any other right-hand side.
         self._pools = [_BasisPool() for _ in self._levels]
+        # Every basis this LP's own solves added to the pools, in order (see bases_found_since).
+        self._found: list[tuple[int, Basis]] = []
 
     @property
     def num_samples(self) -> int:
@@ -272,6 +274,20 @@ class WeightLP:
             targets=self.targets,
         )
 
+    @property
+    def bases_found(self) -> int:
+        """Number of optimal bases this LP's own solves have remembered (a mark for ``bases_found_since``)."""
+        return len(self._found)
+
+    def bases_found_since(self, mark: int) -> list[tuple[int, Basis]]:
+        """``(level, basis)`` of the bases remembered since ``mark``: starts another copy of this LP can adopt."""
+        return self._found[mark:]
+
+    def adopt_bases(self, bases: list[tuple[int, Basis]]) -> None:
+        """Remember optimal bases found by another copy of this LP (same data, e.g. a forked worker's)."""
+        for level, basis in bases:
+            self._pools[level].add(basis)
+
     def _solve_nested(self, b_ub_per_sample: np.ndarray) -> BoxedLPResult:
         full_lp = self._levels[-1][2]
         if not self._sifting:
@@ -294,6 +310,7 @@ class WeightLP:
                 # A subset's verdict (or HiGHS's answer) is not the full LP's: solve all samples afresh.
                 return full_lp.solve(b_ub_per_sample * self.num_samples, np.zeros(1), working_size=_WORKING_SIZE)
             self._pools[level].add(result.basis)
+            self._found.append((level, result.basis))
             if level < last:
                 next_columns, next_lp = self._levels[level + 1][1:]
                 lifted = next_lp.basis(_lifted(result.basis.basic, columns, next_columns))
