@@ -51,6 +51,13 @@ class SolverWorkers:
 
     def __init__(self, score: Callable[[Any], Any], count: int) -> None:
         context = multiprocessing.get_context("fork")
+        # A child flushes its copy of the stdio buffers when it exits: empty them first, or buffered
+        # output (a progress bar, a log line) would be printed again.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
         self._processes: list[Any] = []
         self._connections: list[Connection] = []
         try:
