@@ -3,8 +3,9 @@
 The dual simplex spends most of its time in small numpy calls that hold the GIL, so threads would
 not overlap; processes do. Each worker is forked from the searching process once per search and
 keeps its own copy of the LP, including its pools of optimal bases, which warm up over the
-generations as the parent's would. A generation's new candidates are split into contiguous runs,
-one per worker, in GA order, so the split (and therefore every start basis) is deterministic.
+generations as the parent's would. A generation's new candidates are dealt to the workers in GA order
+(every second one to the second worker), so the split, and therefore every start basis, is
+deterministic.
 
 A worker returns its candidates without their weight vectors (50,000 float64s each at CIFAR scale),
 except the first best of its run: the only one that can become the search's best (see
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["SolverWorkers", "WorkerFailure", "contiguous_runs", "fork_workers_available"]
+__all__ = ["SolverWorkers", "WorkerFailure", "fork_workers_available"]
 
 
 class WorkerFailure(RuntimeError):
@@ -127,17 +128,6 @@ class SolverWorkers:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def contiguous_runs(keys: list[Any], count: int) -> list[list[Any]]:
-    """``keys`` cut into ``count`` contiguous runs whose lengths differ by at most one."""
-    size, extra = divmod(len(keys), count)
-    runs, start = [], 0
-    for worker in range(count):
-        stop = start + size + (worker < extra)
-        runs.append(keys[start:stop])
-        start = stop
-    return runs
 
 
 def _serve(score: Callable[[Any], Any], connection: Connection) -> None:

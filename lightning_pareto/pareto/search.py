@@ -16,7 +16,7 @@ import pygad
 
 from lightning_pareto.pareto._arrays import as_float_array
 from lightning_pareto.pareto._dual_simplex import Basis
-from lightning_pareto.pareto._workers import SolverWorkers, WorkerFailure, contiguous_runs, fork_workers_available
+from lightning_pareto.pareto._workers import SolverWorkers, WorkerFailure, fork_workers_available
 from lightning_pareto.pareto.reweight import MIN_RELATIVE_GAIN, Scale, WeightLP, WeightSolution
 
 TrialFunction = Callable[[np.ndarray], Any]
@@ -367,7 +367,9 @@ class _Evaluator:
         keys = [_key(row) for row in genes]
         missing = list(dict.fromkeys(key for key in keys if key not in self.candidates))
         if workers is not None and len(missing) > 1:
-            runs = contiguous_runs(missing, workers.count)
+            # Every count-th candidate per worker: neighbouring candidates often cost alike (elites
+            # first, then offspring), so this balances the workers better than contiguous halves.
+            runs = [missing[worker :: workers.count] for worker in range(workers.count)]
             if len(self._fresh_bases) != workers.count:
                 self._fresh_bases = [[] for _ in range(workers.count)]
             # Each worker adopts the bases the others found in the previous batch.
@@ -376,12 +378,12 @@ class _Evaluator:
                 for worker, run in enumerate(runs)
             ]
             replies = workers.call(payloads)
-            scored = [candidate for candidates, _ in replies for candidate in candidates]
+            scored = {key: candidate for run, (candidates, _) in zip(runs, replies) for key, candidate in zip(run, candidates)}
             self._fresh_bases = [found for _, found in replies]
         else:
-            scored = [self._score(np.asarray(key)) for key in missing]
-        for key, candidate in zip(missing, scored):
-            self.remember(key, candidate)
+            scored = {key: self._score(np.asarray(key)) for key in missing}
+        for key in missing:  # in GA order, whichever worker scored it
+            self.remember(key, scored[key])
         return [self.candidates[key].fitness for key in keys]
 
     def score_run(
@@ -391,7 +393,7 @@ class _Evaluator:
 
         Only the run's first best candidate keeps its weights: it is the only one of the run that
         ``remember`` can make the search's best (the first of equal candidates in evaluation order
-        wins, and runs are contiguous).
+        wins, and a run keeps the evaluation order of its candidates).
         """
         keys, foreign_bases = payload
         self.lp.adopt_bases(foreign_bases)

@@ -9,7 +9,7 @@ import pytest
 from _pareto_cases import trade_off_influence
 
 from lightning_pareto.pareto import search
-from lightning_pareto.pareto._workers import SolverWorkers, WorkerFailure, contiguous_runs, fork_workers_available
+from lightning_pareto.pareto._workers import SolverWorkers, WorkerFailure, fork_workers_available
 
 pytestmark = pytest.mark.skipif(fork_workers_available() == 0, reason="worker processes need fork (Linux)")
 
@@ -91,14 +91,6 @@ def test_auto_uses_workers_only_for_large_sets(monkeypatch) -> None:
     monkeypatch.setattr(search, "PARALLEL_MIN_SAMPLES", 500)
     search.search_weights(small, [0], preset="fast", progress=False)
     assert started == [2]
-
-
-def test_contiguous_runs_cover_the_keys_in_order() -> None:
-    keys = list(range(11))
-    runs = contiguous_runs(keys, 3)
-    assert [len(run) for run in runs] == [4, 4, 3]
-    assert sum(runs, []) == keys
-    assert contiguous_runs([1], 2) == [[1], []]
 
 
 def test_solver_workers_reply_in_worker_order_and_report_errors() -> None:
