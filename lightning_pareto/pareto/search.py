@@ -252,6 +252,9 @@ def _solver_workers(evaluator: _Evaluator, workers: int | None, settings: GAPres
     if workers == 1:
         yield None
         return
+    # One LP solved here before forking (genes at the middle of their range, its result discarded) leaves
+    # every worker a warm basis pool: otherwise each starts the first generation from scratch.
+    evaluator.warm_up()
     try:
         pool = SolverWorkers(evaluator.score_run, workers)
     except WorkerFailure as failure:
@@ -402,6 +405,10 @@ class _Evaluator:
         best = max(range(len(scored)), key=lambda index: scored[index].fitness, default=None)
         candidates = [candidate if index == best else _without_weights(candidate) for index, candidate in enumerate(scored)]
         return candidates, self.lp.bases_found_since(mark)
+
+    def warm_up(self) -> None:
+        """Solve the LP of the middle gene vector (all genes 0.5) to fill the basis pools; nothing is remembered."""
+        self._score(np.full(len(self.lp.non_targets) + int(self.search_trust), 0.5))
 
     def remember(self, key: tuple[float, ...], candidate: _Candidate) -> None:
         """Store a scored candidate; only the best so far (the first of equal ones) keeps its weights."""
