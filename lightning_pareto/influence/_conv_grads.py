@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_pareto.influence._conv_gram import symmetric_padding
+
 __all__ = ["grouped_gradients_pay", "per_sample_conv_gradients"]
 
 # Largest C_in * C_out for which the grouped weight gradient beats patches + batched matmul on CPU.
@@ -33,7 +35,7 @@ def grouped_gradients_pay(module: nn.Module, inputs: Sequence[Tensor]) -> bool:
         and module.groups == 1
         and module.padding_mode == "zeros"
         and module.in_channels * module.out_channels <= _GROUPED_MAX_CHANNEL_PRODUCT
-        and not (module.padding == "same" and any(d * (k - 1) % 2 for k, d in zip(module.kernel_size, module.dilation)))
+        and symmetric_padding(module) is not None
         and all(x.dim() == 4 and x.device.type == "cpu" for x in inputs)
     )
 
@@ -57,38 +59,22 @@ def per_sample_conv_gradients(
     count, outputs = stop - start, module.out_channels
     features = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
     has_bias = module.bias is not None
-    total = None
+    total = inputs[0].new_zeros(count, outputs, features + has_bias)
     for x, g in zip(inputs, grads):
         x, g = x[start:stop], g[start:stop]
-        weight = torch.ops.aten.convolution_backward(
+        total[:, :, :features] += torch.ops.aten.convolution_backward(
             g.reshape(1, count * outputs, *g.shape[2:]),
             x.reshape(1, count * x.shape[1], *x.shape[2:]),
             x.new_empty(count * outputs, *module.weight.shape[1:]),  # only its shape is read
             None,
             module.stride,
-            _numeric_padding(module, x),
+            symmetric_padding(module),
             module.dilation,
             False,
             [0, 0],
             count,
             [False, True, False],
         )[1].view(count, outputs, features)
-        if total is None:
-            total = x.new_empty(count, outputs, features + has_bias)
-            total[:, :, :features] = weight
-            if has_bias:
-                total[:, :, -1] = g.sum(dim=(2, 3))
-        else:
-            total[:, :, :features] += weight
-            if has_bias:
-                total[:, :, -1] += g.sum(dim=(2, 3))
+        if has_bias:
+            total[:, :, -1] += g.sum(dim=(2, 3))
     return total
-
-
-def _numeric_padding(module: nn.Conv2d, inputs: Tensor) -> list[int]:
-    """The padding ``convolution_backward`` wants (``grouped_gradients_pay`` refuses a one-sided "same")."""
-    if module.padding == "valid":
-        return [0, 0]
-    if module.padding == "same":
-        return [dilation * (kernel - 1) // 2 for kernel, dilation in zip(module.kernel_size, module.dilation)]
-    return list(module.padding)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["conv_input_gram", "conv_output_gram", "supports_shifted_gram"]
+__all__ = ["conv_input_gram", "conv_output_gram", "supports_shifted_gram", "symmetric_padding"]
 
 
 def supports_shifted_gram(module: nn.Module, inputs: Tensor) -> bool:
@@ -41,7 +41,7 @@ def supports_shifted_gram(module: nn.Module, inputs: Tensor) -> bool:
         return False
     if tuple(module.stride) != (1, 1) or tuple(module.dilation) != (1, 1) or inputs.dim() != 4:
         return False
-    padding = _symmetric_padding(module)
+    padding = symmetric_padding(module)
     if padding is None:
         return False
     for size, kernel, pad in zip(inputs.shape[2:], module.kernel_size, padding):
@@ -51,14 +51,15 @@ def supports_shifted_gram(module: nn.Module, inputs: Tensor) -> bool:
     return True
 
 
-def _symmetric_padding(module: nn.Conv2d) -> tuple[int, int] | None:
-    """``(pad_h, pad_w)``, each applied on both sides; ``None`` for "same" with an even kernel (one-sided)."""
+def symmetric_padding(module: nn.Conv2d) -> tuple[int, int] | None:
+    """``(pad_h, pad_w)``, each applied on both sides; ``None`` for a one-sided "same" (odd total padding)."""
     if module.padding == "valid":
         return 0, 0
-    if module.padding == "same":  # stride and dilation 1 here
-        if any(kernel % 2 == 0 for kernel in module.kernel_size):
+    if module.padding == "same":
+        totals = [dilation * (kernel - 1) for kernel, dilation in zip(module.kernel_size, module.dilation)]
+        if any(total % 2 for total in totals):
             return None
-        return module.kernel_size[0] // 2, module.kernel_size[1] // 2
+        return totals[0] // 2, totals[1] // 2
     return module.padding[0], module.padding[1]
 
 
@@ -75,7 +76,7 @@ def conv_input_gram(module: nn.Conv2d, inputs: Tensor) -> Tensor:
         last, the number of positions ``batch * H_out * W_out``.
     """
     batch, channels, height, width = inputs.shape
-    (kh, kw), (ph, pw) = module.kernel_size, _symmetric_padding(module)
+    (kh, kw), (ph, pw) = module.kernel_size, symmetric_padding(module)
     out_h, out_w = height + 2 * ph - kh + 1, width + 2 * pw - kw + 1
     inputs = inputs.contiguous()
     # Every term is a correlation of a region of the input with the input around it.

@@ -482,31 +482,31 @@ def corrected_eigenvalues(
             rotate_a, rotate_g = rotations[name]
             outputs, features = layer_shape(module)
             chunk = max(1, _CHUNK_ELEMENTS // (outputs * features))
-            if (
-                name not in outside
-                and grouped_gradients_pay(module, inputs)
-                and _gradient_first(sum(g[0, 0].numel() for g in grads), features, outputs, rotate_a.padded.shape[1])
-            ):
-                for start in range(0, batch.size, chunk):
-                    per_sample = per_sample_conv_gradients(module, inputs, grads, start, min(start + chunk, batch.size))
-                    inner = ((per_sample @ rotate_a.padded).transpose(1, 2) @ rotate_g).square_()
-                    sums[name] += inner.sum(dim=0).T.double()
-                continue
-            a, g = batch.layers[name]
-            if a.shape[1] == 1:
+            # Narrow convolutions get per-sample gradients from their feature maps (_conv_grads); the
+            # rest from the unfolded rows.
+            grouped = name not in outside and grouped_gradients_pay(module, inputs)
+            a, g = (None, None) if grouped else batch.layers[name]
+            if not grouped and a.shape[1] == 1:
                 squared_a, squared_g = rotate_a.inputs(a[:, 0]).square(), (g[:, 0] @ rotate_g).square().T
                 sums[name] += (squared_g @ squared_a).double()
                 if name in outside:  # ||P a||^2 = ||a||^2 - ||U_A^T a||^2 (a rank-one gradient)
                     remainder = (a[:, 0].square().sum(1) - squared_a.sum(1)).clamp(min=0.0)
                     outside[name] += (squared_g @ remainder).double()
                 continue
-            if name not in outside and _gradient_first(*a.shape[1:], g.shape[2], rotate_a.padded.shape[1]):
+            positions = sum(grad[0, 0].numel() for grad in grads) if grouped else a.shape[1]
+            if name not in outside and _gradient_first(positions, features, outputs, rotate_a.padded.shape[1]):
                 for start in range(0, batch.size, chunk):
-                    per_sample = g[start : start + chunk].transpose(1, 2) @ a[start : start + chunk]
+                    stop = min(start + chunk, batch.size)
+                    if grouped:
+                        per_sample = per_sample_conv_gradients(module, inputs, grads, start, stop)
+                    else:
+                        per_sample = g[start:stop].transpose(1, 2) @ a[start:stop]
                     # (U_G^T G U_A)^T = (G U_A)^T U_G, with G U_A as one matmul over the chunk's rows.
                     inner = ((per_sample @ rotate_a.padded).transpose(1, 2) @ rotate_g).square_()
                     sums[name] += inner.sum(dim=0).T.double()
                 continue
+            if grouped:
+                a, g = batch.layers[name]
             rotated_a, rotated_g = rotate_a.inputs(a), g @ rotate_g
             for start in range(0, batch.size, chunk):
                 part_g = rotated_g[start : start + chunk].transpose(1, 2)

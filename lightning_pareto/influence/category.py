@@ -302,13 +302,18 @@ def _score(
 
 def _per_sample_scores(module: nn.Module, inputs: list[Tensor], grads: list[Tensor], query: Tensor) -> Tensor:
     """``_contract`` of a narrow Conv2d from its feature maps: per-sample gradients (``_conv_grads``) times the queries."""
-    num_queries, outputs, features = query.shape
-    flat_queries = query.reshape(num_queries, outputs * features).T
-    batch = inputs[0].shape[0]
-    chunk = max(1, _CHUNK_ELEMENTS // (outputs * features))
+    return _gradient_scores(
+        lambda start, stop: per_sample_conv_gradients(module, inputs, grads, start, stop), inputs[0].shape[0], query
+    )
+
+
+def _gradient_scores(per_sample: Callable[[int, int], Tensor], batch: int, query: Tensor) -> Tensor:
+    """Inner products of per-sample gradients ``per_sample(start, stop)`` ``(b, o, i)`` with ``query`` ``(K, o, i)``, chunked."""
+    num_queries, outputs, inputs = query.shape
+    flat_queries = query.reshape(num_queries, outputs * inputs).T
+    chunk = max(1, _CHUNK_ELEMENTS // (outputs * inputs))
     return torch.cat([
-        per_sample_conv_gradients(module, inputs, grads, start, min(start + chunk, batch)).flatten(1) @ flat_queries
-        for start in range(0, batch, chunk)
+        per_sample(start, min(start + chunk, batch)).flatten(1) @ flat_queries for start in range(0, batch, chunk)
     ])  # fmt: skip
 
 
@@ -327,12 +332,7 @@ def _contract(a: Tensor, g: Tensor, query: Tensor) -> Tensor:
     batch, positions, inputs = a.shape
     num_queries, outputs = query.shape[:2]
     if positions * num_queries > positions + num_queries:
-        chunk = max(1, _CHUNK_ELEMENTS // (outputs * inputs))
-        flat_queries = query.reshape(num_queries, outputs * inputs).T
-        return torch.cat([
-            (g[start : start + chunk].transpose(1, 2) @ a[start : start + chunk]).flatten(1) @ flat_queries
-            for start in range(0, batch, chunk)
-        ])  # fmt: skip
+        return _gradient_scores(lambda start, stop: g[start:stop].transpose(1, 2) @ a[start:stop], batch, query)
     rows_a, rows_g = a.flatten(end_dim=1), g.flatten(end_dim=1)
     if outputs <= inputs:
         big, small, weights = rows_a, rows_g, query.reshape(num_queries * outputs, inputs).T

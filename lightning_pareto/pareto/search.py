@@ -369,22 +369,21 @@ class _Evaluator:
         """
         keys = [_key(row) for row in genes]
         missing = list(dict.fromkeys(key for key in keys if key not in self.candidates))
-        if workers is not None and len(missing) > 1:
-            # Every count-th candidate per worker: neighbouring candidates often cost alike (elites
-            # first, then offspring), so this balances the workers better than contiguous halves.
-            runs = [missing[worker :: workers.count] for worker in range(workers.count)]
-            if len(self._fresh_bases) != workers.count:
-                self._fresh_bases = [[] for _ in range(workers.count)]
-            # Each worker adopts the bases the others found in the previous batch.
-            payloads = [
-                (run, [basis for other, found in enumerate(self._fresh_bases) if other != worker for basis in found])
-                for worker, run in enumerate(runs)
-            ]
-            replies = workers.call(payloads)
-            scored = {key: candidate for run, (candidates, _) in zip(runs, replies) for key, candidate in zip(run, candidates)}
-            self._fresh_bases = [found for _, found in replies]
-        else:
-            scored = {key: self._score(np.asarray(key)) for key in missing}
+        if workers is None or len(missing) < 2:
+            return [self.evaluate(row) for row in genes]
+        # Every count-th candidate per worker: neighbouring candidates often cost alike (elites
+        # first, then offspring), so this balances the workers better than contiguous halves.
+        runs = [missing[worker :: workers.count] for worker in range(workers.count)]
+        if len(self._fresh_bases) != workers.count:
+            self._fresh_bases = [[] for _ in range(workers.count)]
+        # Each worker adopts the bases the others found in the previous batch.
+        payloads = [
+            (run, [basis for other, found in enumerate(self._fresh_bases) if other != worker for basis in found])
+            for worker, run in enumerate(runs)
+        ]
+        replies = workers.call(payloads)
+        scored = {key: candidate for run, (candidates, _) in zip(runs, replies) for key, candidate in zip(run, candidates)}
+        self._fresh_bases = [found for _, found in replies]
         for key in missing:  # in GA order, whichever worker scored it
             self.remember(key, scored[key])
         return [self.candidates[key].fitness for key in keys]
