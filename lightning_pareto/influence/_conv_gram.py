@@ -14,7 +14,8 @@ weight gradient of a ``(2 kh - 1) x (2 kw - 1)`` convolution whose output gradie
 a few border rows and columns (one each side for a 3x3 kernel with padding 1); their correlations are
 the same call on those strips, subtracted by inclusion-exclusion. For SmallCNN's 16-channel 3x3 conv
 over 16x16 inputs that is ``25 C^2 HW`` multiply-adds per sample instead of the patches' ``(9 C)^2 HW``,
-and no ``9x`` larger patch tensor is written (see ``benchmarks/RESULTS.md``).
+and no ``9x`` larger patch tensor is written (``python benchmarks/conv_routes.py``: 21 against 34 ms a
+batch of 256 for that layer, 13 against 33 ms for the 3-channel one before it).
 """
 
 from __future__ import annotations
