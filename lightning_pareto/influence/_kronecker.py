@@ -102,6 +102,31 @@ class KroneckerFactors:
         solved = rotated * outside_scale + (scaled - inner * outside_scale) @ rotate_a.T
         return rotate_g @ solved
 
+    def split_inverse(self, projected: Tensor, damping: float) -> tuple[Tensor, Tensor]:
+        """``inverse`` of a truncated basis as ``(W, M)`` with ``inverse(V) = W V + M U_A^T``.
+
+        ``W = U_G diag(1 / (residual + damping)) U_G^T`` and ``M = U_G (S - D U_G^T V U_A)`` with
+        ``S`` the kept directions' scaled coordinates, from ``projected = V U_A`` alone, so no
+        ``(K, out, in)`` array is rotated (``_factored_queries`` keeps ``V`` as validation rows).
+
+        Args:
+            projected: ``V U_A``, shape ``(K, out, k)``.
+            damping: ``lambda``.
+
+        Returns:
+            ``W`` of shape ``(out, out)`` and ``M`` of shape ``(K, out, k)``, in the dtype of ``projected``.
+
+        Raises:
+            ValueError: If the basis is not truncated.
+        """
+        if self.residual is None:
+            raise ValueError("split_inverse needs a truncated input basis")
+        rotate_g = self.eigvecs_grads.to(projected.dtype)
+        outside_scale = 1.0 / (self.residual + damping).to(projected.dtype)
+        inner = rotate_g.T @ projected
+        scaled = inner / (self.eigenvalues + damping).to(projected.dtype)
+        return (rotate_g * outside_scale) @ rotate_g.T, rotate_g @ (scaled - inner * outside_scale[:, None])
+
 
 def kronecker_factors(
     model: nn.Module,

@@ -13,7 +13,9 @@ contraction, one ``inverse_hvp`` of the ``K`` class queries, and one pass over t
 which ``I[i, c] = sum_layers sum_t g_{i,t}^T Q_c a_{i,t}`` is contracted from the captured layer
 inputs ``a`` and output gradients ``g``: no per-sample gradient of a Linear layer is built (for
 layers with positions, Conv2d, per-sample gradients are formed in bounded chunks where that is
-cheaper than the contraction) and memory is bounded by the batch, not the data set.
+cheaper than the contraction) and memory is bounded by the batch, not the data set. Wide Linear
+layers with a truncated basis may keep their validation rows instead of the sums, where the
+factored form of ``_factored_queries`` is cheaper (never more numbers than the sums would hold).
 """
 
 from __future__ import annotations
@@ -26,12 +28,20 @@ from torch import Tensor, nn
 
 from lightning_pareto._distributed import all_reduce_sum, is_distributed, merge_rows
 from lightning_pareto.influence._conv_grads import grouped_gradients_pay, per_sample_conv_gradients
+from lightning_pareto.influence import _kronecker
+from lightning_pareto.influence._factored_queries import FactoredQuery, ValidationRows, concatenated, keeps_rows
 from lightning_pareto.influence._curvature_subset import check_curvature_samples, curvature_batches
 from lightning_pareto.influence._layout import layer_shape
 from lightning_pareto.influence._passes import captured_batches, influence_mode
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.capture import tracked_modules
-from lightning_pareto.influence.curvature import Curvature, check_options, fit_tracked_curvature, resolve_damping
+from lightning_pareto.influence.curvature import (
+    Curvature,
+    KroneckerCurvature,
+    check_options,
+    fit_tracked_curvature,
+    resolve_damping,
+)
 
 __all__ = ["category_influence", "influence_value"]
 
@@ -200,7 +210,10 @@ def _influence(
         fitted = None
     # The validation pass runs first so that bad labels fail before the training passes.
     with influence_mode(model) as device, timed(timings, "queries", device):
-        queries = _mean_gradients(model, val_loader, tracked, num_groups, group_of, group_names, progress)
+        # Under DDP the validation rows are sharded over ranks: only the summed dense queries are whole.
+        queries, rows, counts = _mean_gradients(
+            model, val_loader, tracked, num_groups, group_of, group_names, progress, keep_rows=not is_distributed()
+        )
     if fitted is None:
         fitted = fit_tracked_curvature(
             model, train_loader, tracked, curvature=curvature, damping=damping, fisher=fisher, seed=seed,
@@ -208,9 +221,9 @@ def _influence(
         )  # fmt: skip
     with influence_mode(model) as device:
         with timed(timings, "precondition", device):
-            preconditioned = fitted.inverse_hvp(queries)
+            preconditioned, factored = _precondition(fitted, queries, rows, counts)
         with timed(timings, "scores", device):
-            scores = _score(model, train_loader, tracked, preconditioned, progress)
+            scores = _score(model, train_loader, tracked, preconditioned, factored, progress)
     bad = int((~torch.isfinite(scores)).any(dim=1).sum())
     if bad:
         warnings.warn(
@@ -250,22 +263,51 @@ def _mean_gradients(
     group_of: Callable[[Tensor], Tensor],
     group_names: Sequence[str],
     progress: bool | None,
-) -> dict[str, Tensor]:
-    """Per-group mean loss gradients in the layer layout, ``(num_groups, out, in + has_bias)`` per layer."""
+    *,
+    keep_rows: bool = False,
+) -> tuple[dict[str, Tensor], dict[str, ValidationRows], Tensor]:
+    """Per-group mean loss gradients in the layer layout, ``(num_groups, out, in + has_bias)`` per layer.
+
+    With ``keep_rows``, wide Linear layers (``_factored_queries.keeps_rows``) keep their validation
+    rows instead, as long as they hold fewer numbers than the dense means would; the rest get means.
+
+    Returns:
+        ``(means, rows, counts)``: dense means by layer, ``ValidationRows`` by layer (the layers
+        not in ``means``), and the float64 number of validation samples of each group.
+    """
     sums = {name: module.weight.new_zeros(num_groups, *layer_shape(module)) for name, module in tracked.items()}
     counts = torch.zeros(num_groups, dtype=torch.float64)
+    kept: dict[str, list[tuple[Tensor, Tensor, Tensor]]] | None = None
     for batch in captured_batches(model, loader, tracked, desc="influence: queries", progress=progress):
         groups = group_of(batch.labels)
         counts += torch.bincount(groups.cpu(), minlength=num_groups)
+        if kept is None:
+            wide = _kronecker.TRUNCATE_INPUTS_ABOVE
+            kept = {
+                name: [] for name, module in tracked.items() if keep_rows and keeps_rows(module, batch.raw(name)[0], wide)
+            }
         # Select each group's samples once per batch (not its T-times-longer rows per layer).
         members = [(group, (groups == group).nonzero().squeeze(1)) for group in groups.unique().tolist()]
-        for name, (a, g) in batch.layers.items():
+        for name, module in tracked.items():
+            if name in kept:
+                inputs, grads = batch.raw(name)
+                held = sum(part[0].shape[0] for part in kept[name]) + batch.size
+                outputs, features = layer_shape(module)
+                if keeps_rows(module, inputs, wide) and held * (inputs[0].shape[1] + outputs) < num_groups * outputs * features:
+                    kept[name].append((inputs[0].contiguous(), grads[0].contiguous(), groups))
+                    continue
+                # Too many rows to pay (or a call the rows cannot represent): dense sums from here on.
+                if kept[name]:
+                    sums[name] += concatenated(kept[name], module.bias is not None).group_sums(num_groups)
+                del kept[name]
+            a, g = batch.layers[name]
             for group, samples in members:
                 rows_a, rows_g = a.index_select(0, samples).flatten(end_dim=1), g.index_select(0, samples).flatten(end_dim=1)
                 sums[name][group].addmm_(rows_g.T, rows_a)
+    kept = kept or {}
     # Under DDP each rank saw a shard of the validation set: sum the per-class statistics.
     counts = all_reduce_sum(counts)
-    sums = {name: all_reduce_sum(total) for name, total in sums.items()}
+    sums = {name: all_reduce_sum(total) for name, total in sums.items() if name not in kept}
     if int(counts.sum()) == 0:
         raise ValueError("val_loader yielded no samples")
     empty = [group_names[group] for group in range(num_groups) if counts[group] == 0]
@@ -274,7 +316,28 @@ def _mean_gradients(
             f"no validation samples for {', '.join(empty)}: their influence column is zero", UserWarning, stacklevel=4
         )
     scale = 1.0 / counts.clamp(min=1)
-    return {name: total * scale.to(total)[:, None, None] for name, total in sums.items()}
+    means = {name: total * scale.to(total)[:, None, None] for name, total in sums.items()}
+    rows = {name: concatenated(parts, tracked[name].bias is not None) for name, parts in kept.items()}
+    return means, rows, counts
+
+
+def _precondition(
+    curvature: Curvature, means: Mapping[str, Tensor], rows: Mapping[str, ValidationRows], counts: Tensor
+) -> tuple[dict[str, Tensor], dict[str, FactoredQuery]]:
+    """``inverse_hvp`` of the queries: dense, or factored (``_factored_queries``) where a truncated basis makes that cheaper."""
+    dense, factored = dict(means), {}
+    layers = curvature.layers if isinstance(curvature, KroneckerCurvature) else {}
+    for name, layer_rows in rows.items():
+        layer = layers.get(name)
+        if layer is not None and layer.truncated:
+            cost, dense_cost = FactoredQuery.cost(layer_rows, layer.eigvecs_inputs.shape[1], counts.shape[0])
+            if cost < dense_cost:
+                factored[name] = FactoredQuery.build(layer_rows, counts, layer, curvature.damping)
+                continue
+        dense[name] = layer_rows.group_sums(counts.shape[0]) * (1.0 / counts.clamp(min=1)).to(layer_rows.grads)[:, None, None]
+    if not factored:
+        return curvature.inverse_hvp(dense), factored
+    return {name: layers[name].inverse(query, curvature.damping) for name, query in dense.items()}, factored
 
 
 def _score(
@@ -282,22 +345,33 @@ def _score(
     loader: Iterable,
     tracked: Mapping[str, nn.Module],
     queries: Mapping[str, Tensor],
+    factored: Mapping[str, FactoredQuery],
     progress: bool | None,
 ) -> Tensor:
-    """Scores ``sum_layers sum_t g_t^T Q_k a_t`` of every training sample against the K queries."""
+    """Scores ``sum_layers sum_t g_t^T Q_k a_t`` of every training sample against the K queries.
+
+    ``queries`` holds the dense preconditioned queries, ``factored`` those of the other layers.
+    """
+    queries = dict(queries)
     rows: list[tuple[Tensor | None, Tensor]] = []
     for batch in captured_batches(model, loader, tracked, desc="influence: scores", progress=progress):
         total = None
         for name, module in tracked.items():
             inputs, grads = batch.raw(name)
-            if grouped_gradients_pay(module, inputs):
+            if name in factored and name not in queries and not keeps_rows(module, inputs, 0):
+                # A training call the factored form cannot take (e.g. with positions): dense from here on.
+                queries[name] = factored[name].dense()
+            if name in factored and name not in queries:
+                layer_scores = factored[name].scores(inputs[0], grads[0])
+            elif grouped_gradients_pay(module, inputs):
                 layer_scores = _per_sample_scores(module, inputs, grads, queries[name].to(inputs[0].dtype))
             else:
                 a, g = batch.layers[name]
                 layer_scores = _contract(a, g, queries[name].to(a.dtype))
             total = layer_scores if total is None else total + layer_scores
         rows.append((batch.index, total.float().cpu()))
-    return _assemble(loader, rows, width=next(iter(queries.values())).shape[0])
+    width = next(iter(queries.values())).shape[0] if queries else next(iter(factored.values())).kept.shape[0]
+    return _assemble(loader, rows, width=width)
 
 
 def _per_sample_scores(module: nn.Module, inputs: list[Tensor], grads: list[Tensor], query: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _influence_reference import digits, loader, mlp, relative_error, single_thread, spearman, train  # noqa: F401
+from _influence_reference import loader, relative_error, single_thread, spearman  # noqa: F401
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
@@ -13,26 +13,6 @@ from lightning_pareto.influence import _kronecker, category_influence, fit_curva
 from lightning_pareto.influence._kronecker import _next_rank, leading_eigh
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def digits64() -> tuple[Tensor, Tensor]:
-    x, y = digits(torch.float64)
-    return x[:400], y[:400]
-
-
-@pytest.fixture(scope="module")
-def trained_mlp(digits64) -> nn.Module:
-    return train(mlp().double(), *digits64, steps=80)
-
-
-@pytest.fixture
-def truncate_wide_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Truncate the 65-input first layer of the digits MLP (not its 33-input head), from rank 8."""
-    monkeypatch.setattr(_kronecker, "TRUNCATE_INPUTS_ABOVE", 48)
-    monkeypatch.setattr(_kronecker, "_START_RANK", 8)
-    monkeypatch.setattr(_kronecker, "_OVERSAMPLING", 4)
-    monkeypatch.setattr(_kronecker, "TRUNCATION_TOLERANCE", 1e-2)
 
 
 def _decaying_matrix(size: int, decay: float, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -64,8 +44,8 @@ def _first_layer_inputs(x: Tensor) -> Tensor:
 
 
 @pytest.mark.usefixtures("truncate_wide_inputs")
-def test_truncated_kfac_is_the_kronecker_product_with_the_discarded_spectrum_averaged(trained_mlp, digits64) -> None:
-    x, y = digits64
+def test_truncated_kfac_is_the_kronecker_product_with_the_discarded_spectrum_averaged(trained_mlp, digits400) -> None:
+    x, y = digits400
     curvature = fit_curvature(trained_mlp, loader(x, y), curvature="kfac", damping=0.01)
     layer = curvature.layers["0"]
     assert layer.truncated and not curvature.layers["2"].truncated
@@ -97,8 +77,8 @@ def test_truncated_kfac_is_the_kronecker_product_with_the_discarded_spectrum_ave
 
 
 @pytest.mark.usefixtures("truncate_wide_inputs")
-def test_truncated_ekfac_residual_is_the_mean_second_moment_outside_the_kept_directions(trained_mlp, digits64) -> None:
-    x, y = digits64
+def test_truncated_ekfac_residual_is_the_mean_second_moment_outside_the_kept_directions(trained_mlp, digits400) -> None:
+    x, y = digits400
     curvature = fit_curvature(trained_mlp, loader(x, y), curvature="ekfac", damping=0.01)
     layer = curvature.layers["0"]
     kept = layer.eigvecs_inputs.shape[1]
@@ -117,8 +97,8 @@ def test_truncated_ekfac_residual_is_the_mean_second_moment_outside_the_kept_dir
     torch.testing.assert_close(layer.residual, outside, rtol=1e-8, atol=1e-14)
 
 
-def test_truncation_leaves_default_damped_influence_unchanged(trained_mlp, digits64, monkeypatch: pytest.MonkeyPatch) -> None:
-    x, y = digits64
+def test_truncation_leaves_default_damped_influence_unchanged(trained_mlp, digits400, monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = digits400
     train_data, val_data = loader(x[:300], y[:300]), loader(x[300:], y[300:])
     full = category_influence(trained_mlp, train_data, val_data, 10)
     monkeypatch.setattr(_kronecker, "TRUNCATE_INPUTS_ABOVE", 48)

@@ -1,0 +1,144 @@
+"""Class queries of wide Linear layers kept as validation rows, for truncated Kronecker bases.
+
+For a Linear layer without positions the class-``c`` query is a sum of rank-one gradients,
+``V_c = (1/n_c) sum_{v in c} g_v a_v^T``. With a truncated input basis (see ``_kronecker``) the
+preconditioned query splits (``KroneckerFactors.split_inverse``) as
+
+    (block + lambda I)^{-1} V_c = W V_c + M_c U_A^T,      W = U_G diag(1 / (residual + lambda)) U_G^T,
+
+with ``M_c`` of shape ``(out, k)``, so a training sample's score is
+
+    I[i, c] = (1/n_c) sum_{v in c} (g_v^T W g_i) (a_v^T a_i) + g_i^T M_c U_A^T a_i:
+
+``n_V (in + out) + k (in + K out)`` multiply-adds per training sample with ``n_V`` validation rows,
+against ``K out in`` for the dense ``(K, out, in)`` preconditioned query (the MNIST CNN's 3,137-input
+layer: 4.7M against 8.0M), and the preconditioning works on ``(K, out, k)`` arrays instead of
+rotating ``K x out x in`` ones. Both forms are exact; ``FactoredQuery.cost`` says which is cheaper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lightning_pareto.influence._kronecker import KroneckerFactors
+
+
+def keeps_rows(module: nn.Module, inputs: list[Tensor], wide_above: int) -> bool:
+    """Whether a layer's validation rows may be kept: a Linear called once on ``(batch, in > wide_above)`` inputs."""
+    return isinstance(module, nn.Linear) and len(inputs) == 1 and inputs[0].dim() == 2 and module.in_features > wide_above
+
+
+@dataclass(frozen=True)
+class ValidationRows:
+    """One layer's validation inputs and output gradients with each row's group (class).
+
+    Attributes:
+        features: Layer inputs without the bias slot, ``(n_V, in)``.
+        grads: Loss gradients with respect to the outputs, ``(n_V, out)``.
+        groups: int64 group of each row, ``(n_V,)``.
+        has_bias: Whether the layer has a bias (a constant one after ``features``).
+    """
+
+    features: Tensor
+    grads: Tensor
+    groups: Tensor
+    has_bias: bool
+
+    def group_weights(self, counts: Tensor) -> Tensor:
+        """``(n_V, K)``: ``1 / n_c`` in row v's column ``c = groups[v]``, zero elsewhere (the mean's weights)."""
+        weights = self.grads.new_zeros(self.groups.shape[0], counts.shape[0])
+        scale = (1.0 / counts.clamp(min=1)).to(weights)
+        weights[torch.arange(self.groups.shape[0], device=weights.device), self.groups] = scale[self.groups]
+        return weights
+
+    def group_sums(self, num_groups: int) -> Tensor:
+        """``sum_{v in c} g_v a_v^T`` of every group, shape ``(num_groups, out, in + has_bias)``."""
+        sums = self.grads.new_zeros(num_groups, self.grads.shape[1], self.features.shape[1] + int(self.has_bias))
+        for group in self.groups.unique().tolist():
+            members = (self.groups == group).nonzero().squeeze(1)
+            grads = self.grads.index_select(0, members)
+            sums[group, :, : self.features.shape[1]] = grads.T @ self.features.index_select(0, members)
+            if self.has_bias:
+                sums[group, :, -1] = grads.sum(dim=0)
+        return sums
+
+    def projected(self, counts: Tensor, rotation: Tensor) -> Tensor:
+        """``V_c U_A`` of every group ``c`` (``V_c`` the group's mean gradient), ``(K, out, k)``, from ``rotation = U_A``."""
+        rotated = _rotate(self.features, rotation, self.has_bias)
+        weighted = self.grads * (1.0 / counts.clamp(min=1)).to(self.grads)[self.groups, None]
+        projected = rotated.new_zeros(counts.shape[0], self.grads.shape[1], rotation.shape[1])
+        for group in self.groups.unique().tolist():
+            members = (self.groups == group).nonzero().squeeze(1)
+            projected[group] = weighted.index_select(0, members).T @ rotated.index_select(0, members)
+        return projected
+
+
+def _rotate(features: Tensor, rotation: Tensor, has_bias: bool) -> Tensor:
+    """``[features, 1] @ rotation`` (or ``features @ rotation`` without a bias slot), without the ones column."""
+    rotated = features @ rotation[: features.shape[1]]
+    return rotated + rotation[-1] if has_bias else rotated
+
+
+def concatenated(parts: list[tuple[Tensor, Tensor, Tensor]], has_bias: bool) -> ValidationRows:
+    """``ValidationRows`` of batches ``(features, grads, groups)``."""
+    features, grads, groups = (torch.cat(items) for items in zip(*parts))
+    return ValidationRows(features, grads, groups, has_bias)
+
+
+@dataclass(frozen=True)
+class FactoredQuery:
+    """A layer's preconditioned class queries ``W V_c + M_c U_A^T`` with ``V_c`` kept as validation rows.
+
+    Attributes:
+        features: Validation inputs without the bias slot, ``(n_V, in)``.
+        weighted_grads: ``G_V W`` (``W`` symmetric), ``(n_V, out)``.
+        group_weights: ``(n_V, K)``, see ``ValidationRows.group_weights``.
+        has_bias: Whether the layer's inputs end in a constant one.
+        rotation: ``U_A``, ``(in + has_bias, k)``.
+        kept: ``M``, ``(K, out, k)``.
+    """
+
+    features: Tensor
+    weighted_grads: Tensor
+    group_weights: Tensor
+    has_bias: bool
+    rotation: Tensor
+    kept: Tensor
+
+    @classmethod
+    def build(cls, rows: ValidationRows, counts: Tensor, layer: KroneckerFactors, damping: float) -> FactoredQuery:
+        """Precondition ``rows``' group means with a truncated ``layer`` basis at ``damping``."""
+        dtype = rows.features.dtype
+        rotation = layer.eigvecs_inputs.to(dtype)
+        weights, kept = layer.split_inverse(rows.projected(counts, rotation), damping)
+        return cls(rows.features, rows.grads @ weights, rows.group_weights(counts), rows.has_bias, rotation, kept)
+
+    @staticmethod
+    def cost(rows: ValidationRows, kept: int, num_groups: int) -> tuple[int, int]:
+        """Multiply-adds per training sample: ``(factored, dense)``."""
+        count, inputs = rows.features.shape
+        outputs = rows.grads.shape[1]
+        factored = count * (inputs + outputs) + kept * (inputs + num_groups * outputs)
+        return factored, num_groups * outputs * (inputs + int(rows.has_bias))
+
+    def scores(self, features: Tensor, grads: Tensor) -> Tensor:
+        """``I[i, c]`` of a batch: inputs ``(b, in)`` without the bias slot, output gradients ``(b, out)`` -> ``(b, K)``."""
+        similarity = features @ self.features.T  # a_i^T a_v (the bias slots' product is the 1 added below)
+        if self.has_bias:
+            similarity += 1.0
+        low_rank = ((grads @ self.weighted_grads.T) * similarity) @ self.group_weights
+        rotated = _rotate(features, self.rotation, self.has_bias)
+        num_groups, outputs, kept = self.kept.shape
+        projected = (grads @ self.kept.transpose(0, 1).reshape(outputs, num_groups * kept)).view(-1, num_groups, kept)
+        return low_rank + torch.bmm(projected, rotated[:, :, None]).squeeze(2)
+
+    def dense(self) -> Tensor:
+        """The preconditioned queries as a dense ``(K, out, in + has_bias)`` tensor (``W V_c + M_c U_A^T``)."""
+        inputs = self.features
+        if self.has_bias:
+            inputs = torch.cat([inputs, inputs.new_ones(inputs.shape[0], 1)], dim=1)
+        low_rank = torch.stack([(self.weighted_grads * weights[:, None]).T @ inputs for weights in self.group_weights.T])
+        return low_rank + self.kept @ self.rotation.T
