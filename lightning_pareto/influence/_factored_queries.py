@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_pareto.influence._kronecker import KroneckerFactors
+from lightning_pareto.influence._kronecker import KroneckerFactors, plain_linear
 
 
 def keeps_rows(module: nn.Module, inputs: list[Tensor], wide_above: int) -> bool:
     """Whether a layer's validation rows may be kept: a Linear called once on ``(batch, in > wide_above)`` inputs."""
-    return isinstance(module, nn.Linear) and len(inputs) == 1 and inputs[0].dim() == 2 and module.in_features > wide_above
+    return plain_linear(module, inputs) and module.in_features > wide_above
 
 
 @dataclass(frozen=True)

@@ -139,35 +139,40 @@ def test_single_threaded_lapack_restores_the_thread_count_also_on_errors() -> No
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize(("strip_width", "width"), [(7, 13), (7, 14), (7, 31), (800, 1700)])
-def test_strip_accumulation_equals_the_dense_gram(monkeypatch: pytest.MonkeyPatch, strip_width: int, width: int) -> None:
-    from lightning_pareto.influence._kronecker import accumulate_gram, symmetrized
+@pytest.mark.parametrize("ones", ["none", "last", "implied"])
+@pytest.mark.parametrize(
+    ("strip_width", "strips_from", "width"),
+    [(7, 5, 14), (7, 5, 31), (800, 192, 1700), (800, 192, 289), (800, 192, 200), (800, 192, 150)],
+)
+def test_strip_accumulation_equals_the_dense_gram(
+    monkeypatch: pytest.MonkeyPatch, strip_width: int, strips_from: int, width: int, ones: str
+) -> None:
+    """Strips of the upper triangle (wide and three-strip regimes, none below ``_STRIPS_FROM``), and the
+    bias slot's Gram row from column sums and the row count (``ones_last``: a ones column in the rows;
+    ``ones_implied``: not in them)."""
+    from lightning_pareto.influence._kronecker import _strips, accumulate_gram, symmetrized
 
     monkeypatch.setattr(_kronecker, "_STRIP_WIDTH", strip_width)
+    monkeypatch.setattr(_kronecker, "_STRIPS_FROM", strips_from)
     generator = torch.Generator().manual_seed(width)
     batches = [torch.randn(rows, width, dtype=torch.float64, generator=generator) for rows in (5, 9)]
-    total = torch.zeros(width, width, dtype=torch.float64)
+    if ones == "last":
+        for rows in batches:
+            rows[:, -1] = 1.0
+    total = torch.zeros(width + (ones == "implied"), width + (ones == "implied"), dtype=torch.float64)
     for rows in batches:
-        accumulate_gram(total, rows)
+        accumulate_gram(total, rows, ones_last=ones == "last", ones_implied=ones == "implied")
     stacked = torch.cat(batches)
-    torch.testing.assert_close(symmetrized(total), stacked.T @ stacked, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize(("strip_width", "width"), [(7, 13), (7, 31), (800, 1700)])
-def test_gram_with_a_ones_column_equals_the_dense_gram(monkeypatch: pytest.MonkeyPatch, strip_width: int, width: int) -> None:
-    """The bias slot's Gram row is taken from column sums and the row count, not a product."""
-    from lightning_pareto.influence._kronecker import accumulate_gram, symmetrized
-
-    monkeypatch.setattr(_kronecker, "_STRIP_WIDTH", strip_width)
-    generator = torch.Generator().manual_seed(width)
-    batches = [torch.randn(rows, width, dtype=torch.float64, generator=generator) for rows in (5, 9)]
-    for rows in batches:
-        rows[:, -1] = 1.0
-    total = torch.zeros(width, width, dtype=torch.float64)
-    for rows in batches:
-        accumulate_gram(total, rows, ones_last=True)
-    stacked = torch.cat(batches)
-    torch.testing.assert_close(symmetrized(total, ones_last=True), stacked.T @ stacked, rtol=1e-12, atol=1e-12)
+    if ones == "implied":
+        stacked = torch.cat([stacked, torch.ones(stacked.shape[0], 1, dtype=torch.float64)], dim=1)
+    torch.testing.assert_close(symmetrized(total, ones_last=ones != "none"), stacked.T @ stacked, rtol=1e-12, atol=1e-12)
+    # The cases do exercise strips (contiguous, covering every column), and none below _STRIPS_FROM.
+    strips = _strips(width)
+    if width < strips_from:
+        assert strips == []
+    else:
+        assert len(strips) > 1 and strips[0][0] == 0 and strips[-1][1] == width
+        assert all(stop == start for (_, stop), (start, _) in zip(strips[:-1], strips[1:]))
 
 
 @pytest.mark.parametrize("ones_last", [False, True])
