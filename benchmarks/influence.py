@@ -8,8 +8,8 @@ damping, empirical Fisher, influence loaders at ``--influence-batch``) are timed
 4,000 training samples (``curvature_samples``), and for the head only; the influence time over the epoch time is
 the cost in epochs (median and minimum over repeats: on a shared machine other jobs inflate single
 repeats many times over). Peak resident memory during each influence computation is sampled every
-5 ms (over the process's resident size before it). kronfluence is not driven here (see
-``_kronfluence_status``).
+5 ms (over the process's resident size before it). kronfluence, which needs its own torch, is
+compared by ``benchmarks/kronfluence_peer.py``.
 
 Agreement (``--part agreement``): a 64-32-10 MLP and a small CNN (two Conv2d layers + Linear head)
 trained on 1,000 sklearn digits by SGD (5 epochs, batch 32, momentum 0.9), over ``--seeds`` seeds;
@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -110,11 +109,9 @@ def _mnist5k() -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def _kronfluence_status() -> dict[str, Any]:
-    # kronfluence pins another torch (2.14.1 here): installing it would replace the environment's torch,
-    # so the comparison is left to an environment that has it; this benchmark only records why.
-    if importlib.util.find_spec("kronfluence") is None:
-        return {"run": False, "reason": "kronfluence is not installed (installing it would replace torch)"}
-    return {"run": False, "reason": "kronfluence is installed but this benchmark does not drive it yet"}
+    # kronfluence pins another torch (2.14.1 here), so it runs from its own virtual environment through
+    # benchmarks/kronfluence_peer.py (same data, model, damping and Fisher); this benchmark points there.
+    return {"run": False, "reason": "kronfluence needs its own environment: see benchmarks/kronfluence_peer.py"}
 
 
 # Options of each timed configuration: the whole network (the target), the whole network with
