@@ -23,6 +23,7 @@ Usage::
 
     python benchmarks/influence.py                  # both parts, writes benchmarks/results/influence.json
     python benchmarks/influence.py --part speed --repeats 5
+    python benchmarks/influence.py --compare-with /tmp/old --repeats 6   # interleaved A/B against older code
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def speed(args: argparse.Namespace) -> dict[str, Any]:
+def _speed_case(args: argparse.Namespace) -> tuple[nn.Module, tuple[Tensor, Tensor], DataLoader, DataLoader]:
+    """The timed case: MnistCNN after ``--warmup-epochs`` of SGD, its training data and the influence loaders."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     train_x, train_y, val_x, val_y = _mnist5k()
@@ -133,7 +135,12 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     for epoch in range(args.warmup_epochs):
         _train_epoch(model, _loader(train_x, train_y, 64, shuffle=True, seed=epoch), optimizer)
     train_loader = _loader(train_x, train_y, args.influence_batch)
-    val_loader = _loader(val_x, val_y, args.influence_batch)
+    return model, (train_x, train_y), train_loader, _loader(val_x, val_y, args.influence_batch)
+
+
+def speed(args: argparse.Namespace) -> dict[str, Any]:
+    model, (train_x, train_y), train_loader, val_loader = _speed_case(args)
+    val_x, val_y, _ = val_loader.dataset.tensors
     epochs: list[float] = []
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGURATIONS}
     last_scores: dict[str, Tensor] = {}
@@ -299,6 +306,69 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+_INFLUENCE_IN_PROCESS = """
+import sys, time, argparse, json
+sys.path[:0] = [ROOT, BENCHMARKS]
+import torch
+import influence as bench
+import lightning_pareto
+assert lightning_pareto.__file__.startswith(ROOT), lightning_pareto.__file__
+from lightning_pareto.influence import category_influence
+model, _, train_loader, val_loader = bench._speed_case(argparse.Namespace(**ARGS))
+category_influence(model, train_loader, val_loader, 10)  # imports and first-call costs, untimed
+seconds = []
+for _ in range(TIMED):
+    start = time.perf_counter()
+    scores = category_influence(model, train_loader, val_loader, 10)
+    seconds.append(time.perf_counter() - start)
+torch.save(scores, SCORES)
+print(json.dumps(seconds))
+"""
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved A/B of the all-layers influence: the code under ``--compare-with`` against this repository.
+
+    Each round runs one process per side (its order alternating between rounds), which trains the
+    same model and times ``category_influence`` twice after an untimed call; the result is the
+    median per side and the median over rounds of the per-round ratio new / old, with the largest
+    difference of the two score matrices.
+    """
+    import subprocess
+    import tempfile
+
+    roots = {"old": str(args.compare_with.resolve()), "new": str(Path(__file__).resolve().parents[1])}
+    options = {"threads": args.threads, "warmup_epochs": args.warmup_epochs, "influence_batch": args.influence_batch}
+    seconds: dict[str, list[float]] = {name: [] for name in roots}
+    ratios = []
+    with tempfile.TemporaryDirectory() as folder:
+        for round_ in range(args.repeats):
+            round_seconds = {}
+            for name in list(roots)[:: 1 if round_ % 2 == 0 else -1]:
+                script = (f"ROOT = {roots[name]!r}\nBENCHMARKS = {str(Path(__file__).parent)!r}\nARGS = {options!r}\n"
+                          f"TIMED = 2\nSCORES = {str(Path(folder) / name)!r}\n") + _INFLUENCE_IN_PROCESS  # fmt: skip
+                output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+                times = json.loads(output.stdout.strip().splitlines()[-1])
+                seconds[name] += times
+                round_seconds[name] = statistics.median(times)
+            ratios.append(round_seconds["new"] / round_seconds["old"])
+            print(f"  round {round_}: old {round_seconds['old']:.2f} s, new {round_seconds['new']:.2f} s, "
+                  f"new / old {ratios[-1]:.3f}, load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+        old, new = torch.load(Path(folder) / "old"), torch.load(Path(folder) / "new")
+    result = {
+        "old_root": roots["old"],
+        "seconds": seconds,
+        "median_seconds": {name: statistics.median(times) for name, times in seconds.items()},
+        "new_over_old_per_round": ratios,
+        "new_over_old_median": statistics.median(ratios),
+        "max_abs_difference_over_max_abs": float((new - old).abs().max() / old.abs().max()),
+    }
+    print(f"median old {result['median_seconds']['old']:.2f} s, new {result['median_seconds']['new']:.2f} s; "
+          f"new / old per round, median {result['new_over_old_median']:.3f}; scores differ by "
+          f"{result['max_abs_difference_over_max_abs']:.1e} of the largest")  # fmt: skip
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["speed", "agreement", "all"], default="all")
@@ -308,7 +378,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--influence-batch", type=int, default=256)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--compare-with", type=Path, help="root of older code: interleaved A/B of the speed case instead")
     args = parser.parse_args(argv)
+    if args.compare_with is not None:
+        result = compare(args)
+        out = args.out if args.out != RESULTS else RESULTS.with_name("influence_ab.json")
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out}")
+        return
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     result = {**previous, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
               f"(shared), torch {torch.__version__}, python {sys.version.split()[0]}"}  # fmt: skip
