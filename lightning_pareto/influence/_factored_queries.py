@@ -26,6 +26,11 @@ from torch import Tensor, nn
 from lightning_pareto.influence._kronecker import KroneckerFactors, plain_linear
 
 
+def group_members(groups: Tensor) -> list[tuple[int, Tensor]]:
+    """``(group, indices of its rows)`` for every group present in ``groups``."""
+    return [(group, (groups == group).nonzero().squeeze(1)) for group in groups.unique().tolist()]
+
+
 def keeps_rows(module: nn.Module, inputs: list[Tensor], wide_above: int) -> bool:
     """Whether a layer's validation rows may be kept: a Linear called once on ``(batch, in > wide_above)`` inputs."""
     return plain_linear(module, inputs) and module.in_features > wide_above
@@ -57,8 +62,7 @@ class ValidationRows:
     def group_sums(self, num_groups: int) -> Tensor:
         """``sum_{v in c} g_v a_v^T`` of every group, shape ``(num_groups, out, in + has_bias)``."""
         sums = self.grads.new_zeros(num_groups, self.grads.shape[1], self.features.shape[1] + int(self.has_bias))
-        for group in self.groups.unique().tolist():
-            members = (self.groups == group).nonzero().squeeze(1)
+        for group, members in group_members(self.groups):
             grads = self.grads.index_select(0, members)
             sums[group, :, : self.features.shape[1]] = grads.T @ self.features.index_select(0, members)
             if self.has_bias:
@@ -70,8 +74,7 @@ class ValidationRows:
         rotated = _rotate(self.features, rotation, self.has_bias)
         weighted = self.grads * (1.0 / counts.clamp(min=1)).to(self.grads)[self.groups, None]
         projected = rotated.new_zeros(counts.shape[0], self.grads.shape[1], rotation.shape[1])
-        for group in self.groups.unique().tolist():
-            members = (self.groups == group).nonzero().squeeze(1)
+        for group, members in group_members(self.groups):
             projected[group] = weighted.index_select(0, members).T @ rotated.index_select(0, members)
         return projected
 

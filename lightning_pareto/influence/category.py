@@ -27,10 +27,16 @@ import torch
 from torch import Tensor, nn
 
 from lightning_pareto._distributed import all_reduce_sum, is_distributed, merge_rows
-from lightning_pareto.influence._conv_grads import grouped_gradients_pay, per_sample_conv_gradients
 from lightning_pareto.influence import _kronecker
-from lightning_pareto.influence._factored_queries import FactoredQuery, ValidationRows, concatenated, keeps_rows
+from lightning_pareto.influence._conv_grads import grouped_gradients_pay, per_sample_conv_gradients
 from lightning_pareto.influence._curvature_subset import check_curvature_samples, curvature_batches
+from lightning_pareto.influence._factored_queries import (
+    FactoredQuery,
+    ValidationRows,
+    concatenated,
+    group_members,
+    keeps_rows,
+)
 from lightning_pareto.influence._layout import layer_shape
 from lightning_pareto.influence._passes import captured_batches, influence_mode
 from lightning_pareto.influence._timings import InfluenceTimings, timed
@@ -287,7 +293,7 @@ def _mean_gradients(
                 name: [] for name, module in tracked.items() if keep_rows and keeps_rows(module, batch.raw(name)[0], wide)
             }
         # Select each group's samples once per batch (not its T-times-longer rows per layer).
-        members = [(group, (groups == group).nonzero().squeeze(1)) for group in groups.unique().tolist()]
+        members = group_members(groups)
         for name, module in tracked.items():
             if name in kept:
                 inputs, grads = batch.raw(name)
