@@ -61,15 +61,8 @@ def prepare(args: argparse.Namespace) -> None:
     from lightning_pareto.influence import InfluenceTimings, category_influence, fit_curvature
     from lightning_pareto.nets import MnistCNN
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    train_x, train_y, val_x, val_y = bench._mnist5k()
-    model = MnistCNN(num_classes=NUM_CLASSES)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for epoch in range(args.warmup_epochs):
-        bench._train_epoch(model, bench._loader(train_x, train_y, 64, shuffle=True, seed=epoch), optimizer)
-    train_loader = bench._loader(train_x, train_y, args.influence_batch)
-    val_loader = bench._loader(val_x, val_y, args.influence_batch)
+    model, (train_x, train_y), train_loader, val_loader = bench._speed_case(args)  # threads, seed, warm-up
+    val_x, val_y, _ = val_loader.dataset.tensors
     damping = float(fit_curvature(model, train_loader).damping)
     print(f"resolved default damping D = {damping:.6g}", flush=True)
 
