@@ -34,7 +34,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -126,8 +128,8 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _speed_case(args: argparse.Namespace) -> tuple[nn.Module, tuple[Tensor, Tensor], DataLoader, DataLoader]:
-    """The timed case: MnistCNN after ``--warmup-epochs`` of SGD, its training data and the influence loaders."""
+def _speed_case(args: argparse.Namespace) -> tuple[nn.Module, tuple[Tensor, ...], DataLoader, DataLoader]:
+    """The timed case: MnistCNN after ``--warmup-epochs`` of SGD, ``(train_x, train_y, val_x, val_y)`` and the influence loaders."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     train_x, train_y, val_x, val_y = _mnist5k()
@@ -136,12 +138,11 @@ def _speed_case(args: argparse.Namespace) -> tuple[nn.Module, tuple[Tensor, Tens
     for epoch in range(args.warmup_epochs):
         _train_epoch(model, _loader(train_x, train_y, 64, shuffle=True, seed=epoch), optimizer)
     train_loader = _loader(train_x, train_y, args.influence_batch)
-    return model, (train_x, train_y), train_loader, _loader(val_x, val_y, args.influence_batch)
+    return model, (train_x, train_y, val_x, val_y), train_loader, _loader(val_x, val_y, args.influence_batch)
 
 
 def speed(args: argparse.Namespace) -> dict[str, Any]:
-    model, (train_x, train_y), train_loader, val_loader = _speed_case(args)
-    val_x, val_y, _ = val_loader.dataset.tensors
+    model, (train_x, train_y, val_x, val_y), train_loader, val_loader = _speed_case(args)
     epochs: list[float] = []
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGURATIONS}
     last_scores: dict[str, Tensor] = {}
@@ -351,9 +352,6 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     median per side and the median over rounds of the per-round ratio new / old, with the largest
     difference of the two score matrices.
     """
-    import subprocess
-    import tempfile
-
     roots = {"old": str(args.compare_with.resolve()), "new": str(Path(__file__).resolve().parents[1])}
     options = {"threads": args.threads, "warmup_epochs": args.warmup_epochs, "influence_batch": args.influence_batch}
     seconds: dict[str, list[float]] = {name: [] for name in roots}

@@ -61,8 +61,7 @@ def prepare(args: argparse.Namespace) -> None:
     from lightning_pareto.influence import InfluenceTimings, category_influence, fit_curvature
     from lightning_pareto.nets import MnistCNN
 
-    model, (train_x, train_y), train_loader, val_loader = bench._speed_case(args)  # threads, seed, warm-up
-    val_x, val_y, _ = val_loader.dataset.tensors
+    model, (train_x, train_y, val_x, val_y), train_loader, val_loader = bench._speed_case(args)  # threads, seed, warm-up
     damping = float(fit_curvature(model, train_loader).damping)
     print(f"resolved default damping D = {damping:.6g}", flush=True)
 

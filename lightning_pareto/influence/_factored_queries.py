@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_pareto.influence._kronecker import KroneckerFactors, plain_linear
+from lightning_pareto.influence._kronecker import KroneckerFactors, plain_linear, rotated_features
 
 
 def group_members(groups: Tensor) -> list[tuple[int, Tensor]]:
@@ -52,37 +52,31 @@ class ValidationRows:
     groups: Tensor
     has_bias: bool
 
-    def group_weights(self, counts: Tensor) -> Tensor:
-        """``(n_V, K)``: ``1 / n_c`` in row v's column ``c = groups[v]``, zero elsewhere (the mean's weights)."""
-        weights = self.grads.new_zeros(self.groups.shape[0], counts.shape[0])
-        scale = (1.0 / counts.clamp(min=1)).to(weights)
-        weights[torch.arange(self.groups.shape[0], device=weights.device), self.groups] = scale[self.groups]
-        return weights
-
     def group_sums(self, num_groups: int) -> Tensor:
         """``sum_{v in c} g_v a_v^T`` of every group, shape ``(num_groups, out, in + has_bias)``."""
-        sums = self.grads.new_zeros(num_groups, self.grads.shape[1], self.features.shape[1] + int(self.has_bias))
-        for group, members in group_members(self.groups):
-            grads = self.grads.index_select(0, members)
-            sums[group, :, : self.features.shape[1]] = grads.T @ self.features.index_select(0, members)
-            if self.has_bias:
-                sums[group, :, -1] = grads.sum(dim=0)
-        return sums
+        return _group_outer_sums(self.grads, self.features, self.groups, num_groups, self.has_bias)
 
     def projected(self, counts: Tensor, rotation: Tensor) -> Tensor:
         """``V_c U_A`` of every group ``c`` (``V_c`` the group's mean gradient), ``(K, out, k)``, from ``rotation = U_A``."""
-        rotated = _rotate(self.features, rotation, self.has_bias)
-        weighted = self.grads * (1.0 / counts.clamp(min=1)).to(self.grads)[self.groups, None]
-        projected = rotated.new_zeros(counts.shape[0], self.grads.shape[1], rotation.shape[1])
-        for group, members in group_members(self.groups):
-            projected[group] = weighted.index_select(0, members).T @ rotated.index_select(0, members)
-        return projected
+        rotated = rotated_features(self.features, rotation, ones_last=self.has_bias)
+        sums = _group_outer_sums(self.grads, rotated, self.groups, counts.shape[0], ones_last=False)
+        return sums * mean_scale(counts, sums)[:, None, None]
 
 
-def _rotate(features: Tensor, rotation: Tensor, has_bias: bool) -> Tensor:
-    """``[features, 1] @ rotation`` (or ``features @ rotation`` without a bias slot), without the ones column."""
-    rotated = features @ rotation[: features.shape[1]]
-    return rotated + rotation[-1] if has_bias else rotated
+def mean_scale(counts: Tensor, like: Tensor) -> Tensor:
+    """``1 / n_c`` of every group (1 for an empty one, whose sums are zero), in the dtype and device of ``like``."""
+    return (1.0 / counts.clamp(min=1)).to(like)
+
+
+def _group_outer_sums(left: Tensor, right: Tensor, groups: Tensor, num_groups: int, ones_last: bool) -> Tensor:
+    """``sum_{v in c} left_v [right_v, 1]^T`` (``right_v`` alone without ``ones_last``), ``(num_groups, l, r + ones_last)``."""
+    sums = left.new_zeros(num_groups, left.shape[1], right.shape[1] + int(ones_last))
+    for group, members in group_members(groups):
+        rows = left.index_select(0, members)
+        sums[group, :, : right.shape[1]] = rows.T @ right.index_select(0, members)
+        if ones_last:
+            sums[group, :, -1] = rows.sum(dim=0)
+    return sums
 
 
 def concatenated(parts: list[tuple[Tensor, Tensor, Tensor]], has_bias: bool) -> ValidationRows:
@@ -98,7 +92,8 @@ class FactoredQuery:
     Attributes:
         features: Validation inputs without the bias slot, ``(n_V, in)``.
         weighted_grads: ``G_V W`` (``W`` symmetric), ``(n_V, out)``.
-        group_weights: ``(n_V, K)``, see ``ValidationRows.group_weights``.
+        groups: int64 group of each validation row, ``(n_V,)``.
+        scale: ``1 / n_c`` of every group, ``(K,)`` (see ``mean_scale``).
         has_bias: Whether the layer's inputs end in a constant one.
         rotation: ``U_A``, ``(in + has_bias, k)``.
         kept: ``M``, ``(K, out, k)``.
@@ -106,7 +101,8 @@ class FactoredQuery:
 
     features: Tensor
     weighted_grads: Tensor
-    group_weights: Tensor
+    groups: Tensor
+    scale: Tensor
     has_bias: bool
     rotation: Tensor
     kept: Tensor
@@ -117,7 +113,8 @@ class FactoredQuery:
         dtype = rows.features.dtype
         rotation = layer.eigvecs_inputs.to(dtype)
         weights, kept = layer.split_inverse(rows.projected(counts, rotation), damping)
-        return cls(rows.features, rows.grads @ weights, rows.group_weights(counts), rows.has_bias, rotation, kept)
+        scale = mean_scale(counts, rows.grads)
+        return cls(rows.features, rows.grads @ weights, rows.groups, scale, rows.has_bias, rotation, kept)
 
     @staticmethod
     def cost(rows: ValidationRows, kept: int, num_groups: int) -> tuple[int, int]:
@@ -132,16 +129,14 @@ class FactoredQuery:
         similarity = features @ self.features.T  # a_i^T a_v (the bias slots' product is the 1 added below)
         if self.has_bias:
             similarity += 1.0
-        low_rank = ((grads @ self.weighted_grads.T) * similarity) @ self.group_weights
-        rotated = _rotate(features, self.rotation, self.has_bias)
+        per_row = (grads @ self.weighted_grads.T) * similarity
+        low_rank = per_row.new_zeros(per_row.shape[0], self.scale.shape[0]).index_add_(1, self.groups, per_row) * self.scale
+        rotated = rotated_features(features, self.rotation, ones_last=self.has_bias)
         num_groups, outputs, kept = self.kept.shape
         projected = (grads @ self.kept.transpose(0, 1).reshape(outputs, num_groups * kept)).view(-1, num_groups, kept)
         return low_rank + torch.bmm(projected, rotated[:, :, None]).squeeze(2)
 
     def dense(self) -> Tensor:
         """The preconditioned queries as a dense ``(K, out, in + has_bias)`` tensor (``W V_c + M_c U_A^T``)."""
-        inputs = self.features
-        if self.has_bias:
-            inputs = torch.cat([inputs, inputs.new_ones(inputs.shape[0], 1)], dim=1)
-        low_rank = torch.stack([(self.weighted_grads * weights[:, None]).T @ inputs for weights in self.group_weights.T])
-        return low_rank + self.kept @ self.rotation.T
+        sums = _group_outer_sums(self.weighted_grads, self.features, self.groups, self.scale.shape[0], self.has_bias)
+        return sums * self.scale[:, None, None] + self.kept @ self.rotation.T

@@ -464,16 +464,29 @@ class _InputRotation:
 
     def features(self, features: Tensor) -> Tensor:
         """``inputs`` of rows without the bias slot's one, ``(m, in)`` -> ``(m, _aligned(k))``."""
-        if not self.ones_last:
-            return features @ self.padded
-        return torch.addmm(self.padded[-1], features, self.padded[:-1])
+        return rotated_features(features, self.padded, ones_last=self.ones_last)
 
     def inputs(self, rows: Tensor) -> Tensor:
         """``rows @ padded`` for layer inputs ``(..., in + has_bias)`` -> ``(..., _aligned(k))``."""
         if not self.ones_last:
             return rows @ self.padded
         flat = rows.reshape(-1, rows.shape[-1])
-        return torch.addmm(self.padded[-1], flat[:, :-1], self.padded[:-1]).view(*rows.shape[:-1], -1)
+        return self.features(flat[:, :-1]).view(*rows.shape[:-1], -1)
+
+
+def rotated_features(features: Tensor, rotation: Tensor, *, ones_last: bool) -> Tensor:
+    """``[features, 1] @ rotation`` without forming the ones column (``features @ rotation`` without ``ones_last``).
+
+    Args:
+        features: ``(m, in)``.
+        rotation: ``(in + ones_last, k)``.
+
+    Returns:
+        ``(m, k)``.
+    """
+    if not ones_last:
+        return features @ rotation
+    return torch.addmm(rotation[-1], features, rotation[:-1])
 
 
 def corrected_eigenvalues(

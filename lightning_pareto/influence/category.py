@@ -36,6 +36,7 @@ from lightning_pareto.influence._factored_queries import (
     concatenated,
     group_members,
     keeps_rows,
+    mean_scale,
 )
 from lightning_pareto.influence._layout import layer_shape
 from lightning_pareto.influence._passes import captured_batches, influence_mode
@@ -321,8 +322,7 @@ def _mean_gradients(
         warnings.warn(
             f"no validation samples for {', '.join(empty)}: their influence column is zero", UserWarning, stacklevel=4
         )
-    scale = 1.0 / counts.clamp(min=1)
-    means = {name: total * scale.to(total)[:, None, None] for name, total in sums.items()}
+    means = {name: total * mean_scale(counts, total)[:, None, None] for name, total in sums.items()}
     rows = {name: concatenated(parts, tracked[name].bias is not None) for name, parts in kept.items()}
     return means, rows, counts
 
@@ -340,7 +340,7 @@ def _precondition(
             if cost < dense_cost:
                 factored[name] = FactoredQuery.build(layer_rows, counts, layer, curvature.damping)
                 continue
-        dense[name] = layer_rows.group_sums(counts.shape[0]) * (1.0 / counts.clamp(min=1)).to(layer_rows.grads)[:, None, None]
+        dense[name] = layer_rows.group_sums(counts.shape[0]) * mean_scale(counts, layer_rows.grads)[:, None, None]
     if not factored:
         return curvature.inverse_hvp(dense), factored
     return {name: layers[name].inverse(query, curvature.damping) for name, query in dense.items()}, factored
