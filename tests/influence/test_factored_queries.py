@@ -129,3 +129,32 @@ def test_influence_value_keeps_the_dense_query(trained_mlp, digits400, truncate_
     monkeypatch.setattr(FactoredQuery, "build", staticmethod(lambda *args: pytest.fail("factored route taken")))
     values = influence_value(trained_mlp, loader(x[:100], y[:100]), loader(x[300:], y[300:]))
     assert values.shape == (100,) and torch.isfinite(values).all()
+
+
+class _SequenceOrFlat(torch.nn.Module):
+    """The digits MLP, also taking ``(batch, 1, 64)`` inputs (a sequence axis: the Linear then has positions)."""
+
+    def __init__(self, mlp: torch.nn.Module) -> None:
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(x).mean(dim=1) if x.dim() == 3 else self.mlp(x)
+
+
+def test_training_calls_with_positions_fall_back_to_the_dense_query(
+    trained_mlp, digits400, truncate_wide_inputs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Validation batches are flat (rows kept, factored query built); training batches carry a sequence
+    # axis, which the factored form cannot score: the scores pass must switch to the dense query.
+    x, y = digits400
+    model = _SequenceOrFlat(trained_mlp)
+    train_data, val_data = loader(x[:100, None, :], y[:100]), loader(x[300:], y[300:])
+    built = []
+    original = FactoredQuery.build
+    monkeypatch.setattr(FactoredQuery, "build", staticmethod(lambda *args: built.append(1) or original(*args)))
+    routed = category_influence(model, train_data, val_data, 10)
+    assert built
+    monkeypatch.setattr(category, "keeps_rows", lambda *args: False)
+    dense = category_influence(model, train_data, val_data, 10)
+    assert relative_error(routed, dense) < 1e-10
