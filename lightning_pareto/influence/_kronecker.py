@@ -254,8 +254,7 @@ def _strips(width: int) -> list[tuple[int, int]]:
 
     Strips of ``_STRIP_WIDTH`` from ``2 * _STRIP_WIDTH`` columns on, three strips (widths a multiple
     of 32, which BLAS blocks well) below that, the remainder joined to the last strip when it is
-    under half a strip. Three strips skip a third of the product: the MNIST CNN's 289-wide conv
-    factor took 9.7 ms a batch against 12.7 ms whole.
+    under half a strip. Three strips skip a third of the product (the MNIST CNN's 289-wide conv factor).
     """
     if width < _STRIPS_FROM:
         return []
