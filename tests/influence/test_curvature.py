@@ -188,7 +188,7 @@ def test_sampled_fisher_averages_to_the_ggn(digits64) -> None:
 def test_default_damping_is_a_tenth_of_the_largest_eigenvalue(trained_mlp, digits64) -> None:
     data = loader(*digits64)
     exact = fit_curvature(trained_mlp, data, curvature="exact")
-    assert exact.damping == pytest.approx(DEFAULT_DAMPING_FACTOR * torch.linalg.eigvalsh(exact.matrix).max(), rel=1e-4)
+    assert exact.damping == pytest.approx(DEFAULT_DAMPING_FACTOR * float(torch.linalg.eigvalsh(exact.matrix).max()), rel=1e-4)
     ekfac = fit_curvature(trained_mlp, data, curvature="ekfac")
     largest = max(float(layer.eigenvalues.max()) for layer in ekfac.layers.values())
     assert ekfac.damping == pytest.approx(DEFAULT_DAMPING_FACTOR * largest, rel=1e-12)
