@@ -14,6 +14,7 @@ from lightning_pareto.weighting import SampleWeightedMixin, SampleWeightStore, u
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassUpweighting",
     "ClassifierModule",
     "CourseCorrection", "DirectImprovement",
     "IndexedDataset",

@@ -13,6 +13,9 @@ MODULES = [
     "lightning_pareto.data.indexed",
     "lightning_pareto.data._noise",
     "lightning_pareto.callbacks.monitor",
+    "lightning_pareto.callbacks._guard",
+    "lightning_pareto.callbacks._targets",
+    "lightning_pareto.callbacks.upweighting",
 ]
 
 

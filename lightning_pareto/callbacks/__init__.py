@@ -12,7 +12,7 @@ from lightning_pareto.callbacks.monitor import (
 )
 
 __all__ = [
-    "CourseCorrection", "DirectImprovement",  # lazily imported below; they load the influence engine only when they run
+    "ClassUpweighting", "CourseCorrection", "DirectImprovement",  # lazily imported below; they load the influence engine only when they run
     "PerClassAccuracy",
     "class_indices",
     "find_monitor",
@@ -22,7 +22,10 @@ __all__ = [
 
 # Callbacks built on the influence engine, imported on first access (kept out of __all__ so a star
 # import does not pull in the influence engine): name -> module in this package.
-INTERVENTIONS = {"DirectImprovement": "direct", "CourseCorrection": "correction", "InfluenceTrimming": "trimming"}
+INTERVENTIONS = {
+    "DirectImprovement": "direct", "CourseCorrection": "correction", "InfluenceTrimming": "trimming",
+    "ClassUpweighting": "upweighting",
+}
 
 
 def __getattr__(name: str) -> Any:

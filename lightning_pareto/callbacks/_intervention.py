@@ -154,6 +154,10 @@ class InterventionRecord:
         fitness: Fitness of the chosen candidate.
         search: The search's status, evaluations, trials, generations, seconds and (trial fitness)
             the chosen candidate's trial accuracy.
+        guard: One entry per weighted epoch checked on validation: ``epoch``, ``scale`` (the
+            fraction of the searched ``|w - 1|`` in force), realised per-class ``change`` against the
+            epoch before, ``violations`` (non-targets that fell past the tolerance) and ``action``
+            (``"kept"``, ``"rollback"``, ``"shrink"``, ``"dropped"``; CC: ``"accepted"``, ``"rejected"``).
     """
 
     epoch: int
@@ -173,6 +177,7 @@ class InterventionRecord:
     predicted_gain: list[float] | None = None
     fitness: float | None = None
     search: dict[str, Any] | None = None
+    guard: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-safe builtins (NaN and infinities become ``None``)."""

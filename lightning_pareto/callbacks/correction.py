@@ -6,8 +6,10 @@ import math
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_pareto.callbacks._budget import EpochBudget
+from lightning_pareto.callbacks._guard import redo_verdict
 from lightning_pareto.callbacks._intervention import (
     CurvatureName,
     FitnessMode,
@@ -33,7 +35,13 @@ class CourseCorrection(InterventionCallback):
     the snapshot is restored, the category-wise influence is computed there with the dropped classes
     as targets, Pareto-LP-GA searches weights (trial fitness compares with the detrimental epoch's
     accuracy, as the paper does), and the epoch is trained again with them; afterwards the weights
-    are uniform again.
+    are uniform again ("What Is The Performance Ceiling of My Classifier?", Course Correction).
+
+    **A redo never leaves the run worse.** It is kept only if, on validation, it beats the detrimental
+    epoch on the dropped classes (mean change > 0) without lowering any other class by more than
+    ``drop_threshold``; otherwise the state after the detrimental epoch is put back (model,
+    optimizer, schedulers, RNG) and training goes on exactly as if no correction had been tried. The
+    record's status says which (``"applied"`` or ``"rejected"``, with the reason).
 
     Lightning's progress counters are not rewound: the redo is an extra epoch, so
     ``trainer.fit_loop.max_epochs`` grows by one per correction as soon as the drop is seen (with
@@ -130,10 +138,9 @@ class CourseCorrection(InterventionCallback):
         self._pending: InterventionRecord | None = None
         self._redo: InterventionRecord | None = None
         self._in_epoch = False
-        self._extra_epochs = 0
-        self._extra_steps = 0
-        self._applied_epochs = 0
-        self._applied_steps = 0
+        self._after_bad: TrainingSnapshot | None = None  # the state after the detrimental epoch, while redoing it
+        self._restore = False  # put _after_bad back at the next epoch start (a rejected redo)
+        self.budget = EpochBudget()
 
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -143,17 +150,19 @@ class CourseCorrection(InterventionCallback):
             return
         every = list(range(len(self.class_names)))
         self._watched = every if self.classes == "any" else class_indices(list(self.classes), self.class_names, "classes")
-        self._applied_epochs = self._applied_steps = 0
+        self.budget.reset()
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Re-extend the epoch budget by the redos a resumed run already made (the Trainer's limits are not saved)."""
         super().on_fit_start(trainer, pl_module)
-        self._extend_budget(trainer, self._extra_epochs - self._applied_epochs, self._extra_steps - self._applied_steps)
+        self.budget.reapply(trainer)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Roll back and reweight if the last epoch was detrimental; else snapshot the state."""
+        """Undo a rejected redo, or roll back and reweight if the last epoch was detrimental; else snapshot."""
         self._in_epoch = True
-        if self._pending is not None:
+        if self._restore:
+            self._undo_redo(trainer, pl_module)
+        elif self._pending is not None:
             self._correct(trainer, pl_module)
         else:
             self._snapshot = TrainingSnapshot.take(trainer, pl_module)
@@ -164,12 +173,7 @@ class CourseCorrection(InterventionCallback):
         epoch = trainer.current_epoch
         accuracy = self.accuracy_at(epoch)
         if self._redo is not None:
-            record, self._redo = self._redo, None
-            require_sample_weights(pl_module, type(self).__name__).clear()
-            record.after = accuracy
-            record.weighted_epochs.append(epoch)
-            self.finish(trainer, record)
-            self._previous = accuracy if accuracy is not None else self._previous
+            self._judge_redo(trainer, pl_module, epoch, accuracy)
             return
         if accuracy is None:
             return
@@ -181,10 +185,15 @@ class CourseCorrection(InterventionCallback):
             self._pending = InterventionRecord(
                 epoch=epoch, mode=self.mode, targets=dropped, before=list(previous), bad=list(accuracy)
             )
-            self._change_budget(trainer, 1)  # now, so that even the last epoch gets its redo
+            self.budget.change(trainer, 1)  # now, so that even the last epoch gets its redo
             names = [self.class_names[c] for c in dropped]
             rank_zero_info(f"CourseCorrection: epoch {epoch} lowered {names} by more than {self.drop_threshold:.3f}; "
                            "rolling back to its start and training it again with sample weights.")
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A redo rejected in the last epoch: end with the state after the detrimental epoch, as without the correction."""
+        if self._restore:
+            self._undo_redo(trainer, pl_module)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record a redo or pending rollback cut short by the end of fit, clear weights, print the table."""
@@ -207,14 +216,16 @@ class CourseCorrection(InterventionCallback):
         """
         state = super().state_dict()
         keep_snapshot = self._snapshot is not None and (self._pending is not None or self._in_epoch)
+        keep_after_bad = self._after_bad is not None and (self._redo is not None or self._restore)
         state.update(
             attempts=self.attempts,
             previous=self._previous,
             pending=None if self._pending is None else self._pending.to_dict(),
             redo=None if self._redo is None else self._redo.to_dict(),
-            extra_epochs=self._extra_epochs,
-            extra_steps=self._extra_steps,
             snapshot=self._snapshot.state_dict() if keep_snapshot else None,
+            after_bad=self._after_bad.state_dict() if keep_after_bad else None,
+            restore=self._restore,
+            **self.budget.state_dict(),
         )
         return state
 
@@ -225,10 +236,11 @@ class CourseCorrection(InterventionCallback):
         self._previous = state_dict.get("previous")
         self._pending = _record_or_none(state_dict.get("pending"))
         self._redo = _record_or_none(state_dict.get("redo"))
-        self._extra_epochs = int(state_dict.get("extra_epochs", 0))
-        self._extra_steps = int(state_dict.get("extra_steps", 0))
-        snapshot = state_dict.get("snapshot")
+        self.budget.load_state_dict(state_dict)
+        snapshot, after_bad = state_dict.get("snapshot"), state_dict.get("after_bad")
         self._snapshot = None if snapshot is None else TrainingSnapshot.from_state_dict(snapshot)
+        self._after_bad = None if after_bad is None else TrainingSnapshot.from_state_dict(after_bad)
+        self._restore = bool(state_dict.get("restore", False)) and self._after_bad is not None
 
     # ---------------------------------------------------------------- internals
     def _correct(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -240,30 +252,43 @@ class CourseCorrection(InterventionCallback):
         if self.intervene(trainer, pl_module, record, reference=record.bad or []):
             # The redo starts from the detrimental epoch's RNG state, so it replays that epoch's batches.
             restore_rng_state(self._snapshot.rng)
-            self._redo = record
+            self._redo, self._after_bad = record, after_bad_epoch
             return
         after_bad_epoch.restore(trainer, pl_module)
         self._snapshot = after_bad_epoch  # this epoch starts from here: the next drop rolls back to it
-        self._change_budget(trainer, -1)
+        self.budget.change(trainer, -1)
         if trainer.fit_loop.max_epochs is not None and 0 <= trainer.fit_loop.max_epochs <= trainer.current_epoch:
             trainer.should_stop = True  # the detrimental epoch was the last one budgeted: end as after it
         self.finish(trainer, record)
 
-    def _change_budget(self, trainer: Trainer, epochs: int) -> None:
-        steps = epochs * _steps_per_epoch(trainer) if trainer.max_steps >= 0 else 0
-        self._extra_epochs += epochs
-        self._extra_steps += steps
-        self._extend_budget(trainer, epochs, steps)
+    def _judge_redo(self, trainer: Trainer, pl_module: LightningModule, epoch: int, accuracy: list[float] | None) -> None:
+        """Keep the redo if it beats the detrimental epoch without hurting another class; else undo it next epoch."""
+        record, self._redo = self._redo, None
+        assert record is not None
+        require_sample_weights(pl_module, type(self).__name__).clear()
+        record.after = accuracy
+        record.weighted_epochs.append(epoch)
+        verdict = "no validation result for the redo" if accuracy is None else redo_verdict(
+            record.bad or [], accuracy, record.targets, self.drop_threshold)
+        record.guard.append({"epoch": epoch, "action": "rejected" if verdict else "accepted", "reason": verdict})
+        if verdict:
+            # The redo's epoch is spent, the detrimental epoch's result stands: the budget keeps its extra epoch.
+            record.status, record.reason = "rejected", verdict
+            self._restore = True
+            self._previous = record.bad
+            rank_zero_warn(f"CourseCorrection: redo of epoch {record.epoch} rejected ({verdict}); training goes on "
+                           "from the state after the detrimental epoch, as without the correction.")
+        else:
+            self._after_bad = None
+            self._previous = accuracy
+        self.finish(trainer, record)
 
-    def _extend_budget(self, trainer: Trainer, epochs: int, steps: int) -> None:
-        # Only the Trainer's limits; _change_budget also counts the change for a resumed run.
-        fit_loop = trainer.fit_loop
-        if epochs and fit_loop.max_epochs is not None and fit_loop.max_epochs >= 0:
-            fit_loop.max_epochs += epochs
-        if steps and fit_loop.epoch_loop.max_steps >= 0:
-            fit_loop.epoch_loop.max_steps += steps
-        self._applied_epochs += epochs
-        self._applied_steps += steps
+    def _undo_redo(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        assert self._after_bad is not None
+        self._after_bad.restore(trainer, pl_module)
+        self._after_bad, self._restore = None, False
+        # A fresh snapshot: the same state, stamped with this epoch, so a drop in it can be rolled back.
+        self._snapshot = TrainingSnapshot.take(trainer, pl_module)
 
 
 def _drop(previous: list[float | None], current: list[float | None], c: int) -> float:
@@ -271,13 +296,6 @@ def _drop(previous: list[float | None], current: list[float | None], c: int) -> 
     if before is None or after is None or math.isnan(before) or math.isnan(after):
         return 0.0
     return before - after
-
-
-def _steps_per_epoch(trainer: Trainer) -> int:
-    batches = trainer.num_training_batches
-    if not isinstance(batches, int) and not (isinstance(batches, float) and math.isfinite(batches)):
-        return 0
-    return math.ceil(int(batches) / max(1, trainer.accumulate_grad_batches))
 
 
 def _record_or_none(state: dict[str, Any] | None) -> InterventionRecord | None:

@@ -1,14 +1,14 @@
-"""``DirectImprovement``: reweight the training set for chosen epochs to raise chosen classes (seed 003, DI)."""
+"""``DirectImprovement``: reweight the training set to raise chosen classes, guarded on validation (seed 003, DI)."""
 
 from __future__ import annotations
 
-import math
-import re
-from typing import Any
+from typing import Any, Literal, get_args
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_pareto.callbacks._budget import EpochBudget
+from lightning_pareto.callbacks._guard import accuracy_change, shrink_weights, violations
 from lightning_pareto.callbacks._intervention import (
     CurvatureName,
     FitnessMode,
@@ -17,30 +17,47 @@ from lightning_pareto.callbacks._intervention import (
     InterventionSettings,
     PresetName,
 )
+from lightning_pareto.callbacks._snapshot import TrainingSnapshot
+from lightning_pareto.callbacks._targets import check_targets, worst_classes
 from lightning_pareto.callbacks.monitor import class_indices
 from lightning_pareto.weighting import require_sample_weights
 
 __all__ = ["DirectImprovement"]
 
-_WORST = re.compile(r"^worst:(\d+)$")
+GuardMode = Literal["rollback", "shrink", "off"]
+GUARD_MODES: tuple[str, ...] = get_args(GuardMode)
 
 
 class DirectImprovement(InterventionCallback):
-    """Direct Improvement: at chosen epochs, reweight training samples to raise the target classes' accuracy.
+    """Direct Improvement: reweight training samples to raise the target classes, without trading the others.
 
     After the validation of a chosen epoch ``e`` (0-based, as ``trainer.current_epoch``) it computes
     the category-wise influence of every training sample on the current model, reports the Pareto
-    ceiling, searches per-sample weights with Pareto-LP-GA (maximise the targets' gain, bound the
-    other classes' loss) and trains the next ``apply_epochs`` epochs with them; then the weights are
-    uniform again. ``before`` is the per-class validation accuracy after epoch ``e``, ``after`` the
-    one after the last weighted epoch; each intervention is a line of ``interventions.jsonl`` in the
-    log directory and a table printed at the end of fit.
+    ceiling and searches per-sample weights with Pareto-LP-GA (maximise the targets' gain, bound the
+    other classes' loss; "What Is The Performance Ceiling of My Classifier?"). The weights stay in
+    force until the next intervention or the end of training (``apply_epochs=None``), since the gain
+    of a single reweighted epoch fades within a few epochs; ``every_n_epochs`` re-estimates them
+    from a fresh influence matrix on that schedule.
+
+    **The guard.** Every weighted epoch is checked on validation against the epoch before it: a
+    non-target class that fell by more than ``tolerance`` is a violation. With ``guard="rollback"``
+    the epoch is rolled back (model, optimizer, schedulers, RNG: the same batches are replayed) and
+    trained again with the weights moved ``shrink`` of the way back towards one (a smaller trust
+    radius); after ``max_retries`` violations in a row the weights are dropped and the epoch is
+    trained without them. A redone epoch is one more epoch: ``max_epochs`` grows by one per rollback,
+    so the run still trains the epochs it was given, and chosen epochs count ``current_epoch``.
+    ``guard="shrink"`` shrinks the weights for the next epoch without rolling back; ``"off"`` trusts
+    the LP. Each check is an entry of the record's ``guard`` list.
+
+    ``before`` is the per-class validation accuracy after epoch ``e``, ``after`` the one after the
+    last weighted epoch; each intervention is a line of ``interventions.jsonl`` in the log directory
+    and a table printed at the end of fit.
 
     Needs :class:`~lightning_pareto.PerClassAccuracy` among the callbacks, a module with the
     sample-weight contract (``ClassifierModule``, or ``SampleWeightedMixin``) and training batches
-    with sample indices; validation must run at the chosen epochs. A failed intervention (NaN
-    influence, infeasible LP, no improving candidate) leaves the weights uniform and is logged as
-    ``"skipped"`` with its reason; it never stops training.
+    with sample indices; validation must run every epoch while weights are in force. A failed
+    intervention (NaN influence, infeasible LP, no improving candidate) leaves the weights uniform
+    and is logged as ``"skipped"`` with its reason; it never stops training.
 
     Args:
         targets: Classes to improve: names or indices (``["3", 8]``), or ``"worst:k"`` for the ``k``
@@ -48,8 +65,17 @@ class DirectImprovement(InterventionCallback):
         at_epochs: Epochs after which to intervene (0-based); each must leave at least one epoch to
             train with the weights. Give this or ``every_n_epochs``.
         every_n_epochs: Intervene after every ``n``-th epoch (epochs ``n-1, 2n-1, ...``), never after
-            the last one. Give this or ``at_epochs``.
-        apply_epochs: Number of epochs trained with the weights before they are cleared.
+            the last one; each intervention replaces the weights of the one before. Give this or
+            ``at_epochs``.
+        apply_epochs: Epochs trained with the weights before they are cleared; ``None`` keeps them
+            until the next intervention or the end of training.
+        guard: What a weighted epoch that lowers a non-target class past ``tolerance`` causes:
+            ``"rollback"`` (redo the epoch with shrunk weights), ``"shrink"`` (shrink the weights
+            from the next epoch on) or ``"off"``.
+        tolerance: Validation accuracy drop (a fraction: 0.03 = 3 points) of a non-target class in
+            one weighted epoch that the guard accepts.
+        shrink: Factor on ``|w - 1|`` after a violation, in ``(0, 1)``.
+        max_retries: Violations in a row before the guard drops the weights.
         curvature: Influence curvature: ``"ekfac"``, ``"kfac"`` or ``"exact"`` (small models only).
         damping: Curvature damping ``lambda >= 0``; ``None`` picks 0.1 times the curvature's largest
             eigenvalue.
@@ -85,7 +111,11 @@ class DirectImprovement(InterventionCallback):
         targets: list[int | str] | str,
         at_epochs: list[int] | None = None,
         every_n_epochs: int | None = None,
-        apply_epochs: int = 1,
+        apply_epochs: int | None = None,
+        guard: GuardMode = "rollback",
+        tolerance: float = 0.03,
+        shrink: float = 0.5,
+        max_retries: int = 2,
         curvature: CurvatureName = "ekfac",
         damping: float | None = None,
         curvature_samples: int | None = None,
@@ -109,42 +139,57 @@ class DirectImprovement(InterventionCallback):
                 time_budget=time_budget, seed=seed, log_figures=log_figures, influence_batch_size=influence_batch_size,
             )  # fmt: skip
         )
-        self.worst_k = _parse_worst(targets)
-        if self.worst_k is None:
-            if isinstance(targets, str) or not isinstance(targets, (list, tuple)):
-                raise ValueError(f"targets must be a list of class names/indices or 'worst:k', got {targets!r}.")
-            if not targets:
-                raise ValueError("targets is empty; name at least one class, or use 'worst:k'.")
-        if not isinstance(apply_epochs, int) or isinstance(apply_epochs, bool) or apply_epochs < 1:
-            raise ValueError(f"apply_epochs must be a positive integer, got {apply_epochs!r}.")
+        self.worst_k = check_targets(targets)
+        if apply_epochs is not None and (not isinstance(apply_epochs, int) or isinstance(apply_epochs, bool) or apply_epochs < 1):
+            raise ValueError(f"apply_epochs must be None (until the next intervention) or a positive integer, got {apply_epochs!r}.")
+        if guard not in GUARD_MODES:
+            raise ValueError(f"guard must be one of {GUARD_MODES}, got {guard!r}.")
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
+            raise ValueError(f"tolerance must be a fraction in [0, 1) (0.03 = 3 accuracy points), got {tolerance!r}.")
+        if isinstance(shrink, bool) or not isinstance(shrink, (int, float)) or not 0 < shrink < 1:
+            raise ValueError(f"shrink must lie in (0, 1) (the factor on |w - 1| after a violation), got {shrink!r}.")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}.")
         if (at_epochs is None) == (every_n_epochs is None):
             raise ValueError(
                 "give exactly one of at_epochs (a list of epochs) and every_n_epochs (a period); got "
                 f"at_epochs={at_epochs!r}, every_n_epochs={every_n_epochs!r}."
             )
+        span = 1 if apply_epochs is None else apply_epochs
         if at_epochs is not None:
             if not at_epochs or any(not isinstance(e, int) or isinstance(e, bool) or e < 0 for e in at_epochs):
                 raise ValueError(f"at_epochs must be a non-empty list of epoch indices >= 0, got {at_epochs!r}.")
             ordered = sorted(set(at_epochs))
-            close = [(a, b) for a, b in zip(ordered, ordered[1:]) if b - a < apply_epochs]
+            close = [(a, b) for a, b in zip(ordered, ordered[1:]) if b - a < span]
             if close:
                 raise ValueError(
                     f"at_epochs {close[0]} are closer than apply_epochs={apply_epochs}: the weights of one intervention "
                     "are still in use at the next. Space the epochs out or lower apply_epochs."
                 )
             at_epochs = ordered
-        elif not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < apply_epochs:
+        elif not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < span:
             raise ValueError(
-                f"every_n_epochs must be an integer >= apply_epochs={apply_epochs} (the weights of one intervention "
-                f"are in use for apply_epochs epochs), got {every_n_epochs!r}."
+                f"every_n_epochs must be an integer >= {span} (apply_epochs={apply_epochs}: the weights of one "
+                f"intervention are in use for that many epochs), got {every_n_epochs!r}."
             )
         self.targets = targets
         self.at_epochs = at_epochs
         self.every_n_epochs = every_n_epochs
         self.apply_epochs = apply_epochs
+        self.guard = guard
+        self.tolerance = float(tolerance)
+        self.shrink = float(shrink)
+        self.max_retries = max_retries
+        self.budget = EpochBudget()
         self._target_indices: list[int] = []
         self._active: InterventionRecord | None = None
-        self._remaining = 0
+        self._remaining: int | None = None
+        self._reference: list[float] | None = None  # validation accuracy before the weighted epoch
+        self._scale = 1.0  # fraction of the searched |w - 1| in force
+        self._retries = 0
+        self._snapshot: TrainingSnapshot | None = None
+        self._rollback = False
+        self._in_epoch = False
 
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -152,6 +197,7 @@ class DirectImprovement(InterventionCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
+        self.budget.reset()
         num_classes = len(self.class_names)
         if self.worst_k is None:
             self._target_indices = class_indices(list(self.targets), self.class_names, "targets")
@@ -166,30 +212,63 @@ class DirectImprovement(InterventionCallback):
                     f"0..{max_epochs - 1}); choose epochs <= {max_epochs - 2}."
                 )
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Re-extend the epoch budget by the epochs a resumed run already redid (the Trainer's limits are not saved)."""
+        super().on_fit_start(trainer, pl_module)
+        self.budget.reapply(trainer)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Carry out a rollback the guard asked for, or snapshot the start of a weighted epoch."""
+        self._in_epoch = True
+        if self._rollback and self._snapshot is not None:
+            self._rollback = False
+            self._snapshot.restore(trainer, pl_module)  # RNG included: the same batches again
+            if self._scale == 0.0:
+                self._drop(trainer, pl_module, "the guard dropped the weights after repeated violations")
+            else:  # the same state, stamped with this epoch, so the retry can be rolled back too
+                self._snapshot = TrainingSnapshot.take(trainer, pl_module)
+        elif self._active is not None and self.guard == "rollback":
+            self._snapshot = TrainingSnapshot.take(trainer, pl_module)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """After the epoch's validation: close a finished weighted window, then intervene if the epoch is chosen."""
+        """After the epoch's validation: check a weighted epoch, close a finished window, intervene if chosen."""
+        self._in_epoch = False
         epoch = trainer.current_epoch
         accuracy = self.accuracy_at(epoch)
         if self._active is not None:
+            if not self._check(trainer, pl_module, epoch, accuracy):
+                return  # rolled back: this epoch does not count
             self._active.weighted_epochs.append(epoch)
-            self._remaining -= 1
-            if self._remaining <= 0:
+            if self._remaining is not None:
+                self._remaining -= 1
+            if self._remaining == 0 or (self._remaining is None and self._is_chosen(trainer, epoch)):
                 self._close(trainer, pl_module, accuracy)
         if self._active is None and self._is_chosen(trainer, epoch):
             self._start(trainer, pl_module, epoch, accuracy)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Close an intervention cut short by the end of fit, clear the weights, print the table."""
+        """Close the intervention in force at the end of fit, clear the weights, print the table."""
         if self._active is not None:
-            self._active.reason = "the run ended before the weighted epochs finished"
+            if self._remaining:
+                self._active.reason = "the run ended before the weighted epochs finished"
             weighted = self._active.weighted_epochs
             self._close(trainer, pl_module, self.accuracy_at(weighted[-1]) if weighted else None)
         super().on_fit_end(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        """Records, the intervention in progress and its remaining weighted epochs."""
+        """Records, the intervention in force, the guard's state and (while it may be restored) its snapshot."""
         state = super().state_dict()
-        state.update(active=None if self._active is None else self._active.to_dict(), remaining=self._remaining)
+        keep_snapshot = self._snapshot is not None and (self._rollback or self._in_epoch)
+        state.update(
+            active=None if self._active is None else self._active.to_dict(),
+            remaining=self._remaining,
+            reference=self._reference,
+            scale=self._scale,
+            retries=self._retries,
+            rollback=self._rollback,
+            snapshot=self._snapshot.state_dict() if keep_snapshot else None,
+            **self.budget.state_dict(),
+        )
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -197,7 +276,15 @@ class DirectImprovement(InterventionCallback):
         super().load_state_dict(state_dict)
         active = state_dict.get("active")
         self._active = None if active is None else InterventionRecord.from_dict(active)
-        self._remaining = int(state_dict.get("remaining", 0))
+        remaining = state_dict.get("remaining")
+        self._remaining = None if remaining is None else int(remaining)
+        self._reference = state_dict.get("reference")
+        self._scale = float(state_dict.get("scale", 1.0))
+        self._retries = int(state_dict.get("retries", 0))
+        self._rollback = bool(state_dict.get("rollback", False))
+        snapshot = state_dict.get("snapshot")
+        self._snapshot = None if snapshot is None else TrainingSnapshot.from_state_dict(snapshot)
+        self.budget.load_state_dict(state_dict)
 
     # ---------------------------------------------------------------- internals
     def _is_chosen(self, trainer: Trainer, epoch: int) -> bool:
@@ -213,29 +300,65 @@ class DirectImprovement(InterventionCallback):
             rank_zero_warn(f"DirectImprovement: intervention at epoch {epoch} skipped: {record.reason}")
         else:
             if self.worst_k is not None:
-                record.targets = _worst(before, self.worst_k)
+                record.targets = worst_classes(before, self.worst_k)
             if self.intervene(trainer, pl_module, record, reference=before):
-                self._active, self._remaining = record, self.apply_epochs
+                self._active, self._remaining, self._reference = record, self.apply_epochs, list(before)
+                self._scale, self._retries = 1.0, 0
                 return
         self.finish(trainer, record)
 
+    def _check(self, trainer: Trainer, pl_module: LightningModule, epoch: int, accuracy: list[float] | None) -> bool:
+        """The guard on a weighted epoch; ``False`` when it rolls the epoch back."""
+        record = self._active
+        assert record is not None
+        if accuracy is None or self._reference is None or self.guard == "off":
+            self._reference = accuracy if accuracy is not None else self._reference
+            return True
+        hurt = violations(self._reference, accuracy, record.targets, self.tolerance)
+        entry: dict[str, Any] = {"epoch": epoch, "scale": self._scale, "change": accuracy_change(self._reference, accuracy),
+                                 "violations": hurt, "action": "kept"}
+        record.guard.append(entry)
+        if not hurt:
+            self._retries, self._reference = 0, list(accuracy)
+            return True
+        self._retries += 1
+        give_up = self._retries > self.max_retries
+        names = [self.class_names[c] for c in hurt]
+        if self.guard == "rollback" and self._snapshot is not None and self._snapshot.epoch == epoch:
+            entry["action"] = "dropped" if give_up else "rollback"
+            self._scale = 0.0 if give_up else self._scale * self.shrink
+            if not give_up:
+                store = require_sample_weights(pl_module, type(self).__name__)
+                store.set(shrink_weights(store.weights, self.shrink))
+            self._rollback = True
+            self.budget.change(trainer, 1)  # the redo is one more epoch
+            rank_zero_info(
+                f"DirectImprovement: weighted epoch {epoch} lowered {names} by more than {self.tolerance:.3f}; rolling it "
+                + ("back and training it again without the weights." if give_up else
+                   f"back and training it again with |w - 1| x{self._scale:g}.")
+            )
+            return False
+        self._reference = list(accuracy)
+        if give_up:
+            entry["action"] = "dropped"
+            self._drop(trainer, pl_module, "the guard dropped the weights after repeated violations", accuracy)
+        else:
+            entry["action"] = "shrink"
+            self._scale *= self.shrink
+            store = require_sample_weights(pl_module, type(self).__name__)
+            store.set(shrink_weights(store.weights, self.shrink))
+        return True
+
+    def _drop(self, trainer: Trainer, pl_module: LightningModule, reason: str, after: list[float] | None = None) -> None:
+        assert self._active is not None
+        self._active.status, self._active.reason = "dropped", reason
+        rank_zero_warn(f"DirectImprovement: intervention at epoch {self._active.epoch}: {reason}.")
+        self._close(trainer, pl_module, after)
+
     def _close(self, trainer: Trainer, pl_module: LightningModule, after: list[float] | None) -> None:
-        record, self._active, self._remaining = self._active, None, 0
+        record, self._active, self._remaining = self._active, None, None
+        self._reference, self._snapshot, self._rollback = None, None, False
         require_sample_weights(pl_module, type(self).__name__).clear()
         assert record is not None
         record.after = after
         self.finish(trainer, record)
-
-
-def _parse_worst(targets: Any) -> int | None:
-    if not isinstance(targets, str):
-        return None
-    match = _WORST.match(targets.strip())
-    if match is None:
-        raise ValueError(f"targets as a string must be 'worst:k' with k a positive integer, got {targets!r}.")
-    return int(match.group(1))
-
-
-def _worst(accuracy: list[float], k: int) -> list[int]:
-    present = [(a, c) for c, a in enumerate(accuracy) if a is not None and not math.isnan(a)]
-    return sorted(c for _, c in sorted(present)[:k])

@@ -72,7 +72,7 @@ def test_a_redo_is_never_corrected_and_max_corrections_is_honoured(tmp_path: Pat
     patch_influence(monkeypatch, random_influence)
     script = {
         1: (0.8, 0.5, 0.8),  # drop of class b -> redo at epoch 2
-        2: (0.8, 0.3, 0.8),  # the redo is even worse than the epoch it replaced: not corrected
+        2: (0.8, 0.3, 0.8),  # the redo is even worse than the epoch it replaced: rejected, not corrected
         4: (0.8, 0.8, 0.5),  # drop of class c -> redo at epoch 5 (second correction)
         6: (0.5, 0.8, 0.8),  # drop of class a, but max_corrections=2 is used up
     }
@@ -80,12 +80,42 @@ def test_a_redo_is_never_corrected_and_max_corrections_is_honoured(tmp_path: Pat
     run = _fit(tmp_path, [ScriptedAccuracy(script), correction, probe], max_epochs=6)
 
     assert [(r.epoch, r.targets, r.weighted_epochs, r.status) for r in correction.records] == [
-        (1, [1], [2], "applied"),
+        (1, [1], [2], "rejected"),
         (4, [2], [5], "applied"),
     ]
+    assert "did not raise the dropped classes" in correction.records[0].reason
     assert correction.attempts == 2
     assert probe.weighted_epochs() == [2, 5]
     assert run.current_epoch == 8
+
+
+@pytest.mark.parametrize(
+    ("script", "max_epochs"),
+    [
+        ({1: (0.8, 0.5, 0.8), 2: (0.8, 0.3, 0.8)}, 4),  # the redo lowers the dropped class further
+        ({1: (0.8, 0.5, 0.8), 2: (0.8, 0.7, 0.6)}, 4),  # the redo lifts b but costs c 20 points
+        ({3: (0.8, 0.5, 0.8), 4: (0.8, 0.3, 0.8)}, 4),  # the detrimental epoch is the last one budgeted
+    ],
+)
+def test_a_rejected_redo_leaves_the_run_exactly_as_without_the_callback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: dict, max_epochs: int
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    correction, probe = CourseCorrection(drop_threshold=0.05, log_figures=False), Probe()
+    with pytest.warns(UserWarning, match="rejected"):
+        run = _fit(tmp_path / "cc", [ScriptedAccuracy(script), correction, probe], max_epochs=max_epochs)
+    reference_probe = Probe()
+    reference = _fit(tmp_path / "plain", [ScriptedAccuracy(script), reference_probe], max_epochs=max_epochs)
+
+    (record,) = correction.records
+    assert record.status == "rejected" and record.guard[-1]["action"] == "rejected"
+    redo = record.weighted_epochs[0]
+    assert probe.weighted_epochs() == [redo]  # the redo did train with weights ...
+    # ... and was undone: every later epoch starts where the run without the callback starts it, one epoch later.
+    for ours, theirs in zip(probe.starts[redo + 1:], reference_probe.starts[redo:]):
+        _assert_same_start(ours, theirs)
+    assert run.fit_loop.max_epochs == max_epochs + 1  # the spent redo epoch still counts: the run gets its epochs
+    assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
 
 
 def test_watched_classes_limit_what_counts_as_a_drop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -54,7 +54,8 @@ class IndexProbe(Probe):
 
 def test_weights_apply_exactly_for_the_chosen_epochs_then_clear(tmp_path: Path) -> None:
     monitor, probe = PerClassAccuracy(log_figure_every_n_epochs=0), IndexProbe()
-    improvement = DirectImprovement(targets=["b"], at_epochs=[1], apply_epochs=2, curvature="exact", log_figures=False)
+    improvement = DirectImprovement(targets=["b"], at_epochs=[1], apply_epochs=2, guard="off", curvature="exact",
+                                    log_figures=False)
     run = _fit(tmp_path, [monitor, improvement, probe], max_epochs=5)
 
     assert probe.weighted_epochs() == [2, 3]
@@ -85,7 +86,9 @@ def test_every_n_epochs_never_intervenes_after_the_last_epoch(tmp_path: Path, mo
     improvement = DirectImprovement(targets=[0], every_n_epochs=2, log_figures=False)
     _fit(tmp_path, [ScriptedAccuracy({}), improvement, probe], max_epochs=6)
     assert [r.epoch for r in improvement.records] == [1, 3]  # not after epoch 5, the last
-    assert probe.weighted_epochs() == [2, 4] and len(calls) == 2
+    # Each intervention's weights hold until the next one replaces them, then to the end of training.
+    assert [r.weighted_epochs for r in improvement.records] == [[2, 3], [4, 5]]
+    assert probe.weighted_epochs() == [2, 3, 4, 5] and len(calls) == 2
 
 
 def test_worst_k_targets_the_lowest_classes_of_the_chosen_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,3 +232,95 @@ def test_curvature_samples_reach_the_engine_and_the_intervention_applies(tmp_pat
     _fit(tmp_path, [PerClassAccuracy(log_figure_every_n_epochs=0), improvement], max_epochs=3)
     assert [call["curvature_samples"] for call in calls] == [40]
     assert improvement.records[0].status == "applied"
+
+
+def _guarded_run(tmp_path: Path, script: dict, **kwargs: object) -> tuple[DirectImprovement, IndexProbe, L.Trainer]:
+    improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False, **kwargs), IndexProbe()
+    run = _fit(tmp_path, [ScriptedAccuracy(script), improvement, probe], max_epochs=5)
+    return improvement, probe, run
+
+
+def _same_start(a: dict, b: dict) -> bool:
+    return (states_equal(a["params"], b["params"]) and states_equal(a["optimizer"], b["optimizer"])
+            and states_equal(a["scheduler"], b["scheduler"]) and torch.equal(a["torch_rng"], b["torch_rng"]))
+
+
+def test_weights_hold_until_the_end_of_training_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    improvement, probe, run = _guarded_run(tmp_path, {})
+    n = len(run.datamodule.train_dataset)
+    assert probe.weighted_epochs() == [2, 3, 4]
+    assert torch.equal(_weights_seen(probe, 2, n), _weights_seen(probe, 4, n))
+    (record,) = improvement.records
+    assert record.status == "applied" and record.weighted_epochs == [2, 3, 4] and record.reason == ""
+    assert [entry["action"] for entry in record.guard] == ["kept"] * 3
+    assert not run.lightning_module.sample_weights.active  # cleared once fit ends
+
+
+def test_guard_rolls_back_a_weighted_epoch_that_hurts_a_non_target_and_retries_with_shrunk_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    # Epoch 2 (weighted) lowers the non-target c by 20 points; its redo (epoch 3) and later epochs do not.
+    improvement, probe, run = _guarded_run(tmp_path, {2: (0.9, 0.8, 0.6)}, tolerance=0.05)
+    n = len(run.datamodule.train_dataset)
+    first, retry = _weights_seen(probe, 2, n), _weights_seen(probe, 3, n)
+    torch.testing.assert_close(retry, 1.0 + 0.5 * (first - 1.0))  # half the distance to uniform weights
+    assert _same_start(probe.starts[3], probe.starts[2])  # the retry replays the epoch from its start, RNG included
+    assert run.fit_loop.max_epochs == 6 and run.current_epoch == 6  # the retry is one more epoch
+    (record,) = improvement.records
+    assert [(e["epoch"], e["action"], e["violations"]) for e in record.guard] == [
+        (2, "rollback", [2]), (3, "kept", []), (4, "kept", []), (5, "kept", [])]
+    assert record.weighted_epochs == [3, 4, 5] and record.status == "applied"
+    assert record.guard[0]["change"] == pytest.approx([0.1, 0.0, -0.2])
+
+
+def test_guard_drops_the_weights_after_repeated_violations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    hurt = (0.9, 0.8, 0.6)
+    with pytest.warns(UserWarning, match="dropped the weights"):
+        improvement, probe, run = _guarded_run(tmp_path, {2: hurt, 3: hurt, 4: hurt}, tolerance=0.05, max_retries=2)
+    # Epochs 2, 3 and 4 are the same epoch trained with |w - 1| x1, x0.5, x0.25; all hurt c, so epoch 5
+    # replays it once more without weights, from the same start.
+    assert probe.weighted_epochs() == [2, 3, 4]
+    assert all(_same_start(probe.starts[e], probe.starts[2]) for e in (3, 4, 5))
+    n = len(run.datamodule.train_dataset)
+    torch.testing.assert_close(_weights_seen(probe, 4, n), 1.0 + 0.25 * (_weights_seen(probe, 2, n) - 1.0))
+    (record,) = improvement.records
+    assert record.status == "dropped" and [e["action"] for e in record.guard] == ["rollback", "rollback", "dropped"]
+    assert record.weighted_epochs == [] and not run.lightning_module.sample_weights.active
+    assert run.current_epoch == 8  # three redone epochs
+
+
+def test_guard_shrink_mode_shrinks_without_rolling_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    improvement, probe, run = _guarded_run(tmp_path, {2: (0.9, 0.8, 0.6)}, guard="shrink", tolerance=0.05)
+    n = len(run.datamodule.train_dataset)
+    torch.testing.assert_close(_weights_seen(probe, 3, n), 1.0 + 0.5 * (_weights_seen(probe, 2, n) - 1.0))
+    assert run.current_epoch == 5  # nothing redone
+    (record,) = improvement.records
+    assert [e["action"] for e in record.guard] == ["shrink", "kept", "kept"] and record.weighted_epochs == [2, 3, 4]
+
+
+def test_guard_ignores_drops_of_targets_and_drops_within_tolerance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    improvement, _, run = _guarded_run(tmp_path, {2: (0.5, 0.78, 0.8)}, tolerance=0.05)  # a is the target
+    assert run.current_epoch == 5 and [e["action"] for e in improvement.records[0].guard] == ["kept"] * 3
+
+
+def test_resume_with_a_pending_guard_rollback_replays_the_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    script = {2: (0.9, 0.8, 0.6)}
+    improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], tolerance=0.05, log_figures=False), IndexProbe()
+    _fit(tmp_path / "a", [ScriptedAccuracy(script), improvement, probe, checkpoints], max_epochs=5, enable_checkpointing=True)
+
+    resumed, resumed_probe = DirectImprovement(targets=["a"], at_epochs=[1], tolerance=0.05, log_figures=False), IndexProbe()
+    run = _fit(tmp_path / "b", [ScriptedAccuracy(script), resumed, resumed_probe], max_epochs=5,
+               ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))
+    n = len(run.datamodule.train_dataset)
+    assert states_equal(resumed_probe.starts[0]["params"], probe.starts[3]["params"])  # the rolled-back start
+    assert torch.equal(_weights_seen(resumed_probe, 3, n), _weights_seen(probe, 3, n))
+    assert run.current_epoch == 6
+    assert [(e["epoch"], e["action"]) for e in resumed.records[0].guard] == [
+        (e["epoch"], e["action"]) for e in improvement.records[0].guard]

@@ -1,0 +1,73 @@
+"""The validation guard of held weights and of redone epochs: which classes a weighted epoch hurt."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["accuracy_change", "redo_verdict", "shrink_weights", "violations"]
+
+
+def accuracy_change(before: Sequence[float | None], after: Sequence[float | None]) -> list[float | None]:
+    """Per-class ``after - before`` (``None`` where either side has no value).
+
+    Example:
+        >>> accuracy_change([0.5, None, 0.75], [0.75, 0.5, 0.5])
+        [0.25, None, -0.25]
+    """
+    return [None if _missing(b) or _missing(a) else float(a) - float(b) for b, a in zip(before, after)]
+
+
+def violations(before: Sequence[float | None], after: Sequence[float | None], targets: Sequence[int],
+               tolerance: float) -> list[int]:
+    """Non-target classes whose accuracy fell by more than ``tolerance`` from ``before`` to ``after``.
+
+    Example:
+        >>> violations([0.9, 0.9, 0.5], [0.8, 0.89, 0.4], targets=[2], tolerance=0.05)
+        [0]
+    """
+    change = accuracy_change(before, after)
+    return [c for c, d in enumerate(change) if c not in targets and d is not None and d < -tolerance]
+
+
+def redo_verdict(bad: Sequence[float | None], redo: Sequence[float | None], dropped: Sequence[int],
+                 threshold: float) -> str:
+    """Why a Course Correction redo is rejected against the detrimental epoch it replaces ("" = accepted).
+
+    A redo is kept only if it beats the detrimental epoch on the dropped classes (mean change > 0) and
+    lowers no other class by more than ``threshold``.
+
+    Example:
+        >>> redo_verdict([0.2, 0.9], [0.6, 0.88], dropped=[0], threshold=0.03)
+        ''
+        >>> redo_verdict([0.2, 0.9], [0.6, 0.8], dropped=[0], threshold=0.03)
+        'the redo lowered class 1 by 10.0 points against the detrimental epoch'
+    """
+    change = accuracy_change(bad, redo)
+    gains = [change[c] for c in dropped if change[c] is not None]
+    if not gains or sum(gains) / len(gains) <= 0:
+        return "the redo did not raise the dropped classes above the detrimental epoch"
+    hurt = violations(bad, redo, dropped, threshold)
+    if hurt:
+        worst = min(hurt, key=lambda c: change[c])  # type: ignore[arg-type, return-value]
+        return f"the redo lowered class {worst} by {-100 * change[worst]:.1f} points against the detrimental epoch"  # type: ignore[operator]
+    return ""
+
+
+def shrink_weights(weights: torch.Tensor, factor: float) -> torch.Tensor:
+    """Weights moved towards one: ``1 + factor * (w - 1)`` (the trust radius times ``factor``).
+
+    The result stays within the original bounds and keeps the mean, so the LP's constraints
+    still hold with every predicted change scaled by ``factor``.
+
+    Example:
+        >>> shrink_weights(torch.tensor([0.0, 1.0, 2.0]), 0.5)
+        tensor([0.5000, 1.0000, 1.5000])
+    """
+    return 1.0 + factor * (weights - 1.0)
+
+
+def _missing(value: float | None) -> bool:
+    return value is None or math.isnan(value)
