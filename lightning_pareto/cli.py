@@ -22,7 +22,11 @@ from lightning_pareto.module import ClassifierModule
 __all__ = ["ParetoCLI", "main"]
 
 # Subcommands handled outside LightningCLI: name -> module with a ``main(argv: list[str])``.
-EXPERIMENTS = {"trim": "lightning_pareto.experiments.trim", "active": "lightning_pareto.experiments.active"}
+EXPERIMENTS = {
+    "trim": "lightning_pareto.experiments.trim",
+    "active": "lightning_pareto.experiments.active",
+    "compare": "lightning_pareto.experiments.compare",
+}
 
 
 def _register_interventions() -> None:
@@ -73,14 +77,20 @@ def main(argv: list[str] | None = None) -> None:
     if words and words[0] in EXPERIMENTS:
         _run_experiment(words[0], words[1:])
         return
+    build_cli(argv)
+
+
+def build_cli(argv: list[str] | None, run: bool = True) -> ParetoCLI:
+    """The ``lightning-pareto`` LightningCLI on ``argv`` (``None``: ``sys.argv``); ``run=False`` only builds it."""
     _register_interventions()
     # LightningCLI itself calls jsonargparse APIs that jsonargparse deprecates; a user cannot act on those warnings.
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
-    ParetoCLI(
+    return ParetoCLI(
         ClassifierModule,
         LightningDataModule,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         args=argv,  # None: LightningCLI reads sys.argv itself
+        run=run,
     )

@@ -16,6 +16,7 @@ MODULES = [
     "lightning_pareto.callbacks._guard",
     "lightning_pareto.callbacks._targets",
     "lightning_pareto.callbacks.upweighting",
+    "lightning_pareto.experiments.compare",
 ]
 
 

@@ -386,6 +386,12 @@ class InterventionCallback(Callback):
         record = next((r for r in reversed(history) if r["epoch"] == epoch), None)
         return None if record is None else [float(a) for a in record["accuracy"]]
 
+    def support_at(self, epoch: int) -> list[int]:
+        """Validation samples per class of ``epoch``'s validation (zeros if it did not validate)."""
+        history = [] if self._monitor is None else self._monitor.history
+        record = next((r for r in reversed(history) if r["epoch"] == epoch), None)
+        return [0] * len(self.class_names) if record is None else [int(n) for n in record["support"]]
+
     def intervene(
         self,
         trainer: Trainer,
