@@ -9,7 +9,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_pareto.callbacks._budget import EpochBudget
-from lightning_pareto.callbacks._guard import redo_verdict
+from lightning_pareto.callbacks._guard import noise_tolerance, redo_verdict
 from lightning_pareto.callbacks._intervention import (
     CurvatureName,
     FitnessMode,
@@ -62,7 +62,9 @@ class CourseCorrection(InterventionCallback):
 
     Args:
         drop_threshold: Accuracy drop (a fraction, e.g. ``0.03`` = 3 points) of a class between two
-            consecutive validated epochs that makes the later one detrimental.
+            consecutive validated epochs that makes the later one detrimental; a drop must also exceed
+            twice the sampling noise of the class's validation accuracy (``sqrt(2 p (1 - p) / n)``
+            for ``n`` samples at accuracy ``p``), so noise on a small validation set is not corrected.
         classes: Classes watched for drops: ``"any"``, or a list of names or indices.
         max_corrections: Most rollbacks attempted in one run (applied or skipped).
         curvature: Influence curvature: ``"ekfac"``, ``"kfac"`` or ``"exact"`` (small models only).
@@ -180,7 +182,9 @@ class CourseCorrection(InterventionCallback):
         previous, self._previous = self._previous, accuracy
         if previous is None or self.attempts >= self.max_corrections or self._snapshot is None:
             return
-        dropped = [c for c in self._watched if _drop(previous, accuracy, c) > self.drop_threshold]
+        # A drop counts past the threshold and past twice the sampling noise of the class's validation accuracy.
+        limits = noise_tolerance(previous, self.support_at(epoch), self.drop_threshold)
+        dropped = [c for c in self._watched if _drop(previous, accuracy, c) > limits[c]]
         if dropped and self._snapshot.epoch == epoch:
             self._pending = InterventionRecord(
                 epoch=epoch, mode=self.mode, targets=dropped, before=list(previous), bad=list(accuracy)

@@ -65,19 +65,22 @@ class ScriptedAccuracy(PerClassAccuracy):
     Args:
         script: ``epoch -> per-class accuracy``; epochs not in it get ``default``.
         default: Accuracy of unscripted epochs.
+        support: Validation samples per class.
     """
 
-    def __init__(self, script: dict[int, Sequence[float]], default: Sequence[float] = (0.8, 0.8, 0.8)) -> None:
+    def __init__(self, script: dict[int, Sequence[float]], default: Sequence[float] = (0.8, 0.8, 0.8),
+                 support: int = 1000) -> None:
         super().__init__(log_figure_every_n_epochs=0)
         self.script = {epoch: list(values) for epoch, values in script.items()}
         self.default = list(default)
+        self.support = support  # validation samples per class: sets the sampling noise the guards allow for
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
         accuracy = self.script.get(trainer.current_epoch, self.default)
         self._history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "accuracy": accuracy,
-                              "support": [20] * len(accuracy)})
+                              "support": [self.support] * len(accuracy)})
 
 
 class Probe(Callback):

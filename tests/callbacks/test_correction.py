@@ -118,6 +118,19 @@ def test_a_rejected_redo_leaves_the_run_exactly_as_without_the_callback(
     assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
 
 
+def test_a_drop_within_the_sampling_noise_of_a_small_validation_set_is_not_corrected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = patch_influence(monkeypatch, random_influence)
+    # 20 points on 20 validation samples at 80% is within twice the sampling noise (25 points); 30 points is not.
+    quiet = CourseCorrection(drop_threshold=0.05, log_figures=False)
+    _fit(tmp_path / "noise", [ScriptedAccuracy({1: (0.8, 0.6, 0.8)}, support=20), quiet], max_epochs=3)
+    assert quiet.records == [] and calls == []
+    loud = CourseCorrection(drop_threshold=0.05, log_figures=False)
+    _fit(tmp_path / "drop", [ScriptedAccuracy({1: (0.8, 0.5, 0.8)}, support=20), loud], max_epochs=3)
+    assert [r.targets for r in loud.records] == [[1]]
+
+
 def test_watched_classes_limit_what_counts_as_a_drop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = patch_influence(monkeypatch, random_influence)
     correction = CourseCorrection(drop_threshold=0.05, classes=["a", 2], log_figures=False)

@@ -234,9 +234,10 @@ def test_curvature_samples_reach_the_engine_and_the_intervention_applies(tmp_pat
     assert improvement.records[0].status == "applied"
 
 
-def _guarded_run(tmp_path: Path, script: dict, **kwargs: object) -> tuple[DirectImprovement, IndexProbe, L.Trainer]:
+def _guarded_run(tmp_path: Path, script: dict, support: int = 1000,
+                 **kwargs: object) -> tuple[DirectImprovement, IndexProbe, L.Trainer]:
     improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False, **kwargs), IndexProbe()
-    run = _fit(tmp_path, [ScriptedAccuracy(script), improvement, probe], max_epochs=5)
+    run = _fit(tmp_path, [ScriptedAccuracy(script, support=support), improvement, probe], max_epochs=5)
     return improvement, probe, run
 
 
@@ -313,7 +314,7 @@ def test_guard_ignores_drops_of_targets_and_drops_within_tolerance_or_noise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drop: tuple
 ) -> None:
     patch_influence(monkeypatch, random_influence)
-    improvement, _, run = _guarded_run(tmp_path, {2: drop}, tolerance=0.05)
+    improvement, _, run = _guarded_run(tmp_path, {2: drop}, support=20, tolerance=0.05)
     assert run.current_epoch == 5 and [e["action"] for e in improvement.records[0].guard] == ["kept"] * 3
 
 
