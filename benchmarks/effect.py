@@ -252,7 +252,8 @@ def _changes(after: list[float], reference: list[float], targets: list[int]) -> 
     others = [c for c in range(delta.size) if c not in targets]
     return {"per_class_pp": [round(float(d), 2) for d in delta],
             "targets_pp": float(np.mean(delta[targets])) if targets else math.nan,
-            "nontargets_pp": float(np.mean(delta[others])), "worst_nontarget_pp": float(np.min(delta[others])),
+            "nontargets_pp": float(np.mean(delta[others])) if others else math.nan,
+            "worst_nontarget_pp": float(np.min(delta[others])) if others else math.nan,
             "all_pp": float(np.mean(delta)), "worst_class_pp": float(np.min(delta))}
 
 
