@@ -54,27 +54,30 @@ def noise_tolerance(accuracy: Sequence[float | None], support: Sequence[int], to
     return limits
 
 
-def redo_verdict(bad: Sequence[float | None], redo: Sequence[float | None], dropped: Sequence[int],
-                 threshold: float) -> str:
-    """Why a Course Correction redo is rejected against the detrimental epoch it replaces ("" = accepted).
+def redo_verdict(before: Sequence[float | None], bad: Sequence[float | None], redo: Sequence[float | None],
+                 dropped: Sequence[int], tolerance: float | Sequence[float]) -> str:
+    """Why a Course Correction redo is rejected ("" = accepted).
 
     A redo is kept only if it beats the detrimental epoch on the dropped classes (mean change > 0) and
-    lowers no other class by more than ``threshold``.
+    is not itself detrimental: no other class below its accuracy before the detrimental epoch by more
+    than ``tolerance`` (one, or one per class). The detrimental epoch's own values of the other classes
+    are no reference: a class that absorbed the dropped classes' predictions there is inflated.
 
     Example:
-        >>> redo_verdict([0.2, 0.9], [0.6, 0.88], dropped=[0], threshold=0.03)
+        >>> redo_verdict([0.8, 0.9], [0.2, 0.95], [0.6, 0.88], dropped=[0], tolerance=0.03)
         ''
-        >>> redo_verdict([0.2, 0.9], [0.6, 0.8], dropped=[0], threshold=0.03)
-        'the redo lowered class 1 by 10.0 points against the detrimental epoch'
+        >>> redo_verdict([0.8, 0.9], [0.2, 0.95], [0.6, 0.8], dropped=[0], tolerance=0.03)
+        'the redo lowered class 1 by 10.0 points against the epoch before the detrimental one'
     """
-    change = accuracy_change(bad, redo)
-    gains = [change[c] for c in dropped if change[c] is not None]
+    gains = [d for c, d in enumerate(accuracy_change(bad, redo)) if c in dropped and d is not None]
     if not gains or sum(gains) / len(gains) <= 0:
         return "the redo did not raise the dropped classes above the detrimental epoch"
-    hurt = violations(bad, redo, dropped, threshold)
+    hurt = violations(before, redo, dropped, tolerance)
     if hurt:
+        change = accuracy_change(before, redo)
         worst = min(hurt, key=lambda c: change[c])  # type: ignore[arg-type, return-value]
-        return f"the redo lowered class {worst} by {-100 * change[worst]:.1f} points against the detrimental epoch"  # type: ignore[operator]
+        return (f"the redo lowered class {worst} by {-100 * change[worst]:.1f} points against the epoch before the "  # type: ignore[operator]
+                "detrimental one")
     return ""
 
 

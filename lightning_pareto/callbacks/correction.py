@@ -38,8 +38,9 @@ class CourseCorrection(InterventionCallback):
     are uniform again ("What Is The Performance Ceiling of My Classifier?", Course Correction).
 
     **A redo never leaves the run worse.** It is kept only if, on validation, it beats the detrimental
-    epoch on the dropped classes (mean change > 0) without lowering any other class by more than
-    ``drop_threshold``; otherwise the state after the detrimental epoch is put back (model,
+    epoch on the dropped classes (mean change > 0) and is not detrimental itself: no other class below
+    the epoch before the detrimental one by more than ``drop_threshold`` (and its sampling noise);
+    otherwise the state after the detrimental epoch is put back (model,
     optimizer, schedulers, RNG) and training goes on exactly as if no correction had been tried. The
     record's status says which (``"applied"`` or ``"rejected"``, with the reason).
 
@@ -272,8 +273,10 @@ class CourseCorrection(InterventionCallback):
         require_sample_weights(pl_module, type(self).__name__).clear()
         record.after = accuracy
         record.weighted_epochs.append(epoch)
+        before = record.before or []
         verdict = "no validation result for the redo" if accuracy is None else redo_verdict(
-            record.bad or [], accuracy, record.targets, self.drop_threshold)
+            before, record.bad or [], accuracy, record.targets,
+            noise_tolerance(before, self.support_at(epoch), self.drop_threshold))
         record.guard.append({"epoch": epoch, "action": "rejected" if verdict else "accepted", "reason": verdict})
         if verdict:
             # The redo's epoch is spent, the detrimental epoch's result stands: the budget keeps its extra epoch.

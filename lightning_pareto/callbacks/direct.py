@@ -24,7 +24,7 @@ from lightning_pareto.weighting import require_sample_weights
 
 __all__ = ["DirectImprovement"]
 
-GuardMode = Literal["rollback", "shrink", "off"]
+GuardMode = Literal["rollback", "paired", "shrink", "off"]
 GUARD_MODES: tuple[str, ...] = get_args(GuardMode)
 
 
@@ -49,7 +49,13 @@ class DirectImprovement(InterventionCallback):
     trained without them. A redone epoch is one more epoch: ``max_epochs`` grows by one per rollback,
     so the run still trains the epochs it was given, and chosen epochs count ``current_epoch``.
     ``guard="shrink"`` shrinks the weights for the next epoch without rolling back; ``"off"`` trusts
-    the LP. Each check is an entry of the record's ``guard`` list.
+    the LP. ``guard="paired"`` checks against a counterfactual instead of the epoch before: the first
+    epoch after an intervention is trained without the weights (exactly the epoch the run would have
+    had), then rolled back and trained again, same batches, with them; the weighted result stands if
+    no non-target class is below the unweighted one past the tolerance, else the weights are shrunk and
+    the epoch retried, and after ``max_retries`` the unweighted epoch is kept and the weights dropped
+    (one extra epoch per intervention, more on violations; later epochs are not checked). Each check
+    is an entry of the record's ``guard`` list.
 
     ``before`` is the per-class validation accuracy after epoch ``e``, ``after`` the one after the
     last weighted epoch; each intervention is a line of ``interventions.jsonl`` in the log directory
@@ -72,8 +78,9 @@ class DirectImprovement(InterventionCallback):
         apply_epochs: Epochs trained with the weights before they are cleared; ``None`` keeps them
             until the next intervention or the end of training.
         guard: What a weighted epoch that lowers a non-target class past ``tolerance`` causes:
-            ``"rollback"`` (redo the epoch with shrunk weights), ``"shrink"`` (shrink the weights
-            from the next epoch on) or ``"off"``.
+            ``"rollback"`` (redo the epoch with shrunk weights), ``"paired"`` (compare the first
+            weighted epoch with the same epoch trained without weights; retry it with shrunk weights),
+            ``"shrink"`` (shrink the weights from the next epoch on) or ``"off"``.
         tolerance: Validation accuracy drop (a fraction: 0.03 = 3 points) of a non-target class in
             one weighted epoch that the guard accepts.
         shrink: Factor on ``|w - 1|`` after a violation, in ``(0, 1)``.
@@ -193,6 +200,12 @@ class DirectImprovement(InterventionCallback):
         self._snapshot: TrainingSnapshot | None = None
         self._rollback = False
         self._in_epoch = False
+        # guard="paired": "plain" (the counterfactual epoch runs), "weighted" (a weighted try runs), "done"
+        self._phase: str | None = None
+        self._next: str | None = None  # what the next epoch start does: "weighted_try" or "keep_plain"
+        self._held = None  # the weights held back during the counterfactual epoch
+        self._plain: list[float] | None = None  # validation accuracy of the counterfactual epoch
+        self._plain_end: TrainingSnapshot | None = None  # the state after it
 
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -223,14 +236,17 @@ class DirectImprovement(InterventionCallback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Carry out a rollback the guard asked for, or snapshot the start of a weighted epoch."""
         self._in_epoch = True
-        if self._rollback and self._snapshot is not None:
+        action, self._next = self._next, None
+        if action is not None:
+            self._paired_start(trainer, pl_module, action)
+        elif self._rollback and self._snapshot is not None:
             self._rollback = False
             self._snapshot.restore(trainer, pl_module)  # RNG included: the same batches again
             if self._scale == 0.0:
                 self._drop(trainer, pl_module, "the guard dropped the weights after repeated violations")
             else:  # the same state, stamped with this epoch, so the retry can be rolled back too
                 self._snapshot = TrainingSnapshot.take(trainer, pl_module)
-        elif self._active is not None and self.guard == "rollback":
+        elif self._active is not None and (self.guard == "rollback" or self._phase == "plain"):
             self._snapshot = TrainingSnapshot.take(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -269,7 +285,12 @@ class DirectImprovement(InterventionCallback):
             scale=self._scale,
             retries=self._retries,
             rollback=self._rollback,
-            snapshot=self._snapshot.state_dict() if keep_snapshot else None,
+            snapshot=self._snapshot.state_dict() if keep_snapshot or self._phase in ("plain", "weighted") else None,
+            phase=self._phase,
+            next=self._next,
+            held=self._held,
+            plain=self._plain,
+            plain_end=None if self._plain_end is None else self._plain_end.state_dict(),
             **self.budget.state_dict(),
         )
         return state
@@ -285,6 +306,10 @@ class DirectImprovement(InterventionCallback):
         self._scale = float(state_dict.get("scale", 1.0))
         self._retries = int(state_dict.get("retries", 0))
         self._rollback = bool(state_dict.get("rollback", False))
+        self._phase, self._next = state_dict.get("phase"), state_dict.get("next")
+        self._held, self._plain = state_dict.get("held"), state_dict.get("plain")
+        plain_end = state_dict.get("plain_end")
+        self._plain_end = None if plain_end is None else TrainingSnapshot.from_state_dict(plain_end)
         snapshot = state_dict.get("snapshot")
         self._snapshot = None if snapshot is None else TrainingSnapshot.from_state_dict(snapshot)
         self.budget.load_state_dict(state_dict)
@@ -307,6 +332,12 @@ class DirectImprovement(InterventionCallback):
             if self.intervene(trainer, pl_module, record, reference=before):
                 self._active, self._remaining, self._reference = record, self.apply_epochs, list(before)
                 self._scale, self._retries = 1.0, 0
+                if self.guard == "paired":
+                    # The next epoch runs without the weights: the counterfactual the weighted try is judged by.
+                    store = require_sample_weights(pl_module, type(self).__name__)
+                    self._held, self._phase, self._plain, self._plain_end = store.weights.clone(), "plain", None, None
+                    store.clear()
+                    self.budget.change(trainer, 1)
                 return
         self.finish(trainer, record)
 
@@ -314,7 +345,9 @@ class DirectImprovement(InterventionCallback):
         """The guard on a weighted epoch; ``False`` when it rolls the epoch back."""
         record = self._active
         assert record is not None
-        if accuracy is None or self._reference is None or self.guard == "off":
+        if self.guard == "paired" and self._phase != "done":
+            return self._check_paired(trainer, epoch, accuracy)
+        if accuracy is None or self._reference is None or self.guard in ("off", "paired"):
             self._reference = accuracy if accuracy is not None else self._reference
             return True
         hurt = violations(self._reference, accuracy, record.targets,
@@ -353,6 +386,57 @@ class DirectImprovement(InterventionCallback):
             store.set(shrink_weights(store.weights, self.shrink))
         return True
 
+    def _check_paired(self, trainer: Trainer, epoch: int, accuracy: list[float] | None) -> bool:
+        """``guard="paired"``: the counterfactual epoch, then weighted tries judged against it; ``True`` once one stands."""
+        record = self._active
+        assert record is not None
+        if self._phase == "plain":
+            self._plain = accuracy
+            record.guard.append({"epoch": epoch, "action": "counterfactual"})
+            self._phase, self._next = "weighted", "weighted_try"
+            return False
+        if accuracy is None or self._plain is None:
+            self._phase = "done"  # nothing to compare with: the weighted epoch stands
+            return True
+        hurt = violations(self._plain, accuracy, record.targets,
+                          noise_tolerance(self._plain, self.support_at(epoch), self.tolerance))
+        entry: dict[str, Any] = {"epoch": epoch, "scale": self._scale, "change": accuracy_change(self._plain, accuracy),
+                                 "violations": hurt, "action": "kept"}
+        record.guard.append(entry)
+        if not hurt:
+            self._phase, self._plain_end, self._held = "done", None, None
+            self._reference = list(accuracy)
+            return True
+        self._retries += 1
+        names = [self.class_names[c] for c in hurt]
+        if self._retries > self.max_retries:  # the counterfactual epoch counts instead of this try: no extra epoch
+            entry["action"], self._next = "dropped", "keep_plain"
+            rank_zero_info(f"DirectImprovement: the weights lowered {names} against the same epoch without them; "
+                           "keeping that epoch and dropping the weights.")
+        else:
+            entry["action"], self._next = "retry", "weighted_try"
+            self.budget.change(trainer, 1)  # this try does not count
+            self._scale *= self.shrink
+            self._held = shrink_weights(self._held, self.shrink)
+            rank_zero_info(f"DirectImprovement: the weights lowered {names} against the same epoch without them; "
+                           f"training it again with |w - 1| x{self._scale:g}.")
+        return False
+
+    def _paired_start(self, trainer: Trainer, pl_module: LightningModule, action: str) -> None:
+        """Start a weighted try from the counterfactual epoch's start, or go back to the counterfactual's end and drop."""
+        assert self._snapshot is not None
+        store = require_sample_weights(pl_module, type(self).__name__)
+        if self._plain_end is None:  # right after the counterfactual epoch: keep its end state
+            self._plain_end = TrainingSnapshot.take(trainer, pl_module)
+        if action == "weighted_try":
+            self._snapshot.restore(trainer, pl_module)  # RNG included: the counterfactual's batches again
+            store.set(self._held)
+            return
+        self._plain_end.restore(trainer, pl_module)
+        self._plain_end = self._held = None
+        self._drop(trainer, pl_module, "the guard dropped the weights: they lowered a non-target class against the "
+                                       "same epoch trained without them")
+
     def _drop(self, trainer: Trainer, pl_module: LightningModule, reason: str, after: list[float] | None = None) -> None:
         assert self._active is not None
         self._active.status, self._active.reason = "dropped", reason
@@ -362,6 +446,7 @@ class DirectImprovement(InterventionCallback):
     def _close(self, trainer: Trainer, pl_module: LightningModule, after: list[float] | None) -> None:
         record, self._active, self._remaining = self._active, None, None
         self._reference, self._snapshot, self._rollback = None, None, False
+        self._phase = self._next = self._held = self._plain = self._plain_end = None
         require_sample_weights(pl_module, type(self).__name__).clear()
         assert record is not None
         record.after = after

@@ -118,6 +118,18 @@ def test_a_rejected_redo_leaves_the_run_exactly_as_without_the_callback(
     assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
 
 
+def test_a_redo_is_kept_when_it_only_gives_back_what_the_bad_epoch_inflated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    # Epoch 1 sends b's samples to c (b 80 -> 40, c 80 -> 95); the redo restores b and c to 80: c is 15
+    # points below the detrimental epoch but not below where it was before it, so the redo stands.
+    correction = CourseCorrection(drop_threshold=0.05, log_figures=False)
+    _fit(tmp_path, [ScriptedAccuracy({1: (0.8, 0.4, 0.95)}), correction], max_epochs=3)
+    (record,) = correction.records
+    assert record.status == "applied" and record.guard[-1]["action"] == "accepted" and record.targets == [1]
+
+
 def test_a_drop_within_the_sampling_noise_of_a_small_validation_set_is_not_corrected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -334,3 +334,37 @@ def test_resume_with_a_pending_guard_rollback_replays_the_epoch(tmp_path: Path, 
     assert run.current_epoch == 6
     assert [(e["epoch"], e["action"]) for e in resumed.records[0].guard] == [
         (e["epoch"], e["action"]) for e in improvement.records[0].guard]
+
+
+def test_paired_guard_judges_the_weighted_epoch_against_the_same_epoch_without_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    # Epoch 2: the counterfactual (no weights); 3: the weighted try, c 50 points below it; 4: the retry, fine.
+    improvement, probe, run = _guarded_run(tmp_path, {3: (0.9, 0.8, 0.3)}, guard="paired", tolerance=0.05)
+    reference_probe = IndexProbe()
+    _fit(tmp_path / "plain", [ScriptedAccuracy({}), reference_probe], max_epochs=5)
+    n = len(run.datamodule.train_dataset)
+    assert probe.weighted_epochs() == [3, 4, 5, 6]
+    assert _same_start(probe.starts[2], reference_probe.starts[2])  # the counterfactual is the plain run's epoch
+    assert _same_start(probe.starts[3], probe.starts[2]) and _same_start(probe.starts[4], probe.starts[2])
+    torch.testing.assert_close(_weights_seen(probe, 4, n), 1.0 + 0.5 * (_weights_seen(probe, 3, n) - 1.0))
+    (record,) = improvement.records
+    assert [(e["epoch"], e["action"]) for e in record.guard] == [(2, "counterfactual"), (3, "retry"), (4, "kept")]
+    assert record.guard[1]["change"] == pytest.approx([0.1, 0.0, -0.5]) and record.weighted_epochs == [4, 5, 6]
+    assert run.fit_loop.max_epochs == 7  # the counterfactual and the rejected try are extra epochs
+
+
+def test_paired_guard_keeps_the_unweighted_epoch_after_repeated_violations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    hurt = (0.9, 0.8, 0.3)
+    improvement, probe, run = _guarded_run(tmp_path, {3: hurt, 4: hurt, 5: hurt}, guard="paired", tolerance=0.05)
+    reference = _fit(tmp_path / "plain", [ScriptedAccuracy({})], max_epochs=5)
+    (record,) = improvement.records
+    assert record.status == "dropped" and [e["action"] for e in record.guard] == [
+        "counterfactual", "retry", "retry", "dropped"]
+    assert probe.weighted_epochs() == [3, 4, 5] and run.fit_loop.max_epochs == 8
+    # The unweighted epoch stands: the run ends exactly where the run without the callback ends.
+    assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
