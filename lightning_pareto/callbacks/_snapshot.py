@@ -22,7 +22,8 @@ from torch import Tensor
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
 
-__all__ = ["TrainingSnapshot", "capture_rng_state", "cpu_copy", "preserved_rng", "restore_rng_state"]
+__all__ = [
+    "TrainingSnapshot", "capture_rng_state", "cpu_copy", "follow_restored_rng", "preserved_rng", "restore_rng_state"]
 
 
 def cpu_copy(value: Any) -> Any:
@@ -96,6 +97,22 @@ def preserved_rng() -> Iterator[None]:
         yield
     finally:
         restore_rng_state(state)
+
+
+def follow_restored_rng(trainer: Trainer) -> None:
+    """Make the epoch about to start draw its batch order from the global RNG as it is now.
+
+    Call at ``on_train_epoch_start`` after restoring RNG state. Lightning creates the data iterator
+    of later epochs after that hook, but that of a fit's first epoch (a fresh or a resumed run) before
+    it; there the iterator is created again, so a redo after a resume replays the same batches as it
+    would have without the interruption.
+    """
+    fit_loop = trainer.fit_loop
+    if trainer.current_epoch > 0 and not fit_loop.is_resuming and not fit_loop.epoch_loop.restarting:
+        return  # Lightning creates this epoch's iterator after the hook
+    fetcher = getattr(fit_loop, "_data_fetcher", None)
+    if fetcher is not None:
+        iter(fetcher)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from lightning_pareto.callbacks._intervention import (
     InterventionSettings,
     PresetName,
 )
-from lightning_pareto.callbacks._snapshot import TrainingSnapshot, restore_rng_state
+from lightning_pareto.callbacks._snapshot import TrainingSnapshot, follow_restored_rng, restore_rng_state
 from lightning_pareto.callbacks.monitor import class_indices
 from lightning_pareto.weighting import require_sample_weights
 
@@ -198,7 +198,7 @@ class CourseCorrection(InterventionCallback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """A redo rejected in the last epoch: end with the state after the detrimental epoch, as without the correction."""
         if self._restore:
-            self._undo_redo(trainer, pl_module)
+            self._undo_redo(trainer, pl_module, epoch_start=False)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record a redo or pending rollback cut short by the end of fit, clear weights, print the table."""
@@ -257,9 +257,11 @@ class CourseCorrection(InterventionCallback):
         if self.intervene(trainer, pl_module, record, reference=record.bad or []):
             # The redo starts from the detrimental epoch's RNG state, so it replays that epoch's batches.
             restore_rng_state(self._snapshot.rng)
+            follow_restored_rng(trainer)
             self._redo, self._after_bad = record, after_bad_epoch
             return
         after_bad_epoch.restore(trainer, pl_module)
+        follow_restored_rng(trainer)
         self._snapshot = after_bad_epoch  # this epoch starts from here: the next drop rolls back to it
         self.budget.change(trainer, -1)
         if trainer.fit_loop.max_epochs is not None and 0 <= trainer.fit_loop.max_epochs <= trainer.current_epoch:
@@ -290,9 +292,11 @@ class CourseCorrection(InterventionCallback):
             self._previous = accuracy
         self.finish(trainer, record)
 
-    def _undo_redo(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _undo_redo(self, trainer: Trainer, pl_module: LightningModule, epoch_start: bool = True) -> None:
         assert self._after_bad is not None
         self._after_bad.restore(trainer, pl_module)
+        if epoch_start:
+            follow_restored_rng(trainer)
         self._after_bad, self._restore = None, False
         # A fresh snapshot: the same state, stamped with this epoch, so a drop in it can be rolled back.
         self._snapshot = TrainingSnapshot.take(trainer, pl_module)

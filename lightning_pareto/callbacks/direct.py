@@ -17,7 +17,7 @@ from lightning_pareto.callbacks._intervention import (
     InterventionSettings,
     PresetName,
 )
-from lightning_pareto.callbacks._snapshot import TrainingSnapshot
+from lightning_pareto.callbacks._snapshot import TrainingSnapshot, follow_restored_rng
 from lightning_pareto.callbacks._targets import check_targets, worst_classes
 from lightning_pareto.callbacks.monitor import class_indices
 from lightning_pareto.weighting import require_sample_weights
@@ -242,6 +242,7 @@ class DirectImprovement(InterventionCallback):
         elif self._rollback and self._snapshot is not None:
             self._rollback = False
             self._snapshot.restore(trainer, pl_module)  # RNG included: the same batches again
+            follow_restored_rng(trainer)
             if self._scale == 0.0:
                 self._drop(trainer, pl_module, "the guard dropped the weights after repeated violations")
             else:  # the same state, stamped with this epoch, so the retry can be rolled back too
@@ -430,9 +431,11 @@ class DirectImprovement(InterventionCallback):
             self._plain_end = TrainingSnapshot.take(trainer, pl_module)
         if action == "weighted_try":
             self._snapshot.restore(trainer, pl_module)  # RNG included: the counterfactual's batches again
+            follow_restored_rng(trainer)
             store.set(self._held)
             return
         self._plain_end.restore(trainer, pl_module)
+        follow_restored_rng(trainer)
         self._plain_end = self._held = None
         self._drop(trainer, pl_module, "the guard dropped the weights: they lowered a non-target class against the "
                                        "same epoch trained without them")

@@ -84,11 +84,12 @@ class ScriptedAccuracy(PerClassAccuracy):
 
 
 class Probe(Callback):
-    """Records, per epoch, the training state at its start (deep copies) and the weights every batch saw."""
+    """Records, per epoch, the training state at its start (deep copies) and the weights and indices of every batch."""
 
     def __init__(self) -> None:
         self.starts: list[dict[str, Any]] = []
         self.batch_weights: dict[int, list[Tensor | None]] = {}
+        self.batch_indices: dict[int, list[Tensor]] = {}
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.starts.append({
@@ -104,6 +105,11 @@ class Probe(Callback):
         store = pl_module.sample_weights
         weights = None if not store.active else store.lookup(batch[2]).clone()
         self.batch_weights.setdefault(trainer.current_epoch, []).append(weights)
+        self.batch_indices.setdefault(trainer.current_epoch, []).append(batch[2].clone())
+
+    def batch_order(self, epoch: int) -> list[list[int]]:
+        """The dataset indices of every batch of ``epoch``, in order."""
+        return [index.tolist() for index in self.batch_indices[epoch]]
 
     def weighted_epochs(self) -> list[int]:
         """Epochs in which some batch saw non-uniform weights."""
