@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
 
 __all__ = [
-    "TrainingSnapshot", "capture_rng_state", "cpu_copy", "follow_restored_rng", "preserved_rng", "restore_rng_state"]
+    "TrainingSnapshot", "capture_rng_state", "cpu_copy", "follow_restored_rng", "preserved_rng", "restore_rng_state",
+    "train_samplers"]
 
 
 def cpu_copy(value: Any) -> Any:
@@ -99,14 +100,34 @@ def preserved_rng() -> Iterator[None]:
         restore_rng_state(state)
 
 
-def follow_restored_rng(trainer: Trainer) -> None:
-    """Make the epoch about to start draw its batch order from the global RNG as it is now.
+def train_samplers(trainer: Trainer) -> list[Any]:
+    """The samplers of the training dataloaders that shuffle by epoch (``set_epoch``, e.g. ``DistributedSampler``)."""
+    combined = getattr(trainer.fit_loop, "_combined_loader", None)
+    samplers = []
+    for loader in [] if combined is None else combined.flattened:
+        for sampler in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+            if sampler is not None and callable(getattr(sampler, "set_epoch", None)) and sampler not in samplers:
+                samplers.append(sampler)
+    return samplers
 
-    Call at ``on_train_epoch_start`` after restoring RNG state. Lightning creates the data iterator
-    of later epochs after that hook, but that of a fit's first epoch (a fresh or a resumed run) before
-    it; there the iterator is created again, so a redo after a resume replays the same batches as it
-    would have without the interruption.
+
+def follow_restored_rng(trainer: Trainer, sampler_epoch: int | None) -> None:
+    """Make the epoch about to start draw the batch order of the epoch whose RNG state was just restored.
+
+    Call at ``on_train_epoch_start`` after restoring RNG state. A sampler that shuffles by epoch number
+    (``DistributedSampler`` under DDP) gets that epoch's number back. Lightning creates the data
+    iterator of later epochs after this hook, but that of a fit's first epoch (a fresh or a resumed
+    run) before it; there the iterator is created again, so a redo after a resume replays the same
+    batches as it would have without the interruption. (A snapshot taken at the start of a resumed
+    run's first epoch holds the RNG after that iterator was made: its replay draws other batches.)
+
+    Args:
+        trainer: The running Trainer.
+        sampler_epoch: The replayed epoch's sampler epoch (:attr:`TrainingSnapshot.sampler_epoch`).
     """
+    if sampler_epoch is not None:
+        for sampler in train_samplers(trainer):
+            sampler.set_epoch(sampler_epoch)
     fit_loop = trainer.fit_loop
     if trainer.current_epoch > 0 and not fit_loop.is_resuming and not fit_loop.epoch_loop.restarting:
         return  # Lightning creates this epoch's iterator after the hook
@@ -126,6 +147,7 @@ class TrainingSnapshot:
         schedulers: ``state_dict()`` of each LR scheduler in ``trainer.lr_scheduler_configs``, in order.
         precision: ``trainer.precision_plugin.state_dict()`` (e.g. the AMP grad scaler's scale).
         rng: Global random states, see :func:`capture_rng_state`.
+        sampler_epoch: The epoch number of the training sampler that shuffles by epoch (DDP), if any.
     """
 
     epoch: int
@@ -134,6 +156,7 @@ class TrainingSnapshot:
     schedulers: list[dict[str, Any]]
     precision: dict[str, Any]
     rng: dict[str, Any]
+    sampler_epoch: int | None = None
 
     @classmethod
     def take(cls, trainer: Trainer, pl_module: LightningModule) -> TrainingSnapshot:
@@ -153,6 +176,7 @@ class TrainingSnapshot:
             schedulers=[cpu_copy(config.scheduler.state_dict()) for config in trainer.lr_scheduler_configs],
             precision=cpu_copy(trainer.precision_plugin.state_dict()),
             rng=capture_rng_state(),
+            sampler_epoch=next((int(s.epoch) for s in train_samplers(trainer) if hasattr(s, "epoch")), None),
         )
 
     def restore(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -191,9 +215,11 @@ class TrainingSnapshot:
             "schedulers": self.schedulers,
             "precision": self.precision,
             "rng": self.rng,
+            "sampler_epoch": self.sampler_epoch,
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> TrainingSnapshot:
         """Rebuild a snapshot saved with :meth:`state_dict`."""
-        return cls(**{key: state[key] for key in ("epoch", "model", "optimizers", "schedulers", "precision", "rng")})
+        return cls(**{key: state[key] for key in ("epoch", "model", "optimizers", "schedulers", "precision", "rng")},
+                   sampler_epoch=state.get("sampler_epoch"))

@@ -257,11 +257,11 @@ class CourseCorrection(InterventionCallback):
         if self.intervene(trainer, pl_module, record, reference=record.bad or []):
             # The redo starts from the detrimental epoch's RNG state, so it replays that epoch's batches.
             restore_rng_state(self._snapshot.rng)
-            follow_restored_rng(trainer)
+            follow_restored_rng(trainer, self._snapshot.sampler_epoch)
             self._redo, self._after_bad = record, after_bad_epoch
             return
         after_bad_epoch.restore(trainer, pl_module)
-        follow_restored_rng(trainer)
+        follow_restored_rng(trainer, after_bad_epoch.sampler_epoch)
         self._snapshot = after_bad_epoch  # this epoch starts from here: the next drop rolls back to it
         self.budget.change(trainer, -1)
         if trainer.fit_loop.max_epochs is not None and 0 <= trainer.fit_loop.max_epochs <= trainer.current_epoch:
@@ -296,10 +296,10 @@ class CourseCorrection(InterventionCallback):
         assert self._after_bad is not None
         self._after_bad.restore(trainer, pl_module)
         if epoch_start:
-            follow_restored_rng(trainer)
-        self._after_bad, self._restore = None, False
-        # A fresh snapshot: the same state, stamped with this epoch, so a drop in it can be rolled back.
-        self._snapshot = TrainingSnapshot.take(trainer, pl_module)
+            follow_restored_rng(trainer, self._after_bad.sampler_epoch)
+        # The state it holds is this epoch's start now, so a drop in this epoch can be rolled back to it.
+        self._snapshot, self._after_bad, self._restore = self._after_bad, None, False
+        self._snapshot.epoch = trainer.current_epoch
 
 
 def _drop(previous: list[float | None], current: list[float | None], c: int) -> float:

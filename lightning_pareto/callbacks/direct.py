@@ -242,11 +242,11 @@ class DirectImprovement(InterventionCallback):
         elif self._rollback and self._snapshot is not None:
             self._rollback = False
             self._snapshot.restore(trainer, pl_module)  # RNG included: the same batches again
-            follow_restored_rng(trainer)
+            follow_restored_rng(trainer, self._snapshot.sampler_epoch)
             if self._scale == 0.0:
                 self._drop(trainer, pl_module, "the guard dropped the weights after repeated violations")
-            else:  # the same state, stamped with this epoch, so the retry can be rolled back too
-                self._snapshot = TrainingSnapshot.take(trainer, pl_module)
+            else:  # the state it holds is this epoch's start now: the retry can be rolled back too
+                self._snapshot.epoch = trainer.current_epoch
         elif self._active is not None and (self.guard == "rollback" or self._phase == "plain"):
             self._snapshot = TrainingSnapshot.take(trainer, pl_module)
 
@@ -431,11 +431,11 @@ class DirectImprovement(InterventionCallback):
             self._plain_end = TrainingSnapshot.take(trainer, pl_module)
         if action == "weighted_try":
             self._snapshot.restore(trainer, pl_module)  # RNG included: the counterfactual's batches again
-            follow_restored_rng(trainer)
+            follow_restored_rng(trainer, self._snapshot.sampler_epoch)
             store.set(self._held)
             return
         self._plain_end.restore(trainer, pl_module)
-        follow_restored_rng(trainer)
+        follow_restored_rng(trainer, self._plain_end.sampler_epoch)
         self._plain_end = self._held = None
         self._drop(trainer, pl_module, "the guard dropped the weights: they lowered a non-target class against the "
                                        "same epoch trained without them")
