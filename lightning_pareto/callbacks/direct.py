@@ -47,7 +47,8 @@ class DirectImprovement(InterventionCallback):
     trained again with the weights moved ``shrink`` of the way back towards one (a smaller trust
     radius); after ``max_retries`` violations in a row the weights are dropped and the epoch is
     trained without them. A redone epoch is one more epoch: ``max_epochs`` grows by one per rollback,
-    so the run still trains the epochs it was given, and chosen epochs count ``current_epoch``.
+    so the run still trains the epochs it was given, and ``at_epochs`` / ``every_n_epochs`` count the
+    epochs that stand (a rolled-back epoch and its redo are one).
     ``guard="shrink"`` shrinks the weights for the next epoch without rolling back; ``"off"`` trusts
     the LP. ``guard="paired"`` checks against a counterfactual instead of the epoch before: the first
     epoch after an intervention is trained without the weights (exactly the epoch the run would have
@@ -317,9 +318,12 @@ class DirectImprovement(InterventionCallback):
 
     # ---------------------------------------------------------------- internals
     def _is_chosen(self, trainer: Trainer, epoch: int) -> bool:
+        # Chosen epochs count the epochs that stand: a rolled-back epoch and its redo are one epoch.
+        epoch -= self.budget.extra_epochs
         if self.at_epochs is not None:
             return epoch in self.at_epochs
-        last = trainer.max_epochs is not None and trainer.max_epochs >= 0 and epoch >= trainer.max_epochs - 1
+        budget = None if trainer.max_epochs is None else trainer.max_epochs - self.budget.extra_epochs
+        last = budget is not None and trainer.max_epochs >= 0 and epoch >= budget - 1
         return (epoch + 1) % self.every_n_epochs == 0 and not last
 
     def _start(self, trainer: Trainer, pl_module: LightningModule, epoch: int, before: list[float] | None) -> None:

@@ -360,3 +360,14 @@ def test_paired_guard_keeps_the_unweighted_epoch_after_repeated_violations(
     assert probe.weighted_epochs() == [3, 4, 5] and run.fit_loop.max_epochs == 8
     # The unweighted epoch stands: the run ends exactly where the run without the callback ends.
     assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
+
+
+def test_chosen_epochs_count_the_epochs_that_stand_after_a_rollback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    # Intervene after epochs 1 and 3; epoch 2 (weighted) is rolled back and redone as trainer epoch 3, so
+    # the second intervention comes after trainer epoch 4, the fourth epoch that stands.
+    improvement = DirectImprovement(targets=["a"], at_epochs=[1, 3], tolerance=0.05, log_figures=False)
+    run = _fit(tmp_path, [ScriptedAccuracy({2: (0.9, 0.8, 0.3)}), improvement], max_epochs=6)
+    assert [r.epoch for r in improvement.records] == [1, 4]
+    assert [r.weighted_epochs for r in improvement.records] == [[3, 4], [5, 6]]
+    assert run.current_epoch == 7

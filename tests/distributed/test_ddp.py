@@ -267,7 +267,9 @@ def test_cli_fit_with_ddp_records_its_intervention(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-6000:]
     (records_file,) = tmp_path.glob("lightning_logs/version_*/interventions.jsonl")
     records = [json.loads(line) for line in records_file.read_text().splitlines()]
-    assert [record["epoch"] for record in records] == [4, 9]  # written once (rank zero), not once per rank
+    # Written once (rank zero), not once per rank: two interventions, the first after epoch 4 (the second
+    # after the tenth epoch that stands, later in trainer epochs when the guard redid weighted epochs).
+    assert len(records) == 2 and records[0]["epoch"] == 4 and records[1]["epoch"] >= 9
     assert all(record["status"] in ("applied", "dropped", "skipped") for record in records)
     assert any(record["status"] in ("applied", "dropped") for record in records)  # "dropped": applied, then guarded
     assert all(np.isfinite(record["seconds"]) for record in records)
