@@ -52,6 +52,7 @@ class SampleWeightStore:
 
     def __init__(self) -> None:
         self._weights: Tensor | None = None
+        self.lookups = 0  # lookups while weights were set: callbacks notice weights that never reach the loss
 
     @property
     def active(self) -> bool:
@@ -110,6 +111,7 @@ class SampleWeightStore:
         """
         if self._weights is None:
             return torch.ones(index.shape, dtype=torch.float32, device=index.device)
+        self.lookups += 1
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self._weights.numel()):
             raise IndexError(
                 f"sample index out of range: weights cover indices 0..{self._weights.numel() - 1}, "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -386,6 +387,29 @@ class InterventionCallback(Callback):
         record = next((r for r in reversed(history) if r["epoch"] == epoch), None)
         return None if record is None else [float(a) for a in record["accuracy"]]
 
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Count the weight lookups of the epoch, to notice weights that never reach the loss."""
+        self._lookups = require_sample_weights(pl_module, type(self).__name__).lookups
+
+    def weights_unused(self, pl_module: LightningModule, record: InterventionRecord) -> bool:
+        """Whether weights were in force for a whole epoch without one lookup (call at the epoch's end).
+
+        A module whose ``training_step`` reduces its loss without
+        :meth:`~lightning_pareto.weighting.SampleWeightedMixin.weighted_mean` never looks the weights up:
+        they do not reach the loss. Warns once per run and notes it in the record's reason.
+        """
+        store = require_sample_weights(pl_module, type(self).__name__)
+        if not store.active or store.lookups != getattr(self, "_lookups", -1):
+            return False
+        note = ("the weights were set but the module never looked them up: its training_step does not reduce the "
+                "loss with self.weighted_mean(per_sample_loss, index), so they did not reach the loss")
+        if note not in record.reason:
+            record.reason = f"{record.reason}; {note}" if record.reason else note
+        if not getattr(self, "_warned_unused", False):
+            self._warned_unused = True
+            rank_zero_warn(f"{type(self).__name__}: {note}.")
+        return True
+
     def support_at(self, epoch: int) -> list[int]:
         """Validation samples per class of ``epoch``'s validation (zeros if it did not validate)."""
         history = [] if self._monitor is None else self._monitor.history
@@ -450,7 +474,11 @@ class InterventionCallback(Callback):
         return True
 
     def finish(self, trainer: Trainer, record: InterventionRecord) -> None:
-        """Keep a completed record, append it to ``interventions.jsonl`` and log its summary (rank zero)."""
+        """Keep a completed record, write ``interventions.jsonl`` and log its summary (rank zero).
+
+        The file is rewritten from :attr:`records` (restored from the checkpoint on resume), so it holds one
+        line per intervention of this run, however often the run was resumed into the same folder.
+        """
         self.records.append(record)
         # Trainer.log_dir is a collective under DDP (rank zero broadcasts it): every rank asks for it.
         self._write(trainer, record, Path(trainer.log_dir or trainer.default_root_dir))
@@ -554,8 +582,9 @@ class InterventionCallback(Callback):
         try:
             path = log_dir / RECORDS_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as handle:
-                handle.write(json.dumps(record.to_dict()) + "\n")
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in self.records))
+            os.replace(partial, path)  # atomic: a crash leaves the previous file whole
             for experiment in _tensorboards(trainer):
                 experiment.add_text(f"{TAG}/summary", _code_block(intervention_table([record], self.class_names)),
                                     global_step=trainer.global_step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -162,6 +163,7 @@ class CourseCorrection(InterventionCallback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Undo a rejected redo, or roll back and reweight if the last epoch was detrimental; else snapshot."""
+        super().on_train_epoch_start(trainer, pl_module)
         self._in_epoch = True
         if self._restore:
             self._undo_redo(trainer, pl_module)
@@ -260,6 +262,16 @@ class CourseCorrection(InterventionCallback):
             follow_restored_rng(trainer, self._snapshot.sampler_epoch)
             self._redo, self._after_bad = record, after_bad_epoch
             return
+        if not _finite(after_bad_epoch.model):
+            # The detrimental epoch left NaN/inf parameters: go on from the finite state it started from
+            # (this epoch trains it again without weights) rather than train a broken model.
+            record.reason += "; the detrimental epoch left non-finite parameters: restored the state before it"
+            rank_zero_warn(f"CourseCorrection: epoch {record.epoch} left non-finite parameters and the correction was "
+                           "skipped; training goes on from the state before that epoch.")
+            follow_restored_rng(trainer, self._snapshot.sampler_epoch)
+            self._snapshot.epoch = trainer.current_epoch  # this epoch starts from it: a drop rolls back to it
+            self.finish(trainer, record)
+            return
         after_bad_epoch.restore(trainer, pl_module)
         follow_restored_rng(trainer, after_bad_epoch.sampler_epoch)
         self._snapshot = after_bad_epoch  # this epoch starts from here: the next drop rolls back to it
@@ -272,6 +284,7 @@ class CourseCorrection(InterventionCallback):
         """Keep the redo if it beats the detrimental epoch without hurting another class; else undo it next epoch."""
         record, self._redo = self._redo, None
         assert record is not None
+        self.weights_unused(pl_module, record)
         require_sample_weights(pl_module, type(self).__name__).clear()
         record.after = accuracy
         record.weighted_epochs.append(epoch)
@@ -300,6 +313,10 @@ class CourseCorrection(InterventionCallback):
         # The state it holds is this epoch's start now, so a drop in this epoch can be rolled back to it.
         self._snapshot, self._after_bad, self._restore = self._after_bad, None, False
         self._snapshot.epoch = trainer.current_epoch
+
+
+def _finite(state: dict[str, Any]) -> bool:
+    return all(torch.isfinite(v).all() for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
 def _drop(previous: list[float | None], current: list[float | None], c: int) -> float:

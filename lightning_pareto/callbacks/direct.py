@@ -236,6 +236,7 @@ class DirectImprovement(InterventionCallback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Carry out a rollback the guard asked for, or snapshot the start of a weighted epoch."""
+        super().on_train_epoch_start(trainer, pl_module)
         self._in_epoch = True
         action, self._next = self._next, None
         if action is not None:
@@ -257,6 +258,7 @@ class DirectImprovement(InterventionCallback):
         epoch = trainer.current_epoch
         accuracy = self.accuracy_at(epoch)
         if self._active is not None:
+            self.weights_unused(pl_module, self._active)
             if not self._check(trainer, pl_module, epoch, accuracy):
                 return  # rolled back: this epoch does not count
             self._active.weighted_epochs.append(epoch)

@@ -99,8 +99,17 @@ class ClassUpweighting(Callback):
         if self.at_epoch is None and self.applied is None:
             self._apply(trainer, pl_module, self._target_indices)
 
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Count the weight lookups of the epoch, to notice weights that never reach the loss."""
+        self._lookups = require_sample_weights(pl_module, type(self).__name__).lookups
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """After the chosen epoch's validation: pick the targets (``worst:k``) and set the weights."""
+        store = require_sample_weights(pl_module, type(self).__name__)
+        if store.active and store.lookups == getattr(self, "_lookups", -1) and not getattr(self, "_warned", False):
+            self._warned = True
+            rank_zero_warn("ClassUpweighting: the weights were set but the module never looked them up: its "
+                           "training_step does not reduce the loss with self.weighted_mean(per_sample_loss, index).")
         if self.at_epoch is None or trainer.current_epoch != self.at_epoch or self.applied is not None:
             return
         targets = self._target_indices

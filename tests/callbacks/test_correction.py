@@ -233,3 +233,30 @@ def test_bad_arguments_fail_at_construction(kwargs: dict, message: str) -> None:
 def test_unknown_watched_classes_fail_at_setup(tmp_path: Path, classes: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _fit(tmp_path, [ScriptedAccuracy({}), CourseCorrection(classes=classes)], max_epochs=2)
+
+
+class BreakModel(L.Callback):
+    """Makes the parameters NaN during one epoch: a detrimental epoch that leaves a broken model."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                pl_module.net.head.weight.fill_(float("nan"))
+
+
+def test_a_skipped_correction_after_a_nan_epoch_restores_the_finite_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, lambda n, k: torch.full((n, k), float("nan")))
+    correction, probe = CourseCorrection(drop_threshold=0.05, log_figures=False), Probe()
+    with pytest.warns(UserWarning, match="non-finite parameters"):
+        run = _fit(tmp_path, [BreakModel(1), ScriptedAccuracy({1: (0.8, 0.3, 0.8)}), correction, probe], max_epochs=4)
+    (record,) = correction.records
+    assert record.status == "skipped" and "non-finite parameters" in record.reason
+    # Epoch 2 starts from the finite state epoch 1 started from, not from the NaN model epoch 1 left.
+    _assert_same_start(probe.starts[2], probe.starts[1])
+    assert all(torch.isfinite(v).all() for v in run.lightning_module.state_dict().values() if v.is_floating_point())
+    assert run.fit_loop.max_epochs == 5  # the broken epoch does not count: it is trained again

@@ -21,7 +21,7 @@ from _intervention_helpers import (
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_pareto import DirectImprovement, PerClassAccuracy
+from lightning_pareto import ClassifierModule, DirectImprovement, PerClassAccuracy
 from lightning_pareto.pareto.search import SearchResult
 
 
@@ -371,3 +371,48 @@ def test_chosen_epochs_count_the_epochs_that_stand_after_a_rollback(tmp_path: Pa
     assert [r.epoch for r in improvement.records] == [1, 4]
     assert [r.weighted_epochs for r in improvement.records] == [[3, 4], [5, 6]]
     assert run.current_epoch == 7
+
+
+class PlainMeanModule(ClassifierModule):
+    """A module that opts into the weight contract but reduces its loss with a plain mean."""
+
+    def training_step(self, batch: object, batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+
+def test_weights_that_never_reach_the_loss_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    reference = classifier()
+    module = PlainMeanModule(reference.net, 3, class_names=["a", "b", "c"], optimizer=reference.optimizer_factory)
+    improvement = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False)
+    L.seed_everything(0)
+    with pytest.warns(UserWarning, match="never looked them up"):
+        trainer(tmp_path, [ScriptedAccuracy({}), improvement], 4).fit(module, blobs_datamodule())
+    (record,) = improvement.records
+    assert "did not reach the loss" in record.reason
+    line = json.loads((tmp_path / "interventions.jsonl").read_text())
+    assert "did not reach the loss" in line["reason"]
+
+
+def test_the_reference_module_uses_its_weights_without_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    improvement = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|smaller than the logging).*")
+        _fit(tmp_path, [ScriptedAccuracy({}), improvement], max_epochs=4)
+    assert improvement.records[0].reason == ""
+
+
+def test_a_resumed_run_writes_each_intervention_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    first = DirectImprovement(targets=[0], at_epochs=[1, 3], apply_epochs=1, log_figures=False)
+    _fit(tmp_path / "run", [ScriptedAccuracy({}), first, checkpoints], max_epochs=6, enable_checkpointing=True)
+    resumed = DirectImprovement(targets=[0], at_epochs=[1, 3], apply_epochs=1, log_figures=False)
+    _fit(tmp_path / "run", [ScriptedAccuracy({}), resumed], max_epochs=6, ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))
+    lines = [json.loads(line) for line in (tmp_path / "run" / "interventions.jsonl").read_text().splitlines()]
+    assert [(line["epoch"], line["weighted_epochs"]) for line in lines] == [(1, [2]), (3, [4])]
