@@ -114,16 +114,40 @@ class ClassifierModule(SampleWeightedMixin, LightningModule):
         """
         return F.cross_entropy(logits, y, reduction="none")
 
+    def check_batch(self, logits: Tensor, y: Any) -> None:
+        """Raise a clear error for labels that are not class indices or logits of the wrong width.
+
+        Checked on every batch (two comparisons): the sanity-check validation run meets it before training.
+
+        Raises:
+            TypeError: If ``y`` is not an integer tensor of class indices.
+            ValueError: If ``logits`` is not ``(b, num_classes)``.
+        """
+        if not isinstance(y, Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
+            kind = type(y).__name__ if not isinstance(y, Tensor) else f"a {y.dtype} tensor"
+            raise TypeError(
+                f"labels must be integer class indices (an int64 tensor), got {kind}; map string or one-hot labels to "
+                "indices 0..num_classes-1 first (ArrayDataModule/CSVDataModule do this for string labels)."
+            )
+        if logits.ndim != 2 or logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"the network returns logits of shape {tuple(logits.shape)} but num_classes={self.num_classes}: its last "
+                f"layer must have num_classes outputs (e.g. nn.Linear(..., {self.num_classes}))."
+            )
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Weighted cross-entropy of a batch ``(x, y, index)`` or ``(x, y)``."""
         x, y, index = unpack_batch(batch)
-        loss = self.weighted_mean(self.per_sample_loss(self(x), y), index)
+        logits = self(x)
+        self.check_batch(logits, y)
+        loss = self.weighted_mean(self.per_sample_loss(logits, y), index)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.shape[0])
         return loss
 
     def _evaluate(self, batch: Any, stage: str, accuracy: MulticlassAccuracy) -> dict[str, Tensor]:
         x, y, _ = unpack_batch(batch)
         logits = self(x)
+        self.check_batch(logits, y)
         loss = self.per_sample_loss(logits, y).mean()
         accuracy(logits, y)
         self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=y.shape[0])

@@ -105,3 +105,32 @@ def test_predict_gives_class_probabilities_of_the_test_split(quiet_trainer_kwarg
     x = data.test_arrays[0]
     expected = torch.softmax(x @ module.net.head.weight.T + module.net.head.bias, dim=1)
     torch.testing.assert_close(probabilities, expected)
+
+
+class _Probe(Callback):
+    def __init__(self) -> None:
+        self.started = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = True
+
+
+@pytest.mark.parametrize(
+    ("net", "labels", "error", "message"),
+    [
+        (torch.nn.Sequential(torch.nn.Linear(3, 5)), torch.arange(40) % 2, ValueError,  # last layer not named head
+         r"logits of shape \(8, 5\) but num_classes=2"),
+        (MLP(3, 2), (torch.arange(40) % 2).float(), TypeError, "integer class indices"),
+    ],
+)
+def test_wrong_output_width_or_float_labels_fail_before_training_with_a_clear_message(
+    tmp_path: Path, net: torch.nn.Module, labels: torch.Tensor, error: type, message: str
+) -> None:
+    data = IndexedDataset(TensorDataset(torch.randn(40, 3), labels))
+    probe = _Probe()
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[probe])
+    with pytest.raises(error, match=message):
+        trainer.fit(ClassifierModule(net, num_classes=2), DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+    assert not probe.started  # the sanity check's validation batch caught it

@@ -234,6 +234,19 @@ class DirectImprovement(InterventionCallback):
         super().on_fit_start(trainer, pl_module)
         self.budget.reapply(trainer)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Warn about chosen epochs that a resumed run starts after and whose interventions its checkpoint lacks."""
+        if self.at_epochs is None:
+            return
+        start = trainer.current_epoch - self.budget.extra_epochs
+        passed = [e for e in self.at_epochs if e < start]
+        made = len(self.records) + (self._active is not None)
+        if len(passed) > made:
+            rank_zero_warn(
+                f"DirectImprovement: this run starts at epoch {start} (resumed), after at_epochs {passed[made:]} whose "
+                f"interventions the checkpoint does not hold; they are not made. Choose epochs >= {start}."
+            )
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Carry out a rollback the guard asked for, or snapshot the start of a weighted epoch."""
         super().on_train_epoch_start(trainer, pl_module)

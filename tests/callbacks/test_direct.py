@@ -416,3 +416,13 @@ def test_a_resumed_run_writes_each_intervention_once(tmp_path: Path, monkeypatch
     _fit(tmp_path / "run", [ScriptedAccuracy({}), resumed], max_epochs=6, ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))
     lines = [json.loads(line) for line in (tmp_path / "run" / "interventions.jsonl").read_text().splitlines()]
     assert [(line["epoch"], line["weighted_epochs"]) for line in lines] == [(1, [2]), (3, [4])]
+
+
+def test_resuming_after_a_chosen_epoch_that_never_ran_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    _fit(tmp_path / "a", [ScriptedAccuracy({}), checkpoints], max_epochs=3, enable_checkpointing=True)
+    late = DirectImprovement(targets=[0], at_epochs=[0, 3], log_figures=False)
+    with pytest.warns(UserWarning, match=r"after at_epochs \[0\]"):
+        _fit(tmp_path / "b", [ScriptedAccuracy({}), late], max_epochs=5, ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+    assert [r.epoch for r in late.records] == [3]
