@@ -514,13 +514,14 @@ class InterventionCallback(Callback):
         influence: np.ndarray,
     ) -> np.ndarray | None:
         """Ceiling check, weight search and logging (rank zero); the weights, or ``None`` with a reason."""
+        from lightning_pareto.influence.category import non_finite_cause
         from lightning_pareto.pareto.ceiling import ceiling_report
         from lightning_pareto.pareto.search import search_weights
 
         settings = self.settings
-        bad_rows = int((~np.isfinite(influence)).any(axis=1).sum())
-        if bad_rows:
-            record.reason = f"influence has {bad_rows} non-finite (NaN/inf) row(s); scores not used"
+        cause = non_finite_cause(torch.from_numpy(influence))
+        if cause:
+            record.reason = f"{cause}; scores not used"
             return None
         report = ceiling_report(influence, record.targets)
         record.ceiling = {

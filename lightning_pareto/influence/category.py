@@ -231,15 +231,37 @@ def _influence(
             preconditioned, factored = _precondition(fitted, queries, rows, counts)
         with timed(timings, "scores", device):
             scores = _score(model, train_loader, tracked, preconditioned, factored, progress)
-    bad = int((~torch.isfinite(scores)).any(dim=1).sum())
-    if bad:
-        warnings.warn(
-            f"{bad} of {scores.shape[0]} influence rows are not finite (NaN/inf; rows the train loader never "
-            "yielded are NaN): they are returned as they are, filter them before use",
-            UserWarning,
-            stacklevel=3,
-        )
+    cause = non_finite_cause(scores)
+    if cause:
+        warnings.warn(f"{cause}; the scores are returned as they are, filter them before use", UserWarning, stacklevel=3)
     return scores
+
+
+def non_finite_cause(scores: Tensor) -> str:
+    """What makes an influence matrix ``(n, K)`` non-finite, in words ("" when every entry is finite).
+
+    A column that is non-finite in every row comes from that class's validation query (a NaN/inf
+    validation input, or a loss that overflows on one); other non-finite rows from training samples
+    with non-finite gradients, or rows the loader never yielded.
+
+    Example:
+        >>> scores = torch.zeros(4, 3)
+        >>> scores[:, 1] = float("nan")
+        >>> non_finite_cause(scores)
+        'influence column(s) [1] are not finite: the validation gradients of those classes are NaN/inf (a non-finite validation input, or a loss that overflows on one)'
+    """
+    bad = ~torch.isfinite(torch.as_tensor(scores))
+    columns = [int(c) for c in torch.nonzero(bad.all(dim=0)).flatten()] if bad.shape[0] else []
+    keep = [c for c in range(bad.shape[1]) if c not in columns]
+    rows = int(bad[:, keep].any(dim=1).sum()) if keep else 0
+    parts = []
+    if columns:
+        parts.append(f"influence column(s) {columns} are not finite: the validation gradients of those classes are NaN/inf "
+                     "(a non-finite validation input, or a loss that overflows on one)")
+    if rows:
+        parts.append(f"{rows} of {bad.shape[0]} influence rows are not finite (training samples with NaN/inf gradients, "
+                     "or rows the train loader never yielded)")
+    return "; ".join(parts)
 
 
 def _check_num_classes(num_classes: int) -> None:

@@ -426,3 +426,18 @@ def test_resuming_after_a_chosen_epoch_that_never_ran_warns(tmp_path: Path, monk
     with pytest.warns(UserWarning, match=r"after at_epochs \[0\]"):
         _fit(tmp_path / "b", [ScriptedAccuracy({}), late], max_epochs=5, ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
     assert [r.epoch for r in late.records] == [3]
+
+
+def test_a_nan_validation_feature_is_named_as_the_cause_of_a_skip(tmp_path: Path) -> None:
+    data = blobs_datamodule()
+    data.setup("fit")
+    x, y = data.val_arrays
+    x[int(torch.nonzero(y == 1)[0]), 0] = float("nan")  # one validation sample of class b (the dataset shares x)
+    improvement = DirectImprovement(targets=["a"], at_epochs=[1], curvature="exact", log_figures=False)
+    L.seed_everything(0)
+    with pytest.warns(UserWarning, match=r"column\(s\) \[1\] are not finite"):
+        trainer(tmp_path, [PerClassAccuracy(log_figure_every_n_epochs=0), improvement], 3).fit(classifier(), data)
+    (record,) = improvement.records
+    assert record.status == "skipped"
+    assert "column(s) [1] are not finite: the validation gradients of those classes" in record.reason
+    assert "never yielded" not in record.reason
