@@ -78,3 +78,22 @@ def test_missing_experiment_module_gives_a_clear_message(monkeypatch: pytest.Mon
 def test_console_script_points_at_main() -> None:
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
     assert scripts["lightning-pareto"] == "lightning_pareto.cli:main"
+
+
+@pytest.mark.slow
+def test_compare_trains_the_config_with_and_without_its_interventions(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    config = str(Path(CONFIG).with_name("digits_direct_improvement.yaml"))
+    cli.main(["compare", "--config", config, "--trainer.max_epochs=7", f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.callbacks.init_args.at_epochs=[3]", *QUIET])
+    printed = capsys.readouterr().out
+    runs = sorted((tmp_path / "lightning_logs").iterdir())
+    assert [run.name for run in runs] == ["version_0", "version_1"]
+    assert (runs[0] / "interventions.jsonl").is_file() and not (runs[1] / "interventions.jsonl").exists()
+    result = json.loads((runs[0] / "comparison.json").read_text())
+    assert result["classes"] == [str(d) for d in range(10)]
+    table = printed[printed.index("class  without"):].splitlines()
+    for line, name, without, with_ in zip(table[1:11], result["classes"], result["without"], result["with"]):
+        assert line.split()[:3] == [name, f"{100 * without:.1f}", f"{100 * with_:.1f}"]
