@@ -123,7 +123,7 @@ class DirectImprovement(InterventionCallback):
         at_epochs: list[int] | None = None,
         every_n_epochs: int | None = None,
         apply_epochs: int | None = None,
-        guard: GuardMode = "rollback",
+        guard: GuardMode = "paired",
         tolerance: float = 0.03,
         shrink: float = 0.5,
         max_retries: int = 2,
@@ -302,7 +302,8 @@ class DirectImprovement(InterventionCallback):
             scale=self._scale,
             retries=self._retries,
             rollback=self._rollback,
-            snapshot=self._snapshot.state_dict() if keep_snapshot or self._phase in ("plain", "weighted") else None,
+            snapshot=self._snapshot.state_dict() if keep_snapshot or (
+                self._snapshot is not None and self._phase in ("plain", "weighted")) else None,
             phase=self._phase,
             next=self._next,
             held=self._held,

@@ -74,7 +74,7 @@ def test_weights_apply_exactly_for_the_chosen_epochs_then_clear(tmp_path: Path) 
 def test_every_n_epochs_never_intervenes_after_the_last_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = patch_influence(monkeypatch, random_influence)
     probe = Probe()
-    improvement = DirectImprovement(targets=[0], every_n_epochs=2, log_figures=False)
+    improvement = DirectImprovement(targets=[0], every_n_epochs=2, guard="off", log_figures=False)
     _fit(tmp_path, [ScriptedAccuracy({}), improvement, probe], max_epochs=6)
     assert [r.epoch for r in improvement.records] == [1, 3]  # not after epoch 5, the last
     # Each intervention's weights hold until the next one replaces them, then to the end of training.
@@ -156,10 +156,10 @@ def test_trial_fitness_trains_candidates_without_touching_the_run(tmp_path: Path
 def test_resume_mid_window_keeps_weights_and_callback_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     patch_influence(monkeypatch, random_influence)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
-    improvement, probe = DirectImprovement(targets=[2], at_epochs=[1], apply_epochs=2, log_figures=False), IndexProbe()
+    improvement, probe = DirectImprovement(targets=[2], at_epochs=[1], apply_epochs=2, guard="off", log_figures=False), IndexProbe()
     _fit(tmp_path / "a", [ScriptedAccuracy({}), improvement, probe, checkpoints], max_epochs=5, enable_checkpointing=True)
 
-    resumed, resumed_probe = DirectImprovement(targets=[2], at_epochs=[1], apply_epochs=2, log_figures=False), IndexProbe()
+    resumed, resumed_probe = DirectImprovement(targets=[2], at_epochs=[1], apply_epochs=2, guard="off", log_figures=False), IndexProbe()
     run = _fit(tmp_path / "b", [ScriptedAccuracy({}), resumed, resumed_probe], max_epochs=5,
                ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))
     n = len(run.datamodule.train_dataset)
@@ -241,11 +241,12 @@ def test_weights_hold_until_the_end_of_training_by_default(tmp_path: Path, monke
     patch_influence(monkeypatch, random_influence)
     improvement, probe, run = _guarded_run(tmp_path, {})
     n = len(run.datamodule.train_dataset)
-    assert probe.weighted_epochs() == [2, 3, 4]
-    assert torch.equal(_weights_seen(probe, 2, n), _weights_seen(probe, 4, n))
+    # The default paired guard trains epoch 2 without the weights first (the counterfactual), then again with them.
+    assert probe.weighted_epochs() == [3, 4, 5]
+    assert torch.equal(_weights_seen(probe, 3, n), _weights_seen(probe, 5, n))
     (record,) = improvement.records
-    assert record.status == "applied" and record.weighted_epochs == [2, 3, 4] and record.reason == ""
-    assert [entry["action"] for entry in record.guard] == ["kept"] * 3
+    assert record.status == "applied" and record.weighted_epochs == [3, 4, 5] and record.reason == ""
+    assert [entry["action"] for entry in record.guard] == ["counterfactual", "kept"]
     assert not run.lightning_module.sample_weights.active  # cleared once fit ends
 
 
@@ -254,7 +255,7 @@ def test_guard_rolls_back_a_weighted_epoch_that_hurts_a_non_target_and_retries_w
 ) -> None:
     patch_influence(monkeypatch, random_influence)
     # Epoch 2 (weighted) lowers the non-target c by 50 points; its redo (epoch 3) and later epochs do not.
-    improvement, probe, run = _guarded_run(tmp_path, {2: (0.9, 0.8, 0.3)}, tolerance=0.05)
+    improvement, probe, run = _guarded_run(tmp_path, {2: (0.9, 0.8, 0.3)}, guard="rollback", tolerance=0.05)
     n = len(run.datamodule.train_dataset)
     first, retry = _weights_seen(probe, 2, n), _weights_seen(probe, 3, n)
     torch.testing.assert_close(retry, 1.0 + 0.5 * (first - 1.0))  # half the distance to uniform weights
@@ -271,7 +272,8 @@ def test_guard_drops_the_weights_after_repeated_violations(tmp_path: Path, monke
     patch_influence(monkeypatch, random_influence)
     hurt = (0.9, 0.8, 0.3)
     with pytest.warns(UserWarning, match="dropped the weights"):
-        improvement, probe, run = _guarded_run(tmp_path, {2: hurt, 3: hurt, 4: hurt}, tolerance=0.05, max_retries=2)
+        improvement, probe, run = _guarded_run(tmp_path, {2: hurt, 3: hurt, 4: hurt}, guard="rollback", tolerance=0.05,
+                                               max_retries=2)
     # Epochs 2, 3 and 4 are the same epoch trained with |w - 1| x1, x0.5, x0.25; all hurt c, so epoch 5
     # replays it once more without weights, from the same start.
     assert probe.weighted_epochs() == [2, 3, 4]
@@ -305,7 +307,7 @@ def test_guard_ignores_drops_of_targets_and_drops_within_tolerance_or_noise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drop: tuple
 ) -> None:
     patch_influence(monkeypatch, random_influence)
-    improvement, _, run = _guarded_run(tmp_path, {2: drop}, support=20, tolerance=0.05)
+    improvement, _, run = _guarded_run(tmp_path, {2: drop}, support=20, guard="rollback", tolerance=0.05)
     assert run.current_epoch == 5 and [e["action"] for e in improvement.records[0].guard] == ["kept"] * 3
 
 
@@ -313,10 +315,12 @@ def test_resume_with_a_pending_guard_rollback_replays_the_epoch(tmp_path: Path, 
     patch_influence(monkeypatch, random_influence)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
     script = {2: (0.9, 0.8, 0.3)}
-    improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], tolerance=0.05, log_figures=False), IndexProbe()
+    improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], guard="rollback", tolerance=0.05,
+                                           log_figures=False), IndexProbe()
     _fit(tmp_path / "a", [ScriptedAccuracy(script), improvement, probe, checkpoints], max_epochs=5, enable_checkpointing=True)
 
-    resumed, resumed_probe = DirectImprovement(targets=["a"], at_epochs=[1], tolerance=0.05, log_figures=False), IndexProbe()
+    resumed, resumed_probe = DirectImprovement(targets=["a"], at_epochs=[1], guard="rollback", tolerance=0.05,
+                                               log_figures=False), IndexProbe()
     run = _fit(tmp_path / "b", [ScriptedAccuracy(script), resumed, resumed_probe], max_epochs=5,
                ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))
     n = len(run.datamodule.train_dataset)
@@ -366,7 +370,7 @@ def test_chosen_epochs_count_the_epochs_that_stand_after_a_rollback(tmp_path: Pa
     patch_influence(monkeypatch, random_influence)
     # Intervene after epochs 1 and 3; epoch 2 (weighted) is rolled back and redone as trainer epoch 3, so
     # the second intervention comes after trainer epoch 4, the fourth epoch that stands.
-    improvement = DirectImprovement(targets=["a"], at_epochs=[1, 3], tolerance=0.05, log_figures=False)
+    improvement = DirectImprovement(targets=["a"], at_epochs=[1, 3], guard="rollback", tolerance=0.05, log_figures=False)
     run = _fit(tmp_path, [ScriptedAccuracy({2: (0.9, 0.8, 0.3)}), improvement], max_epochs=6)
     assert [r.epoch for r in improvement.records] == [1, 4]
     assert [r.weighted_epochs for r in improvement.records] == [[3, 4], [5, 6]]
@@ -410,9 +414,9 @@ def test_the_reference_module_uses_its_weights_without_a_warning(tmp_path: Path,
 def test_a_resumed_run_writes_each_intervention_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     patch_influence(monkeypatch, random_influence)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
-    first = DirectImprovement(targets=[0], at_epochs=[1, 3], apply_epochs=1, log_figures=False)
+    first = DirectImprovement(targets=[0], at_epochs=[1, 3], apply_epochs=1, guard="off", log_figures=False)
     _fit(tmp_path / "run", [ScriptedAccuracy({}), first, checkpoints], max_epochs=6, enable_checkpointing=True)
-    resumed = DirectImprovement(targets=[0], at_epochs=[1, 3], apply_epochs=1, log_figures=False)
+    resumed = DirectImprovement(targets=[0], at_epochs=[1, 3], apply_epochs=1, guard="off", log_figures=False)
     _fit(tmp_path / "run", [ScriptedAccuracy({}), resumed], max_epochs=6, ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))
     lines = [json.loads(line) for line in (tmp_path / "run" / "interventions.jsonl").read_text().splitlines()]
     assert [(line["epoch"], line["weighted_epochs"]) for line in lines] == [(1, [2]), (3, [4])]
@@ -441,3 +445,19 @@ def test_a_nan_validation_feature_is_named_as_the_cause_of_a_skip(tmp_path: Path
     assert record.status == "skipped"
     assert "column(s) [1] are not finite: the validation gradients of those classes" in record.reason
     assert "never yielded" not in record.reason
+
+
+def test_resume_between_the_counterfactual_and_the_weighted_try(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False), IndexProbe()
+    _fit(tmp_path / "a", [ScriptedAccuracy({}), improvement, probe, checkpoints], max_epochs=4, enable_checkpointing=True)
+    resumed, resumed_probe = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False), IndexProbe()
+    run = _fit(tmp_path / "b", [ScriptedAccuracy({}), resumed, resumed_probe], max_epochs=4,
+               ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))  # after the counterfactual epoch 2
+    n = len(run.datamodule.train_dataset)
+    assert resumed_probe.batch_order(3) == probe.batch_order(3) == probe.batch_order(2)  # the counterfactual's batches
+    assert torch.equal(_weights_seen(resumed_probe, 3, n), _weights_seen(probe, 3, n))
+    assert states_equal(resumed_probe.starts[0]["params"], probe.starts[2]["params"])  # from the counterfactual's start
+    assert [(r.epoch, r.weighted_epochs, [e["action"] for e in r.guard]) for r in resumed.records] == [
+        (r.epoch, r.weighted_epochs, [e["action"] for e in r.guard]) for r in improvement.records]
