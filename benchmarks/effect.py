@@ -277,7 +277,8 @@ def compare(name: str, seed: int, runs: dict[str, dict[str, Any]]) -> list[dict[
             next_epoch = applied[0]["weighted_epochs"][0] if applied and applied[0]["weighted_epochs"] else None
             reference_next = records[0]["epoch"] if records else None
         last, plain_last = max(run["test"], key=int), max(plain["test"], key=int)
-        until = scenario.at_epoch if scenario.mode == "di" else scenario.at_epoch - 1
+        # Identical up to the intervention: DI's chosen epoch; CC's first detrimental epoch (seen at its end).
+        until = scenario.at_epoch if scenario.mode == "di" else (records[0]["epoch"] if records else int(last))
         same = all(run["test"][str(e)] == plain["test"][str(e)] for e in range(until + 1))
         row = {"scenario": name, "seed": seed, "arm": arm, "targets": targets, "same_until_intervention": same,
                "statuses": [r["status"] for r in records], "seconds": run["seconds"],
