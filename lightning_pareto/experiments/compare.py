@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,11 @@ def _is_intervention(callback: Callback) -> bool:
 def _fit_and_test(argv: list[str], with_interventions: bool) -> tuple[np.ndarray, list[str], str]:
     from lightning_pareto.cli import build_cli
 
-    cli = build_cli(argv, run=False)
+    program, sys.argv[1:] = sys.argv[1:], []  # LightningCLI warns when both sys.argv and args carry arguments
+    try:
+        cli = build_cli(argv, run=False)
+    finally:
+        sys.argv[1:] = program
     trainer = cli.trainer
     if not with_interventions:
         trainer.callbacks = [cb for cb in trainer.callbacks if not _is_intervention(cb)]
