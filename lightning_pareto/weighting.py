@@ -28,11 +28,13 @@ if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
 
 __all__ = [
+    "UNUSED_WEIGHTS",
     "SampleWeightStore",
     "SampleWeightedMixin",
     "require_indexed_batches",
     "require_sample_weights",
     "unpack_batch",
+    "weights_unused",
 ]
 
 _CHECKPOINT_KEY = "sample_weights"
@@ -204,6 +206,28 @@ class SampleWeightedMixin:
         if parent is not None:
             parent(checkpoint)
         self.sample_weights.load_state_dict(checkpoint.get(_CHECKPOINT_KEY, {}))
+
+
+UNUSED_WEIGHTS = (
+    "the weights were set but the module never looked them up: its training_step does not reduce the loss with "
+    "self.weighted_mean(per_sample_loss, index), so they did not reach the loss"
+)
+
+
+def weights_unused(store: SampleWeightStore, lookups_before: int) -> bool:
+    """Whether weights were in force but never looked up since the store had counted ``lookups_before``.
+
+    Example:
+        >>> store = SampleWeightStore()
+        >>> store.set(torch.ones(3))
+        >>> before = store.lookups
+        >>> weights_unused(store, before)
+        True
+        >>> _ = store.lookup(torch.tensor([0]))
+        >>> weights_unused(store, before)
+        False
+    """
+    return store.active and store.lookups == lookups_before
 
 
 def unpack_batch(batch: Any) -> tuple[Any, Tensor, Tensor | None]:

@@ -44,7 +44,13 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_pareto._distributed import broadcast_object, global_rank, world_size
 from lightning_pareto.callbacks._snapshot import cpu_copy, preserved_rng
 from lightning_pareto.callbacks.monitor import PerClassAccuracy, require_monitor, resolve_class_names
-from lightning_pareto.weighting import require_indexed_batches, require_sample_weights, unpack_batch
+from lightning_pareto.weighting import (
+    UNUSED_WEIGHTS,
+    require_indexed_batches,
+    require_sample_weights,
+    unpack_batch,
+    weights_unused,
+)
 
 if TYPE_CHECKING:
     from lightning_pareto.pareto.ceiling import CeilingReport
@@ -398,11 +404,9 @@ class InterventionCallback(Callback):
         :meth:`~lightning_pareto.weighting.SampleWeightedMixin.weighted_mean` never looks the weights up:
         they do not reach the loss. Warns once per run and notes it in the record's reason.
         """
-        store = require_sample_weights(pl_module, type(self).__name__)
-        if not store.active or store.lookups != getattr(self, "_lookups", -1):
+        if not weights_unused(require_sample_weights(pl_module, type(self).__name__), getattr(self, "_lookups", -1)):
             return False
-        note = ("the weights were set but the module never looked them up: its training_step does not reduce the "
-                "loss with self.weighted_mean(per_sample_loss, index), so they did not reach the loss")
+        note = UNUSED_WEIGHTS
         if note not in record.reason:
             record.reason = f"{record.reason}; {note}" if record.reason else note
         if not getattr(self, "_warned_unused", False):

@@ -371,11 +371,8 @@ class DirectImprovement(InterventionCallback):
         if accuracy is None or self._reference is None or self.guard in ("off", "paired"):
             self._reference = accuracy if accuracy is not None else self._reference
             return True
-        hurt = violations(self._reference, accuracy, record.targets,
-                          noise_tolerance(self._reference, self.support_at(epoch), self.tolerance))
-        entry: dict[str, Any] = {"epoch": epoch, "scale": self._scale, "change": accuracy_change(self._reference, accuracy),
-                                 "violations": hurt, "action": "kept"}
-        record.guard.append(entry)
+        entry = self._judge(record, epoch, self._reference, accuracy)
+        hurt = entry["violations"]
         if not hurt:
             self._retries, self._reference = 0, list(accuracy)
             return True
@@ -407,6 +404,15 @@ class DirectImprovement(InterventionCallback):
             store.set(shrink_weights(store.weights, self.shrink))
         return True
 
+    def _judge(self, record: InterventionRecord, epoch: int, reference: list[float], accuracy: list[float]) -> dict[str, Any]:
+        """The guard's entry for a weighted epoch against ``reference``: change, violations, action ``"kept"`` so far."""
+        hurt = violations(reference, accuracy, record.targets,
+                          noise_tolerance(reference, self.support_at(epoch), self.tolerance))
+        entry = {"epoch": epoch, "scale": self._scale, "change": accuracy_change(reference, accuracy),
+                 "violations": hurt, "action": "kept"}
+        record.guard.append(entry)
+        return entry
+
     def _check_paired(self, trainer: Trainer, epoch: int, accuracy: list[float] | None) -> bool:
         """``guard="paired"``: the counterfactual epoch, then weighted tries judged against it; ``True`` once one stands."""
         record = self._active
@@ -419,11 +425,8 @@ class DirectImprovement(InterventionCallback):
         if accuracy is None or self._plain is None:
             self._phase = "done"  # nothing to compare with: the weighted epoch stands
             return True
-        hurt = violations(self._plain, accuracy, record.targets,
-                          noise_tolerance(self._plain, self.support_at(epoch), self.tolerance))
-        entry: dict[str, Any] = {"epoch": epoch, "scale": self._scale, "change": accuracy_change(self._plain, accuracy),
-                                 "violations": hurt, "action": "kept"}
-        record.guard.append(entry)
+        entry = self._judge(record, epoch, self._plain, accuracy)
+        hurt = entry["violations"]
         if not hurt:
             self._phase, self._plain_end, self._held = "done", None, None
             self._reference = list(accuracy)

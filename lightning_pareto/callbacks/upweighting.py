@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader
 
 from lightning_pareto.callbacks._targets import check_targets, worst_classes
 from lightning_pareto.callbacks.monitor import class_indices, require_monitor, resolve_class_names
-from lightning_pareto.weighting import require_indexed_batches, require_sample_weights, unpack_batch
+from lightning_pareto.weighting import (
+    UNUSED_WEIGHTS,
+    require_indexed_batches,
+    require_sample_weights,
+    unpack_batch,
+    weights_unused,
+)
 
 __all__ = ["ClassUpweighting", "class_weights"]
 
@@ -106,10 +112,9 @@ class ClassUpweighting(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """After the chosen epoch's validation: pick the targets (``worst:k``) and set the weights."""
         store = require_sample_weights(pl_module, type(self).__name__)
-        if store.active and store.lookups == getattr(self, "_lookups", -1) and not getattr(self, "_warned", False):
+        if weights_unused(store, getattr(self, "_lookups", -1)) and not getattr(self, "_warned", False):
             self._warned = True
-            rank_zero_warn("ClassUpweighting: the weights were set but the module never looked them up: its "
-                           "training_step does not reduce the loss with self.weighted_mean(per_sample_loss, index).")
+            rank_zero_warn(f"ClassUpweighting: {UNUSED_WEIGHTS}.")
         if self.at_epoch is None or trainer.current_epoch != self.at_epoch or self.applied is not None:
             return
         targets = self._target_indices

@@ -80,3 +80,18 @@ def test_unknown_class_fails_at_setup_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown class 'zebra'"):
         _fit(tmp_path, [ClassUpweighting(["zebra"]), probe])
     assert probe.starts == []
+
+
+def test_weights_that_never_reach_the_loss_are_reported(tmp_path: Path) -> None:
+    from lightning_pareto import ClassifierModule
+
+    class PlainMean(ClassifierModule):
+        def training_step(self, batch: object, batch_idx: int) -> torch.Tensor:
+            x, y, _ = batch
+            return torch.nn.functional.cross_entropy(self(x), y)
+
+    reference = classifier()
+    module = PlainMean(reference.net, 3, class_names=["a", "b", "c"], optimizer=reference.optimizer_factory)
+    L.seed_everything(0)
+    with pytest.warns(UserWarning, match="never looked them up"):
+        trainer(tmp_path, [ClassUpweighting(["b"])], 2).fit(module, blobs_datamodule())
