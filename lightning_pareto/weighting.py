@@ -33,6 +33,7 @@ __all__ = [
     "SampleWeightedMixin",
     "require_indexed_batches",
     "require_sample_weights",
+    "require_single_weight_writer",
     "unpack_batch",
     "weights_unused",
 ]
@@ -206,6 +207,23 @@ class SampleWeightedMixin:
         if parent is not None:
             parent(checkpoint)
         self.sample_weights.load_state_dict(checkpoint.get(_CHECKPOINT_KEY, {}))
+
+
+def require_single_weight_writer(trainer: Trainer, callback: Any, who: str) -> None:
+    """Raise if another callback of the Trainer also sets sample weights (``writes_sample_weights = True``).
+
+    The store holds one set of weights: two writers would overwrite (or clear) each other's.
+
+    Raises:
+        ValueError: Naming both callbacks.
+    """
+    others = [type(cb).__name__ for cb in trainer.callbacks
+              if cb is not callback and getattr(cb, "writes_sample_weights", False)]
+    if others:
+        raise ValueError(
+            f"{who} and {others} would overwrite each other's sample weights; use one of DirectImprovement, "
+            "CourseCorrection, ClassUpweighting and InfluenceTrimming per Trainer."
+        )
 
 
 UNUSED_WEIGHTS = (

@@ -48,6 +48,7 @@ from lightning_pareto.weighting import (
     UNUSED_WEIGHTS,
     require_indexed_batches,
     require_sample_weights,
+    require_single_weight_writer,
     unpack_batch,
     weights_unused,
 )
@@ -331,6 +332,7 @@ class InterventionCallback(Callback):
     """
 
     mode: ClassVar[str] = ""
+    writes_sample_weights: ClassVar[bool] = True
 
     def __init__(self, settings: InterventionSettings) -> None:
         self.settings = settings
@@ -349,12 +351,7 @@ class InterventionCallback(Callback):
         require_indexed_batches(trainer, who)
         self._monitor = require_monitor(trainer, who)
         self.class_names = resolve_class_names(trainer, pl_module)
-        others = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, InterventionCallback) and cb is not self]
-        if others:
-            raise ValueError(
-                f"{who} and {others} would overwrite each other's sample weights; use one of DirectImprovement / "
-                "CourseCorrection per Trainer."
-            )
+        require_single_weight_writer(trainer, self, who)
         from lightning_pareto.influence import tracked_modules
 
         try:

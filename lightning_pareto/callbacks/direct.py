@@ -285,7 +285,9 @@ class DirectImprovement(InterventionCallback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Close the intervention in force at the end of fit, clear the weights, print the table."""
         if self._active is not None:
-            if self._remaining:
+            if self._phase in ("plain", "weighted"):
+                self._active.reason = "the run ended before the guard's paired check finished"
+            elif self._remaining:
                 self._active.reason = "the run ended before the weighted epochs finished"
             weighted = self._active.weighted_epochs
             self._close(trainer, pl_module, self.accuracy_at(weighted[-1]) if weighted else None)

@@ -23,7 +23,7 @@ from lightning_pareto.trimming import (
     harm_scores,
     select_removals,
 )
-from lightning_pareto.weighting import require_indexed_batches, require_sample_weights
+from lightning_pareto.weighting import require_indexed_batches, require_sample_weights, require_single_weight_writer
 
 __all__ = ["InfluenceTrimming"]
 
@@ -69,6 +69,8 @@ class InfluenceTrimming(Callback):
         >>> trimming = InfluenceTrimming(method="iv", budget=20, at_epoch=5, curvature="ekfac")
     """
 
+    writes_sample_weights = True
+
     def __init__(
         self,
         method: TrimMethod = "fi",
@@ -107,6 +109,7 @@ class InfluenceTrimming(Callback):
             return
         require_sample_weights(pl_module, "InfluenceTrimming")
         require_indexed_batches(trainer, "InfluenceTrimming")
+        require_single_weight_writer(trainer, self, "InfluenceTrimming")
         dataset = _train_dataset(trainer)
         if dataset is not None:
             check_budget(self.budget, len(dataset))

@@ -21,6 +21,7 @@ from lightning_pareto.weighting import (
     UNUSED_WEIGHTS,
     require_indexed_batches,
     require_sample_weights,
+    require_single_weight_writer,
     unpack_batch,
     weights_unused,
 )
@@ -70,6 +71,8 @@ class ClassUpweighting(Callback):
         trainer = Trainer(max_epochs=20, callbacks=[PerClassAccuracy(), ClassUpweighting(targets=["3", "8"], factor=2.0)])
     """
 
+    writes_sample_weights = True
+
     def __init__(self, targets: list[int | str] | str, factor: float = 2.0, at_epoch: int | None = None) -> None:
         self.worst_k = check_targets(targets)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor > 0):
@@ -92,6 +95,7 @@ class ClassUpweighting(Callback):
         who = type(self).__name__
         require_sample_weights(pl_module, who)
         require_indexed_batches(trainer, who)
+        require_single_weight_writer(trainer, self, who)
         self.class_names = resolve_class_names(trainer, pl_module)
         if self.worst_k is None:
             self._target_indices = class_indices(list(self.targets), self.class_names, "targets")

@@ -95,3 +95,12 @@ def test_weights_that_never_reach_the_loss_are_reported(tmp_path: Path) -> None:
     L.seed_everything(0)
     with pytest.warns(UserWarning, match="never looked them up"):
         trainer(tmp_path, [ClassUpweighting(["b"])], 2).fit(module, blobs_datamodule())
+
+
+def test_another_weight_writer_in_the_same_trainer_is_refused_before_training(tmp_path: Path) -> None:
+    from lightning_pareto import DirectImprovement
+
+    probe = Probe()
+    with pytest.raises(ValueError, match=r"ClassUpweighting and \['DirectImprovement'\] would overwrite each other"):
+        _fit(tmp_path, [ScriptedAccuracy({}), ClassUpweighting(["b"]), DirectImprovement(["a"], at_epochs=[1]), probe])
+    assert probe.starts == []
