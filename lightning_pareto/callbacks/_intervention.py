@@ -79,6 +79,7 @@ CURVATURES: tuple[str, ...] = get_args(CurvatureName)
 FITNESS_MODES: tuple[str, ...] = get_args(FitnessMode)
 PRESETS: tuple[str, ...] = get_args(PresetName)
 RECORDS_FILE = "interventions.jsonl"
+WEIGHTS_FOLDER = "intervention_weights"
 TAG = "pareto"
 
 
@@ -166,6 +167,9 @@ class InterventionRecord:
             fraction of the searched ``|w - 1|`` in force), realised per-class ``change`` against the
             epoch before, ``violations`` (non-targets that fell past the tolerance) and ``action``
             (``"kept"``, ``"rollback"``, ``"shrink"``, ``"dropped"``; CC: ``"accepted"``, ``"rejected"``).
+        weights_file: The searched weights, relative to the log folder: an ``.npz`` with ``index`` (dataset
+            index), ``weights``, ``influence`` ``(n, K)``, ``targets`` and ``class_names``
+            (``numpy.load``; ``pandas.DataFrame({"index": f["index"], "weight": f["weights"]})``).
     """
 
     epoch: int
@@ -186,6 +190,7 @@ class InterventionRecord:
     fitness: float | None = None
     search: dict[str, Any] | None = None
     guard: list[dict[str, Any]] = field(default_factory=list)
+    weights_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-safe builtins (NaN and infinities become ``None``)."""
@@ -452,11 +457,14 @@ class InterventionCallback(Callback):
         except Exception as error:  # noqa: BLE001 - nothing an intervention does may crash the run
             record.reason = f"error: {type(error).__name__}: {error}"
         weights: np.ndarray | None = None
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
         if trainer.is_global_zero and influence is not None:
             try:
                 weights = self._decide(trainer, pl_module, record, reference, influence)
             except Exception as error:  # noqa: BLE001
                 record.reason = f"error: {type(error).__name__}: {error}"
+            if weights is not None:
+                record.weights_file = self._save_weights(log_dir, record, weights, influence)
         # Every rank reaches this broadcast, whatever happened above: rank zero's decision is the run's.
         weights, decided = broadcast_object((weights, record.to_dict()))
         _update_record(record, decided)
@@ -578,6 +586,20 @@ class InterventionCallback(Callback):
                 experiment.add_histogram(f"{TAG}/weights", np.asarray(weights), global_step=step)
                 experiment.add_figure(f"{TAG}/weights_histogram",
                                       weights_histogram(weights, self.settings.w_min, self.settings.w_max), global_step=step)
+
+    def _save_weights(self, log_dir: Path, record: InterventionRecord, weights: np.ndarray,
+                      influence: np.ndarray) -> str | None:
+        """Save the searched weights and the influence matrix by dataset index; the file's name, or ``None``."""
+        name = f"{WEIGHTS_FOLDER}/{len(self.records) + 1:03d}_{record.mode}_epoch{record.epoch}.npz"
+        try:
+            (log_dir / WEIGHTS_FOLDER).mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(log_dir / name, index=np.arange(weights.shape[0]), weights=weights.astype(np.float32),
+                                influence=influence.astype(np.float32), targets=np.asarray(record.targets, dtype=np.int64),
+                                class_names=np.asarray(self.class_names))
+            return name
+        except Exception as error:  # noqa: BLE001 - a logging failure must not cost the intervention
+            rank_zero_warn(f"{type(self).__name__}: could not save the weights: {type(error).__name__}: {error}")
+            return None
 
     @rank_zero_only
     def _write(self, trainer: Trainer, record: InterventionRecord, log_dir: Path) -> None:

@@ -461,3 +461,19 @@ def test_resume_between_the_counterfactual_and_the_weighted_try(tmp_path: Path, 
     assert states_equal(resumed_probe.starts[0]["params"], probe.starts[2]["params"])  # from the counterfactual's start
     assert [(r.epoch, r.weighted_epochs, [e["action"] for e in r.guard]) for r in resumed.records] == [
         (r.epoch, r.weighted_epochs, [e["action"] for e in r.guard]) for r in improvement.records]
+
+
+def test_the_searched_weights_are_saved_by_dataset_index_next_to_the_log(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = patch_influence(monkeypatch, random_influence)
+    improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], guard="off", log_figures=False), IndexProbe()
+    run = _fit(tmp_path, [ScriptedAccuracy({}), improvement, probe], max_epochs=3)
+    (record,) = improvement.records
+    line = json.loads((tmp_path / "interventions.jsonl").read_text())
+    assert line["weights_file"] == record.weights_file == "intervention_weights/001_direct_improvement_epoch1.npz"
+    saved = np.load(tmp_path / record.weights_file)
+    n = len(run.datamodule.train_dataset)
+    assert saved["index"].tolist() == list(range(n)) and saved["targets"].tolist() == [0]
+    # What the batches of the weighted epoch were multiplied by, looked up by their dataset indices.
+    torch.testing.assert_close(torch.from_numpy(saved["weights"]), _weights_seen(probe, 2, n))
+    torch.testing.assert_close(torch.from_numpy(saved["influence"]), random_influence(calls[0], 3))
