@@ -55,6 +55,14 @@ class ParetoCLI(LightningCLI):
         if monitor is not None and self.trainer.is_global_zero:
             print("\nPer-class validation accuracy\n" + monitor.summary_table())
 
+    def after_test(self) -> None:
+        per_class = getattr(self.model, "test_per_class", [])
+        if per_class and self.trainer.is_global_zero:
+            names = list(getattr(self.model, "class_names", [str(c) for c in range(len(per_class))]))
+            width = max(len("class"), *(len(n) for n in names))
+            rows = [f"{name:<{width}}  {100 * value:6.1f}%" for name, value in zip(names, per_class)]
+            print("\nPer-class test accuracy\n" + "\n".join([f"{'class':<{width}}  {'test':>7}", *rows]))
+
 
 def _run_experiment(name: str, argv: list[str]) -> None:
     module_name = EXPERIMENTS[name]

@@ -12,7 +12,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassStatScores
 
 from lightning_pareto.weighting import SampleWeightedMixin, unpack_batch
 
@@ -97,6 +97,8 @@ class ClassifierModule(SampleWeightedMixin, LightningModule):
         self.scheduler_factory = scheduler
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.test_class_stats = MulticlassStatScores(num_classes, average=None)  # tp, fp, tn, fn, support
+        self.test_per_class: list[float] = []  # per-class test accuracy of the last test run (NaN: no samples)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits of shape ``(b, num_classes)``."""
@@ -159,8 +161,23 @@ class ClassifierModule(SampleWeightedMixin, LightningModule):
         return self._evaluate(batch, "val", self.val_accuracy)
 
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        """Unweighted loss and accuracy; returns ``{"loss", "logits"}``."""
-        return self._evaluate(batch, "test", self.test_accuracy)
+        """Unweighted loss and accuracy (also per class); returns ``{"loss", "logits"}``."""
+        outputs = self._evaluate(batch, "test", self.test_accuracy)
+        self.test_class_stats.update(outputs["logits"], unpack_batch(batch)[1])
+        return outputs
+
+    def on_test_epoch_start(self) -> None:
+        """Start the per-class test accuracy afresh."""
+        self.test_class_stats.reset()
+
+    def on_test_epoch_end(self) -> None:
+        """Log ``test_acc/<class name>`` for every class with test samples; keep them in :attr:`test_per_class`."""
+        stats = self.test_class_stats.compute()  # synced over ranks
+        correct, support = stats[:, 0].double(), stats[:, -1].double()
+        self.test_per_class = [float(c / n) if n > 0 else float("nan") for c, n in zip(correct.tolist(), support.tolist())]
+        for name, value in zip(self.class_names, self.test_per_class):
+            if value == value:  # not NaN
+                self.log(f"test_acc/{name}", value)
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Class probabilities of shape ``(b, num_classes)``."""

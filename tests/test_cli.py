@@ -47,7 +47,10 @@ def test_fit_from_yaml_logs_every_digit_and_resumes(tmp_path: Path, capsys: pyte
 
     cli.main(["test", "--config", CONFIG, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={checkpoint}",
               *QUIET])
-    assert "test_acc" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test_acc" in printed and "Per-class test accuracy" in printed
+    table = printed[printed.index("Per-class test accuracy"):].splitlines()[2:12]
+    assert [row.split()[0] for row in table] == [str(d) for d in range(10)]
 
 
 def test_print_config_resolves_short_class_names(capsys: pytest.CaptureFixture[str]) -> None:

@@ -134,3 +134,19 @@ def test_wrong_output_width_or_float_labels_fail_before_training_with_a_clear_me
     with pytest.raises(error, match=message):
         trainer.fit(ClassifierModule(net, num_classes=2), DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
     assert not probe.started  # the sanity check's validation batch caught it
+
+
+def test_test_logs_every_class_accuracy_against_a_direct_count(tmp_path: Path) -> None:
+    train, test = _loaders(48)
+    module = ClassifierModule(MLP(3, 2), num_classes=2, class_names=["no", "yes"])
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, train)
+    metrics = trainer.test(module, test, verbose=False)[0]
+    x, y = test.dataset.dataset.tensors
+    with torch.no_grad():
+        predicted = module(x).argmax(dim=1)
+    for c, name in enumerate(["no", "yes"]):
+        expected = (predicted[y == c] == c).double().mean().item()
+        assert metrics[f"test_acc/{name}"] == pytest.approx(expected, abs=1e-6)
+        assert module.test_per_class[c] == pytest.approx(expected, abs=1e-12)
