@@ -29,6 +29,19 @@ EXPERIMENTS = {
 }
 
 
+DESCRIPTION = (
+    "Training-time course correction of classifiers through influence functions: per-class monitoring, "
+    "Direct Improvement and Course Correction (\"What Is The Performance Ceiling of My Classifier?\"), data "
+    "trimming and active learning with the FI measure (\"Enhancing Prediction Performance through Influence "
+    "Measure\")."
+)
+EPILOG = (
+    "More commands: 'lightning-pareto compare --config CFG' (the config with and without its interventions, per-class "
+    "test accuracy at the end of training), 'lightning-pareto trim --help' (FI data trimming), "
+    "'lightning-pareto active --help' (FI active learning)."
+)
+
+
 def _register_interventions() -> None:
     """Import the influence-based callbacks that exist, so their short names resolve in YAML."""
     for name, module in callbacks.INTERVENTIONS.items():
@@ -99,6 +112,7 @@ def build_cli(argv: list[str] | None, run: bool = True) -> ParetoCLI:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "lightning-pareto", "description": DESCRIPTION, "epilog": EPILOG},
         args=argv,  # None: LightningCLI reads sys.argv itself
         run=run,
     )

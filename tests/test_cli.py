@@ -100,3 +100,13 @@ def test_compare_trains_the_config_with_and_without_its_interventions(tmp_path: 
     table = printed[printed.index("class  without"):].splitlines()
     for line, name, without, with_ in zip(table[1:11], result["classes"], result["without"], result["with"]):
         assert line.split()[:3] == [name, f"{100 * without:.1f}", f"{100 * with_:.1f}"]
+
+
+def test_help_names_the_program_and_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert printed.startswith("usage: lightning-pareto ")
+    for command in ("fit", "test", "lightning-pareto compare", "lightning-pareto trim", "lightning-pareto active"):
+        assert command in printed
