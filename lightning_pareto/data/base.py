@@ -35,6 +35,13 @@ class LoadedData:
     test: tuple[np.ndarray, np.ndarray] | None = None
 
 
+def _as_size(value: Any) -> Any:
+    """A whole float of at least 1 is a count: config parsers may read ``150`` for an ``int | float`` as ``150.0``."""
+    if isinstance(value, float) and value >= 1.0 and value.is_integer():
+        return int(value)
+    return value
+
+
 def _check_size(name: str, value: float | int | None, allow_none: bool) -> None:
     if value is None and allow_none:
         return
@@ -94,6 +101,7 @@ class ClassificationDataModule(LightningDataModule):
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        val_size, test_size, train_size = _as_size(val_size), _as_size(test_size), _as_size(train_size)
         _check_size("val_size", val_size, allow_none=False)
         _check_size("test_size", test_size, allow_none=True)
         _check_size("train_size", train_size, allow_none=True)

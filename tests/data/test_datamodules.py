@@ -238,3 +238,14 @@ def test_mnist5k_is_mlxtends_five_thousand_digits_scaled_to_unit_range() -> None
 def test_dataloaders_before_setup_raise_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match=r"setup\(\)"):
         DigitsDataModule().train_dataloader()
+
+
+def test_a_whole_float_size_is_a_count() -> None:
+    # jsonargparse can read 150 for an int | float argument as 150.0 once LightningCLI has run in the process.
+    from lightning_pareto.data import DigitsDataModule
+
+    data = DigitsDataModule(train_size=150.0, val_size=100.0, seed=0)
+    data.setup()
+    assert len(data.train_dataset) == 150 and len(data.val_dataset) == 100
+    with pytest.raises(ValueError, match="as a fraction must be in"):
+        DigitsDataModule(train_size=1.5)
