@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
