@@ -292,6 +292,8 @@ class CourseCorrection(InterventionCallback):
         verdict = "no validation result for the redo" if accuracy is None else redo_verdict(
             before, record.bad or [], accuracy, record.targets,
             noise_tolerance(before, self.support_at(epoch), self.drop_threshold))
+        if verdict and self._after_bad is None:  # resumed from a checkpoint without that state: nothing to go back to
+            record.reason, verdict = f"{verdict}; kept: the state after the detrimental epoch is not in the checkpoint", ""
         record.guard.append({"epoch": epoch, "action": "rejected" if verdict else "accepted", "reason": verdict})
         if verdict:
             # The redo's epoch is spent, the detrimental epoch's result stands: the budget keeps its extra epoch.
