@@ -42,6 +42,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_pareto._distributed import broadcast_object, global_rank, world_size
+from lightning_pareto.callbacks._budget import EpochBudget
 from lightning_pareto.callbacks._snapshot import cpu_copy, preserved_rng
 from lightning_pareto.callbacks.monitor import PerClassAccuracy, require_monitor, resolve_class_names
 from lightning_pareto.weighting import (
@@ -167,6 +168,8 @@ class InterventionRecord:
             fraction of the searched ``|w - 1|`` in force), realised per-class ``change`` against the
             epoch before, ``violations`` (non-targets that fell past the tolerance) and ``action``
             (``"kept"``, ``"rollback"``, ``"shrink"``, ``"dropped"``; CC: ``"accepted"``, ``"rejected"``).
+        extra_epochs: Training epochs the intervention added to the run: CC's redo, the paired guard's
+            counterfactual epoch, rolled-back or rejected weighted tries (their cost beside ``seconds``).
         weights_file: The searched weights, relative to the log folder: an ``.npz`` with ``index`` (dataset
             index), ``weights``, ``influence`` ``(n, K)``, ``targets`` and ``class_names``
             (``numpy.load``; ``pandas.DataFrame({"index": f["index"], "weight": f["weights"]})``).
@@ -191,6 +194,7 @@ class InterventionRecord:
     search: dict[str, Any] | None = None
     guard: list[dict[str, Any]] = field(default_factory=list)
     weights_file: str | None = None
+    extra_epochs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-safe builtins (NaN and infinities become ``None``)."""
@@ -341,6 +345,7 @@ class InterventionCallback(Callback):
 
     def __init__(self, settings: InterventionSettings) -> None:
         self.settings = settings
+        self.budget = EpochBudget()
         self.records: list[InterventionRecord] = []
         self.class_names: list[str] = []
         self._monitor: PerClassAccuracy | None = None
@@ -351,6 +356,7 @@ class InterventionCallback(Callback):
         if stage != "fit":
             return
         who = type(self).__name__
+        self.budget.reset()
         check_strategy(trainer, who)
         require_sample_weights(pl_module, who)
         require_indexed_batches(trainer, who)
@@ -367,7 +373,9 @@ class InterventionCallback(Callback):
             raise ValueError(f"{who}(modules={self.settings.modules!r}): {error}") from None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Trial fitness copies one optimizer; check there is exactly one."""
+        """Check the optimizers for trial fitness; re-extend the epoch budget by the epochs a resumed run already
+        redid (the Trainer's limits are not checkpointed)."""
+        self.budget.reapply(trainer)
         if self.settings.fitness == "trial" and len(trainer.optimizers) != 1:
             raise ValueError(
                 f"{type(self).__name__}(fitness='trial') trains trial epochs with a copy of the optimizer and needs "
@@ -380,15 +388,22 @@ class InterventionCallback(Callback):
             print("\n" + intervention_table(self.records, self.class_names))
 
     def state_dict(self) -> dict[str, Any]:
-        """The records so far (subclasses add their counters)."""
-        return {"records": [record.to_dict() for record in self.records], "class_names": list(self.class_names)}
+        """The records so far and the epoch budget's extension (subclasses add their counters)."""
+        return {"records": [record.to_dict() for record in self.records], "class_names": list(self.class_names),
+                **self.budget.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved."""
         self.records = [InterventionRecord.from_dict(r) for r in state_dict.get("records", [])]
         self.class_names = list(state_dict.get("class_names", self.class_names))
+        self.budget.load_state_dict(state_dict)
 
     # ---------------------------------------------------------------- helpers for subclasses
+    def add_epochs(self, trainer: Trainer, record: InterventionRecord, epochs: int) -> None:
+        """Extend the run by ``epochs`` redone epochs (negative: give them back) and charge them to ``record``."""
+        self.budget.change(trainer, epochs)
+        record.extra_epochs += epochs
+
     def accuracy_at(self, epoch: int) -> list[float] | None:
         """The monitor's latest per-class validation accuracy of ``epoch``, or ``None`` if it did not validate."""
         history = [] if self._monitor is None else self._monitor.history

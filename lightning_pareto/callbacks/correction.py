@@ -9,7 +9,6 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_pareto.callbacks._budget import EpochBudget
 from lightning_pareto.callbacks._guard import noise_tolerance, redo_verdict
 from lightning_pareto.callbacks._intervention import (
     CurvatureName,
@@ -144,7 +143,6 @@ class CourseCorrection(InterventionCallback):
         self._in_epoch = False
         self._after_bad: TrainingSnapshot | None = None  # the state after the detrimental epoch, while redoing it
         self._restore = False  # put _after_bad back at the next epoch start (a rejected redo)
-        self.budget = EpochBudget()
 
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -154,12 +152,6 @@ class CourseCorrection(InterventionCallback):
             return
         every = list(range(len(self.class_names)))
         self._watched = every if self.classes == "any" else class_indices(list(self.classes), self.class_names, "classes")
-        self.budget.reset()
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Re-extend the epoch budget by the redos a resumed run already made (the Trainer's limits are not saved)."""
-        super().on_fit_start(trainer, pl_module)
-        self.budget.reapply(trainer)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Undo a rejected redo, or roll back and reweight if the last epoch was detrimental; else snapshot."""
@@ -192,7 +184,7 @@ class CourseCorrection(InterventionCallback):
             self._pending = InterventionRecord(
                 epoch=epoch, mode=self.mode, targets=dropped, before=list(previous), bad=list(accuracy)
             )
-            self.budget.change(trainer, 1)  # now, so that even the last epoch gets its redo
+            self.add_epochs(trainer, self._pending, 1)  # now, so that even the last epoch gets its redo
             names = [self.class_names[c] for c in dropped]
             rank_zero_info(f"CourseCorrection: epoch {epoch} lowered {names} by more than {self.drop_threshold:.3f}; "
                            "rolling back to its start and training it again with sample weights.")
@@ -232,7 +224,6 @@ class CourseCorrection(InterventionCallback):
             snapshot=self._snapshot.state_dict() if keep_snapshot else None,
             after_bad=self._after_bad.state_dict() if keep_after_bad else None,
             restore=self._restore,
-            **self.budget.state_dict(),
         )
         return state
 
@@ -243,7 +234,6 @@ class CourseCorrection(InterventionCallback):
         self._previous = state_dict.get("previous")
         self._pending = _record_or_none(state_dict.get("pending"))
         self._redo = _record_or_none(state_dict.get("redo"))
-        self.budget.load_state_dict(state_dict)
         snapshot, after_bad = state_dict.get("snapshot"), state_dict.get("after_bad")
         self._snapshot = None if snapshot is None else TrainingSnapshot.from_state_dict(snapshot)
         self._after_bad = None if after_bad is None else TrainingSnapshot.from_state_dict(after_bad)
@@ -275,7 +265,7 @@ class CourseCorrection(InterventionCallback):
         after_bad_epoch.restore(trainer, pl_module)
         follow_restored_rng(trainer, after_bad_epoch.sampler_epoch)
         self._snapshot = after_bad_epoch  # this epoch starts from here: the next drop rolls back to it
-        self.budget.change(trainer, -1)
+        self.add_epochs(trainer, record, -1)
         if trainer.fit_loop.max_epochs is not None and 0 <= trainer.fit_loop.max_epochs <= trainer.current_epoch:
             trainer.should_stop = True  # the detrimental epoch was the last one budgeted: end as after it
         self.finish(trainer, record)

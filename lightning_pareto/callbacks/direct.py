@@ -7,7 +7,6 @@ from typing import Any, Literal, get_args
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_pareto.callbacks._budget import EpochBudget
 from lightning_pareto.callbacks._guard import accuracy_change, noise_tolerance, shrink_weights, violations
 from lightning_pareto.callbacks._intervention import (
     CurvatureName,
@@ -191,7 +190,6 @@ class DirectImprovement(InterventionCallback):
         self.tolerance = float(tolerance)
         self.shrink = float(shrink)
         self.max_retries = max_retries
-        self.budget = EpochBudget()
         self._target_indices: list[int] = []
         self._active: InterventionRecord | None = None
         self._remaining: int | None = None
@@ -214,7 +212,6 @@ class DirectImprovement(InterventionCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        self.budget.reset()
         num_classes = len(self.class_names)
         if self.worst_k is None:
             self._target_indices = class_indices(list(self.targets), self.class_names, "targets")
@@ -228,11 +225,6 @@ class DirectImprovement(InterventionCallback):
                     f"at_epochs {late} leave no epoch to train with the weights (max_epochs={max_epochs}, epochs are "
                     f"0..{max_epochs - 1}); choose epochs <= {max_epochs - 2}."
                 )
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Re-extend the epoch budget by the epochs a resumed run already redid (the Trainer's limits are not saved)."""
-        super().on_fit_start(trainer, pl_module)
-        self.budget.reapply(trainer)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Warn about chosen epochs that a resumed run starts after and whose interventions its checkpoint lacks."""
@@ -311,7 +303,6 @@ class DirectImprovement(InterventionCallback):
             held=self._held,
             plain=self._plain,
             plain_end=None if self._plain_end is None else self._plain_end.state_dict(),
-            **self.budget.state_dict(),
         )
         return state
 
@@ -332,7 +323,6 @@ class DirectImprovement(InterventionCallback):
         self._plain_end = None if plain_end is None else TrainingSnapshot.from_state_dict(plain_end)
         snapshot = state_dict.get("snapshot")
         self._snapshot = None if snapshot is None else TrainingSnapshot.from_state_dict(snapshot)
-        self.budget.load_state_dict(state_dict)
 
     # ---------------------------------------------------------------- internals
     def _is_chosen(self, trainer: Trainer, epoch: int) -> bool:
@@ -360,7 +350,7 @@ class DirectImprovement(InterventionCallback):
                     store = require_sample_weights(pl_module, type(self).__name__)
                     self._held, self._phase, self._plain, self._plain_end = store.weights.clone(), "plain", None, None
                     store.clear()
-                    self.budget.change(trainer, 1)
+                    self.add_epochs(trainer, record, 1)
                 return
         self.finish(trainer, record)
 
@@ -388,7 +378,7 @@ class DirectImprovement(InterventionCallback):
                 store = require_sample_weights(pl_module, type(self).__name__)
                 store.set(shrink_weights(store.weights, self.shrink))
             self._rollback = True
-            self.budget.change(trainer, 1)  # the redo is one more epoch
+            self.add_epochs(trainer, self._active, 1)  # the redo is one more epoch
             rank_zero_info(
                 f"DirectImprovement: weighted epoch {epoch} lowered {names} by more than {self.tolerance:.3f}; rolling it "
                 + ("back and training it again without the weights." if give_up else
@@ -441,7 +431,7 @@ class DirectImprovement(InterventionCallback):
                            "keeping that epoch and dropping the weights.")
         else:
             entry["action"], self._next = "retry", "weighted_try"
-            self.budget.change(trainer, 1)  # this try does not count
+            self.add_epochs(trainer, record, 1)  # this try does not count
             self._scale *= self.shrink
             self._held = shrink_weights(self._held, self.shrink)
             rank_zero_info(f"DirectImprovement: the weights lowered {names} against the same epoch without them; "

@@ -59,6 +59,7 @@ def test_rollback_restores_model_optimizer_scheduler_and_rng_bit_for_bit(tmp_pat
 
     (record,) = correction.records
     assert (record.epoch, record.status, record.targets, record.weighted_epochs) == (2, "applied", [0], [3])
+    assert record.extra_epochs == 1
     assert record.before == pytest.approx(GOOD) and record.bad == pytest.approx([0.6, 0.8, 0.8])
     assert record.after == pytest.approx(GOOD)
     line = json.loads((tmp_path / "interventions.jsonl").read_text().splitlines()[0])
@@ -162,6 +163,7 @@ def test_skipped_correction_leaves_no_trace_and_adds_no_epoch(tmp_path: Path, mo
 
     assert [(r.epoch, r.status) for r in correction.records] == [(1, "skipped"), (2, "skipped")]
     assert all("non-finite" in r.reason for r in correction.records)
+    assert [r.extra_epochs for r in correction.records] == [0, 0]  # skipped: the extension was given back
     assert probe.weighted_epochs() == []
     # Same states as a run without the callback: every epoch start and the final model.
     for ours, theirs in zip(probe.starts[:3], reference_probe.starts):

@@ -264,7 +264,7 @@ def test_guard_rolls_back_a_weighted_epoch_that_hurts_a_non_target_and_retries_w
     (record,) = improvement.records
     assert [(e["epoch"], e["action"], e["violations"]) for e in record.guard] == [
         (2, "rollback", [2]), (3, "kept", []), (4, "kept", []), (5, "kept", [])]
-    assert record.weighted_epochs == [3, 4, 5] and record.status == "applied"
+    assert record.weighted_epochs == [3, 4, 5] and record.status == "applied" and record.extra_epochs == 1
     assert record.guard[0]["change"] == pytest.approx([0.1, 0.0, -0.5])
 
 
@@ -348,7 +348,7 @@ def test_paired_guard_judges_the_weighted_epoch_against_the_same_epoch_without_w
     (record,) = improvement.records
     assert [(e["epoch"], e["action"]) for e in record.guard] == [(2, "counterfactual"), (3, "retry"), (4, "kept")]
     assert record.guard[1]["change"] == pytest.approx([0.1, 0.0, -0.5]) and record.weighted_epochs == [4, 5, 6]
-    assert run.fit_loop.max_epochs == 7  # the counterfactual and the rejected try are extra epochs
+    assert run.fit_loop.max_epochs == 7 and record.extra_epochs == 2  # the counterfactual and the rejected try
 
 
 def test_paired_guard_keeps_the_unweighted_epoch_after_repeated_violations(
@@ -361,7 +361,7 @@ def test_paired_guard_keeps_the_unweighted_epoch_after_repeated_violations(
     (record,) = improvement.records
     assert record.status == "dropped" and [e["action"] for e in record.guard] == [
         "counterfactual", "retry", "retry", "dropped"]
-    assert probe.weighted_epochs() == [3, 4, 5] and run.fit_loop.max_epochs == 8
+    assert probe.weighted_epochs() == [3, 4, 5] and run.fit_loop.max_epochs == 8 and record.extra_epochs == 3
     # The unweighted epoch stands: the run ends exactly where the run without the callback ends.
     assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
 
