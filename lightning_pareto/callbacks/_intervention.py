@@ -1,6 +1,7 @@
 """Shared machinery of the Direct Improvement and Course Correction callbacks.
 
-One intervention (seed 003, Algorithm 1) on the trainer's own data and model:
+One intervention ("What Is The Performance Ceiling of My Classifier?", Algorithm 1) on the trainer's own
+data and model:
 
 1. category-wise influence of every training sample on every class's validation loss, on the
    current model (a non-shuffled loader over the training set, with indices);

@@ -1,4 +1,7 @@
-"""``CourseCorrection``: roll back an epoch that hurt some classes and train it again, reweighted (seed 003, CC)."""
+"""``CourseCorrection``: roll back an epoch that hurt some classes and train it again, reweighted.
+
+"What Is The Performance Ceiling of My Classifier?", Course Correction.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``DirectImprovement``: reweight the training set to raise chosen classes, guarded on validation (seed 003, DI)."""
+"""``DirectImprovement``: reweight the training set to raise chosen classes, guarded on validation.
+
+"What Is The Performance Ceiling of My Classifier?", Direct Improvement.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``InfluenceTrimming``: remove the most harmful training samples at a chosen epoch (seed 000, Algorithm 3)."""
+"""``InfluenceTrimming``: remove the most harmful training samples at a chosen epoch.
+
+"Enhancing Prediction Performance through Influence Measure", Algorithm 3.
+"""
 
 from __future__ import annotations
 

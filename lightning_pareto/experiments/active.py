@@ -70,7 +70,8 @@ def build_parser() -> ArgumentParser:
 
     parser = ArgumentParser(
         prog="lightning-pareto active",
-        description="Seed 000's active-learning comparison: FI^active against IV, BALD, entropy, margin and "
+        description="The active-learning comparison of \"Enhancing Prediction Performance through Influence Measure\": "
+        "FI^active against IV, BALD, entropy, margin and "
         "random acquisition, test accuracy against labelled-set size over seeds.",
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
@@ -88,7 +89,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--strategy_options", type=dict[str, dict[str, Any]], default={},
                         help="Keyword arguments per strategy, e.g. {fi: {modules: [net.head]}, bald: {samples: 20}}.")
     parser.add_argument("--variant", type=Literal["standard", "unbalanced", "redundant"], default="standard",
-                        help="Seed 000 appendix D.2 pools from 10-digit data: unbalanced, or redundant (1/7/neither).")
+                        help="The FI paper's appendix D.2 pools from 10-digit data: unbalanced, or redundant (1/7/neither).")
     parser.add_argument("--initial_size", type=int, default=20, help="Size of the random initial labelled set.")
     parser.add_argument("--acquisition_size", type=int, default=20, help="Points queried per round.")
     parser.add_argument("--rounds", type=int, default=10, help="Number of acquisition rounds.")

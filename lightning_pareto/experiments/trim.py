@@ -67,7 +67,8 @@ def build_parser() -> ArgumentParser:
 
     parser = ArgumentParser(
         prog="lightning-pareto trim",
-        description="Seed 000's data-trimming comparison: train, remove the top-b training samples by each "
+        description="The data-trimming comparison of \"Enhancing Prediction Performance through Influence Measure\": "
+        "train, remove the top-b training samples by each "
         "method, retrain from the same initialisation, and compare test accuracy over seeds.",
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
