@@ -377,7 +377,7 @@ def main() -> None:
         "total_seconds": time.perf_counter() - start,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1))
+    args.output.write_text(json.dumps(result))  # compact: the per-epoch, per-class runs are most of it
     print(table(summary))
     print(f"total {result['total_seconds']:.0f} s -> {args.output}")
 
