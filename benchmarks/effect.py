@@ -203,18 +203,16 @@ def _fit(scenario: Scenario, seed: int, callbacks: list[Callback]) -> tuple[PerC
     return monitor, test
 
 
-def _uniform_class_search(factor: float) -> Callable[..., SearchResult]:
+def _class_search(labels: torch.Tensor, factor: float) -> Callable[..., SearchResult]:
     """A stand-in for the weight search that returns naive class upweighting of the targets (CC's baseline arm)."""
-    labels: dict[str, torch.Tensor] = {}
 
     def search(influence: Any, targets: Any, **kwargs: Any) -> SearchResult:
         n, k = np.asarray(influence).shape
-        weights = class_weights(labels["train"], list(targets), factor).double().numpy()
+        weights = class_weights(labels, list(targets), factor).double().numpy()
         return SearchResult(status="improved", reason="", weights=weights, thresholds=np.full(k, np.nan), trust=0.0,
                             fitness=0.0, predicted_gain=np.zeros(k), trial_accuracy=None, evaluations=0, trials=0,
                             generations=0, seconds=0.0, stopped_early=False)
 
-    search.labels = labels  # type: ignore[attr-defined]
     return search
 
 
@@ -232,11 +230,9 @@ def run_arm(name: str, seed: int, arm: str, di_kwargs: dict[str, Any], cc_kwargs
     elif arm in ("cc", "upweight"):
         intervention = CourseCorrection(log_figures=False, **cc_kwargs)
         if arm == "upweight":
-            stand_in = _uniform_class_search(UPWEIGHT_FACTOR)
             data = scenario.data(seed)
             data.setup("fit")
-            stand_in.labels["train"] = data.train_arrays[1]  # type: ignore[attr-defined]
-            search_module.search_weights = stand_in
+            search_module.search_weights = _class_search(data.train_arrays[1], UPWEIGHT_FACTOR)
     if intervention is not None:
         callbacks = [intervention]
     start = time.perf_counter()

@@ -350,6 +350,8 @@ class InterventionCallback(Callback):
         self.records: list[InterventionRecord] = []
         self.class_names: list[str] = []
         self._monitor: PerClassAccuracy | None = None
+        self._lookups = -1  # the weight store's lookup count at the epoch's start
+        self._warned_unused = False
 
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -422,12 +424,12 @@ class InterventionCallback(Callback):
         :meth:`~lightning_pareto.weighting.SampleWeightedMixin.weighted_mean` never looks the weights up:
         they do not reach the loss. Warns once per run and notes it in the record's reason.
         """
-        if not weights_unused(require_sample_weights(pl_module, type(self).__name__), getattr(self, "_lookups", -1)):
+        if not weights_unused(require_sample_weights(pl_module, type(self).__name__), self._lookups):
             return False
         note = UNUSED_WEIGHTS
         if note not in record.reason:
             record.reason = f"{record.reason}; {note}" if record.reason else note
-        if not getattr(self, "_warned_unused", False):
+        if not self._warned_unused:
             self._warned_unused = True
             rank_zero_warn(f"{type(self).__name__}: {note}.")
         return True

@@ -87,6 +87,8 @@ class ClassUpweighting(Callback):
         self.applied: list[int] | None = None
         self.class_names: list[str] = []
         self._target_indices: list[int] = []
+        self._lookups = -1  # the weight store's lookup count at the epoch's start
+        self._warned = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Check the weight contract, indexed batches and the targets before training."""
@@ -116,7 +118,7 @@ class ClassUpweighting(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """After the chosen epoch's validation: pick the targets (``worst:k``) and set the weights."""
         store = require_sample_weights(pl_module, type(self).__name__)
-        if weights_unused(store, getattr(self, "_lookups", -1)) and not getattr(self, "_warned", False):
+        if weights_unused(store, self._lookups) and not self._warned:
             self._warned = True
             rank_zero_warn(f"ClassUpweighting: {UNUSED_WEIGHTS}.")
         if self.at_epoch is None or trainer.current_epoch != self.at_epoch or self.applied is not None:

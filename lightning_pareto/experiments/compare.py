@@ -20,17 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lightning.pytorch import Callback
 
-from lightning_pareto.callbacks._intervention import InterventionCallback, influence_model, per_class_accuracy
+from lightning_pareto.callbacks._intervention import influence_model, per_class_accuracy
 from lightning_pareto.callbacks.monitor import resolve_class_names
-from lightning_pareto.callbacks.upweighting import ClassUpweighting
 
 __all__ = ["comparison_table", "main"]
-
-
-def _is_intervention(callback: Callback) -> bool:
-    return isinstance(callback, (InterventionCallback, ClassUpweighting))
 
 
 def _fit_and_test(argv: list[str], with_interventions: bool) -> tuple[np.ndarray, list[str], str]:
@@ -43,7 +37,8 @@ def _fit_and_test(argv: list[str], with_interventions: bool) -> tuple[np.ndarray
         sys.argv[1:] = program
     trainer = cli.trainer
     if not with_interventions:
-        trainer.callbacks = [cb for cb in trainer.callbacks if not _is_intervention(cb)]
+        # Every callback that sets sample weights: DirectImprovement, CourseCorrection, ClassUpweighting, trimming.
+        trainer.callbacks = [cb for cb in trainer.callbacks if not getattr(cb, "writes_sample_weights", False)]
     trainer.fit(cli.model, cli.datamodule)
     names = resolve_class_names(trainer, cli.model)
     accuracy = per_class_accuracy(influence_model(cli.model), cli.datamodule.test_dataloader(), len(names))
