@@ -1,4 +1,4 @@
-"""Pareto analysis of category-wise influence: the ceiling check and Pareto-LP-GA reweighting (seed 003).
+"""Pareto analysis of category-wise influence: the ceiling check and Pareto-LP-GA reweighting ("What Is The Performance Ceiling of My Classifier?").
 
 Depends on numpy, scipy and pygad only; influence matrices may also be torch tensors.
 """
