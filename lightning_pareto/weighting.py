@@ -311,9 +311,8 @@ def require_indexed_batches(trainer: Trainer, who: str) -> None:
     Raises:
         ValueError: If the training samples are ``(x, y)`` pairs without an index.
     """
-    from lightning_pareto.data.indexed import IndexedDataset
-
     from lightning_pareto._run_data import train_dataset
+    from lightning_pareto.data.indexed import IndexedDataset
 
     dataset = train_dataset(trainer)
     if dataset is None or isinstance(dataset, IndexedDataset):

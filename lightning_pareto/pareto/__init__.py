@@ -4,12 +4,12 @@ Depends on numpy, scipy and pygad only; influence matrices may also be torch ten
 """
 
 from lightning_pareto.pareto.ceiling import CeilingReport, RegionCounts, ceiling_report
-from lightning_pareto.pareto.reweight import MIN_RELATIVE_GAIN, WeightLP, WeightSolution, solve_weights
-from lightning_pareto.pareto.search import NOT_IMPROVED_FITNESS, PRESETS, GAPreset, SearchResult, search_weights
+from lightning_pareto.pareto.presets import PRESETS, GAPreset
+from lightning_pareto.pareto.reweight import WeightLP, WeightSolution, solve_weights
+from lightning_pareto.pareto.search import search_weights
+from lightning_pareto.pareto.search_result import SearchResult
 
 __all__ = [
-    "MIN_RELATIVE_GAIN",
-    "NOT_IMPROVED_FITNESS",
     "PRESETS",
     "CeilingReport",
     "GAPreset",

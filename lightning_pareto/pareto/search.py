@@ -37,12 +37,7 @@ def search_weights(
     *,
     fitness: Literal["predicted"] | TrialFunction = "predicted",
     reference: Any = None,
-    preset: Literal["fast", "paper"] = "fast",
-    generations: int | None = None,
-    population: int | None = None,
-    elites: int | None = None,
-    mutation_rate: float | None = None,
-    mutation_strength: float | None = None,
+    preset: Literal["fast", "paper"] | GAPreset = "fast",
     search_trust: bool = True,
     degradation_penalty: float = 1.0,
     seed: int = 0,
@@ -81,13 +76,9 @@ def search_weights(
         fitness: ``"predicted"`` or a trial function ``weights (n,) -> per-class accuracy (K,)``.
         reference: Per-class accuracy ``(K,)`` the trial is compared with; required with a trial
             function, not allowed in predicted mode.
-        preset: ``"fast"`` (default; 3 generations of 6, 2 elites) or ``"paper"`` (20 generations of
-            24, 6 elites, mutation rate and strength 0.25), see :data:`PRESETS`.
-        generations: Overrides the preset's number of generations (>= 1).
-        population: Overrides the preset's population size (>= 2).
-        elites: Overrides the preset's number of elites (0 <= elites <= population).
-        mutation_rate: Overrides the preset's gene mutation probability (in [0, 1]).
-        mutation_strength: Overrides the preset's mutation range (> 0, genes live in [0, 1]).
+        preset: ``"fast"`` (default; 3 generations of 6, 2 elites), ``"paper"`` (20 generations of
+            24, 6 elites, mutation rate and strength 0.25; see :data:`PRESETS`) or a
+            :class:`GAPreset` of one's own, e.g. ``dataclasses.replace(PRESETS["paper"], generations=5)``.
         search_trust: Whether the trust radius is searched too (else fixed at ``trust``).
         degradation_penalty: Weight of the non-target degradation in the fitness (>= 0).
         seed: Seed of the GA; the same seed gives the same result (without a binding time budget).
@@ -113,7 +104,7 @@ def search_weights(
     """
     start = time.perf_counter()
     lp = WeightLP(influence, targets, w_min=w_min, w_max=w_max, scale=scale)
-    settings = resolve_preset(preset, generations, population, elites, mutation_rate, mutation_strength)
+    settings = resolve_preset(preset)
     trial, reference_accuracy = _resolve_fitness_mode(fitness, reference, lp.num_classes)
     if not (np.isfinite(trust) and trust > 0):
         raise ValueError(f"`trust` must be a finite number > 0 (mean |w - 1| allowed); got {trust!r}.")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
-
 from _trimming_cases import WEIGHT_DECAY, noisy_gaussians, trained_logistic
 
 

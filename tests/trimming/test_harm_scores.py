@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from _trimming_cases import WEIGHT_DECAY, noisy_gaussians, reference_iv, train_val_loaders, trained_logistic
 
 from lightning_pareto.nets import LogisticRegression
 from lightning_pareto.trimming import (
@@ -13,7 +13,6 @@ from lightning_pareto.trimming import (
     harm_scores,
     select_removals,
 )
-from _trimming_cases import WEIGHT_DECAY, train_val_loaders, noisy_gaussians, reference_iv, trained_logistic
 
 
 def test_iv_scores_are_minus_the_dense_influence_value() -> None:

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from _trimming_cases import WEIGHT_DECAY, noisy_gaussians, reference_iv, trained_logistic
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -19,7 +20,6 @@ from lightning_pareto.trimming import (
     select_removals,
     trim,
 )
-from _trimming_cases import WEIGHT_DECAY, noisy_gaussians, reference_iv, trained_logistic
 
 
 class _RecordingFit(Fitter):
