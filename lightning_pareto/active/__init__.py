@@ -1,4 +1,7 @@
-"""Pool-based active learning (seed 000 section 4): acquisition strategies and a Lightning acquisition loop."""
+"""Pool-based active learning: acquisition strategies and a Lightning acquisition loop.
+
+"Enhancing Prediction Performance through Influence Measure", section 4.
+"""
 
 from lightning_pareto.active.loop import (
     LabelFunction,

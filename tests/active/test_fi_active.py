@@ -1,4 +1,7 @@
-"""FI^active's batched form against a literal pair-by-pair evaluation of seed 000 eq. 4.1 / Algorithm 2."""
+"""FI^active's batched form against a literal pair-by-pair evaluation of eq. 4.1 / Algorithm 2.
+
+From "Enhancing Prediction Performance through Influence Measure".
+"""
 
 from __future__ import annotations
 
