@@ -14,6 +14,7 @@ MODULES = [
     "lightning_pareto.data._noise",
     "lightning_pareto.callbacks.monitor",
     "lightning_pareto.callbacks._guard",
+    "lightning_pareto.callbacks._modes",
     "lightning_pareto.callbacks._targets",
     "lightning_pareto.callbacks.upweighting",
     "lightning_pareto.experiments.compare",
