@@ -13,6 +13,7 @@ Routes take turns in every repeat; medians in milliseconds are printed and writt
 ``benchmarks/results/conv_routes.json``.
 
     python benchmarks/conv_routes.py                   # batch 256, 2 threads, 15 repeats
+    python benchmarks/conv_routes.py --repeats 25      # the run in results/conv_routes.json
 """
 
 from __future__ import annotations

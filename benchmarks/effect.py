@@ -21,16 +21,15 @@ up to the intervention (``same_until_intervention``). Scenarios (real data that 
 - ``mnist_imbalance``: MNIST-5k, classes 2 and 6 keep 10% of their training samples; MLP; DI on 2, 6.
 - ``digits_cnn_classdep``: digits, 45% of 1, 3 and 9 labelled 7, 8 and 5; ``SmallCNN``; DI on 1, 3, 9.
 - ``mnist_lr_spike`` (CC): MNIST-5k with 10% symmetric noise, the learning rate x10 for epoch 5 only: a
-  transient disturbance (the mean falls 8-17 points in that epoch; the plain run is back within one).
-- ``mnist_lr_collapse`` (CC): the same with x20: lasting damage (the plain run ends 7-47 points below its
-  pre-spike mean), where a correction has something to save.
+  transient disturbance (the plain run recovers within about an epoch).
+- ``mnist_lr_collapse`` (CC): the same with x20: lasting damage (the plain run never recovers), where a
+  correction has something to save.
 - ``mnist_corrupt_burst`` (CC): MNIST-5k, during epoch 5 every training label of 3 and 8 reads 5.
 
 Every arm uses SGD (momentum 0.9) with a cosine learning-rate decay over the run, as a user would.
 
-Run ``python benchmarks/effect.py`` (about 2 minutes on 2 cores; writes
-``benchmarks/results/effect.json``); ``--scenarios``, ``--seeds``, ``--jobs``, ``--di '{"trust": 0.1}'``
-and ``--output`` select a variant.
+Run ``python benchmarks/effect.py`` (writes ``benchmarks/results/effect.json``); ``--scenarios``,
+``--seeds``, ``--jobs``, ``--di '{"trust": 0.1}'`` and ``--output`` select a variant.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Speed of FI^util (seed 000) at Adult scale: efficient exact vs the naive Algorithm 1, and the approximations.
+"""Speed of FI^util at Adult scale: efficient exact vs the naive Algorithm 1, and the approximations.
+
+FI^util, Algorithm 1 and the approximations are those of "Enhancing Prediction Performance through
+Influence Measure" ("the paper" below).
 
 Data: *synthetic, Adult-shaped* (no download here): n = 5,000 training rows (the paper's Adult
 subsample, appendix D.1), 1,000 validation rows, d = 102 features laid out like the one-hot Adult
@@ -44,7 +47,8 @@ from lightning_pareto.nets import LogisticRegression
 
 _GROUPS = (7, 16, 7, 14, 6, 5, 2, 39)
 _NUMERIC = 6
-# Seed 000, appendix E.1, Table 8: whole-pipeline seconds, approximate (KFSVD + subsampling) vs exact.
+# "Enhancing Prediction Performance through Influence Measure", appendix E.1, Table 8: whole-pipeline
+# seconds, approximate (KFSVD + subsampling) vs exact.
 _PAPER_TABLE_8 = {
     "MNIST": {"approx_accuracy": 93.8, "exact_accuracy": 94.0, "approx_seconds": 393, "exact_seconds": 1228},
     "CelebA": {"approx_accuracy": 80.9, "exact_accuracy": 78.1, "approx_seconds": 269, "exact_seconds": 1058},
@@ -140,8 +144,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for every method")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "fi.json")
     args = parser.parse_args()
-    # One thread by default: on a shared 2-core machine, multi-threaded LAPACK under contention
-    # is erratic (a batched SVD measured 100x slower with 2 threads than with 1).
+    # One thread by default: multi-threaded LAPACK is erratic when other jobs share the cores
+    # (benchmarks/RESULTS.md, "FI^util speed").
     torch.set_num_threads(args.threads)
 
     x, y = adult_shaped(args.n, seed=0)

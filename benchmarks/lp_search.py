@@ -1,5 +1,8 @@
 """Speed of the Pareto-LP-GA maths: one LP solve, and a paper-preset GA search in predicted mode.
 
+Pareto-LP-GA and its GA settings (the ``paper`` preset) are those of "What Is The Performance Ceiling
+of My Classifier?".
+
 Influence matrices are synthetic with the trade-off structure seen in practice (each sample helps its
 own class and mildly hurts the others, 5% hurt every class; ``tests/pareto/_pareto_cases.py``),
 K = 10 classes, targets [0, 2], non-target thresholds of 1% of each column's mean |I|, trust 0.5.

@@ -1,4 +1,7 @@
-"""Quality of Direct Improvement and Course Correction (seed 003, Table 1) on real digits with label noise.
+"""Quality of Direct Improvement and Course Correction on real digits with label noise, one epoch after.
+
+The quantity of Table 1 of "What Is The Performance Ceiling of My Classifier?": the per-class change
+in the epoch after an intervention.
 
 What is measured: the per-class accuracy change an intervention causes, for its target classes and
 for the other classes, against the *counterfactual*: the same epoch trained from the same state
@@ -51,7 +54,8 @@ DI_EPOCH = 4  # 0-based: DI after the 5th epoch, weights in the 6th
 DI_TARGETS = "worst:2"
 CC_EPOCHS = 10
 CC_SPIKE_EPOCH = 6
-# Seed 003 Table 1 (CIFAR-10, ResNet): DI targets changed by +16.02, +11.39, +5.73 points; CC by +1.65, +1.31, +2.77.
+# "What Is The Performance Ceiling of My Classifier?", Table 1 (CIFAR-10, ResNet): DI targets changed by
+# +16.02, +11.39, +5.73 points; CC by +1.65, +1.31, +2.77.
 PAPER = {
     "direct_improvement": {"target_changes_pp": [16.02, 11.39, 5.73], "nontarget_min_pp": -2.90},
     "course_correction": {"target_changes_pp": [1.65, 1.31, 2.77]},
@@ -203,7 +207,8 @@ def main() -> None:
     parser.add_argument("--fitness", nargs="+", default=["predicted", "trial"], choices=["predicted", "trial"])
     parser.add_argument("--modes", nargs="+", default=["direct_improvement", "course_correction"],
                         choices=["direct_improvement", "course_correction"])
-    parser.add_argument("--trust", type=float, default=0.5, help="trust radius of the LP (the callbacks' default 0.5)")
+    parser.add_argument("--trust", type=float, default=0.5,
+                        help="trust radius of the LP (0.5: results/pareto.json; the callbacks' default is 0.2)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")

@@ -10,10 +10,11 @@ in the same run and alternately (so that they see the same machine load):
   a copy of the model is trained so the scored model stays fixed);
 - ``influence_s``: EKFAC category-wise influence of the whole training set (``category_influence``,
   default damping, empirical Fisher, batches of ``--influence-batch``);
-- ``search_s``: the LP + GA weight search with predicted fitness and the paper's GA settings
-  (``search_weights(..., preset="paper")``: 20 generations of 24, 6 elites) for the two classes with
-  the lowest validation accuracy, with its default two LP worker processes (the epoch uses both
-  cores too); ``search_one_process_seconds`` times the same search with ``workers=1``;
+- ``search_s``: the LP + GA weight search with predicted fitness and the GA settings of "What Is
+  The Performance Ceiling of My Classifier?" (``search_weights(..., preset="paper")``: 20 generations
+  of 24, 6 elites) for the two classes with the lowest validation accuracy, with its default two LP
+  worker processes (the epoch uses both cores too); ``search_one_process_seconds`` times the same
+  search with ``workers=1``;
 - ``influence_subset_s`` (with ``--curvature-samples``, default 10,000): the same influence with the
   curvature fitted on that many samples (``curvature_samples``; every sample still scored), and the
   Spearman correlation of its scores with the all-samples ones.
