@@ -6,16 +6,27 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
 if TYPE_CHECKING:
     from lightning_pareto.pareto.ceiling import CeilingReport
 
-__all__ = ["accuracy_heatmap", "ceiling_figure", "influence_scatter", "weights_histogram"]
+__all__ = [
+    "accuracy_heatmap",
+    "ceiling_figure",
+    "influence_scatter",
+    "per_class_curves",
+    "predicted_vs_realised",
+    "weights_histogram",
+]
 
 
-def accuracy_heatmap(accuracy: np.ndarray, class_names: Sequence[str], epochs: Sequence[int] | None = None) -> Figure:
+def accuracy_heatmap(accuracy: np.ndarray, class_names: Sequence[str], epochs: Sequence[int] | None = None,
+                     discarded: Sequence[int] = ()) -> Figure:
     """Per-class accuracy over epochs as a heatmap (rows: epochs, columns: classes).
 
     Args:
@@ -23,6 +34,8 @@ def accuracy_heatmap(accuracy: np.ndarray, class_names: Sequence[str], epochs: S
             missing from that validation run and is drawn grey.
         class_names: ``K`` column labels.
         epochs: ``E`` row labels (default ``0 .. E-1``).
+        discarded: Epochs whose training was rolled back (an intervention redid or undid them): their
+            rows are hatched and labelled ``"<epoch> discarded"``.
 
     Returns:
         A matplotlib ``Figure`` that pyplot does not track (nothing to close; it is garbage-collected).
@@ -45,16 +58,142 @@ def accuracy_heatmap(accuracy: np.ndarray, class_names: Sequence[str], epochs: S
                         interpolation="nearest")
     figure.colorbar(image, ax=axes, label="validation accuracy")
     axes.set_xticks(range(num_classes), [str(n) for n in class_names], rotation=45 if num_classes > 10 else 0)
-    tick_rows = range(0, num_epochs, max(1, num_epochs // 20))
-    axes.set_yticks(list(tick_rows), [str(epochs[i]) for i in tick_rows])
+    dropped = {row for row, epoch in enumerate(epochs) if epoch in set(discarded)}
+    tick_rows = sorted(set(range(0, num_epochs, max(1, num_epochs // 20))) | dropped)
+    axes.set_yticks(tick_rows, [f"{epochs[i]} discarded" if i in dropped else str(epochs[i]) for i in tick_rows])
+    for row in dropped:
+        axes.add_patch(Rectangle((-0.5, row - 0.5), num_classes, 1.0, fill=False, hatch="//", edgecolor="white",
+                                 linewidth=0.0))
     axes.set_xlabel("class")
-    axes.set_ylabel("epoch")
+    axes.set_ylabel("epoch" + (" (discarded: rolled back by an intervention)" if dropped else ""))
     if num_epochs * num_classes <= 200:
         for (row, col), value in np.ndenumerate(accuracy):
             if np.isfinite(value):
                 axes.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
                           color="black" if value > 0.6 else "white")
     return figure
+
+
+def per_class_curves(
+    accuracy: np.ndarray,
+    class_names: Sequence[str],
+    epochs: Sequence[int],
+    discarded: Sequence[int] = (),
+    interventions: Sequence[tuple[float, str]] = (),
+) -> Figure:
+    """Per-class validation accuracy over epochs, one colour per class, interventions and discarded epochs marked.
+
+    Each class is a line through the epochs that stand; an epoch an intervention rolled back (its
+    training discarded) is a hatched band, with each class's accuracy there as a hollow marker off the
+    line. Interventions are dashed vertical lines between the epoch whose state they start from and
+    the next, labelled at the top.
+
+    Args:
+        accuracy: Float array of shape ``(E, K)`` with accuracies in ``[0, 1]`` (NaN: class missing).
+        class_names: ``K`` class names, the legend.
+        epochs: ``E`` epoch numbers, one per row.
+        discarded: Epochs whose training was discarded.
+        interventions: ``(x, label)`` per intervention, ``x`` on the epoch axis (e.g. ``6.5``: after epoch 6).
+
+    Returns:
+        A matplotlib ``Figure`` not tracked by pyplot.
+
+    Raises:
+        ValueError: If the shapes of the arguments disagree.
+    """
+    accuracy = np.asarray(accuracy, dtype=np.float64)
+    epochs = np.asarray(list(epochs), dtype=np.float64)
+    if accuracy.ndim != 2 or accuracy.shape[1] != len(class_names):
+        raise ValueError(f"accuracy must have shape (epochs, {len(class_names)}), got {accuracy.shape}.")
+    if epochs.shape[0] != accuracy.shape[0]:
+        raise ValueError(f"epochs has {epochs.shape[0]} labels for {accuracy.shape[0]} rows.")
+    dropped = np.isin(epochs, list(discarded))
+    colours = class_colours(len(class_names))
+    figure = Figure(figsize=(9.0, 5.0), layout="constrained")
+    axes = figure.add_subplot()
+    for epoch in epochs[dropped]:
+        axes.axvspan(epoch - 0.5, epoch + 0.5, facecolor="0.92", hatch="//", edgecolor="0.75", linewidth=0.0)
+    for c, name in enumerate(class_names):
+        kept = ~dropped & np.isfinite(accuracy[:, c])
+        axes.plot(epochs[kept], accuracy[kept, c], color=colours[c], marker="o", markersize=3, linewidth=1.5,
+                  label=str(name))
+        axes.plot(epochs[dropped], accuracy[dropped, c], linestyle="none", marker="o", markersize=5,
+                  markerfacecolor="none", markeredgecolor=colours[c])
+    for x, label in interventions:
+        axes.axvline(x, color="black", linestyle="--", linewidth=1.0)
+        axes.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -2), textcoords="offset points",
+                      rotation=90, va="top", ha="left", fontsize=8)
+    handles, labels = axes.get_legend_handles_labels()
+    if interventions:
+        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1.0))
+        labels.append("intervention")
+    if dropped.any():
+        handles.append(Patch(facecolor="0.92", hatch="//", edgecolor="0.75"))
+        labels.append("discarded epoch")
+    axes.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation accuracy")
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def predicted_vs_realised(
+    class_names: Sequence[str],
+    labels: Sequence[str],
+    predicted: np.ndarray,
+    realised: np.ndarray,
+    targets: Sequence[Sequence[int]],
+) -> Figure:
+    """Per intervention and class: the LP's predicted gain beside the realised change of validation accuracy.
+
+    One row per intervention, two panels: left the first-order predicted gain ``Delta_c = I[:, c]^T delta / n``
+    (the predicted decrease of class ``c``'s mean validation loss, in nats), right the realised change of
+    the class's validation accuracy (points) over the weighted epoch(s). Target classes are drawn dark.
+
+    Args:
+        class_names: ``K`` class names.
+        labels: One title per intervention (``M`` of them).
+        predicted: Float array ``(M, K)`` (NaN: no prediction).
+        realised: Float array ``(M, K)`` of accuracy changes as fractions (NaN: not measured).
+        targets: The target class indices of each intervention.
+
+    Returns:
+        A matplotlib ``Figure`` not tracked by pyplot.
+
+    Raises:
+        ValueError: If the shapes of the arguments disagree.
+    """
+    predicted, realised = np.asarray(predicted, dtype=np.float64), np.asarray(realised, dtype=np.float64)
+    rows, num_classes = len(labels), len(class_names)
+    if predicted.shape != (rows, num_classes) or realised.shape != (rows, num_classes) or len(targets) != rows:
+        raise ValueError(f"predicted and realised must have shape ({rows}, {num_classes}) and targets {rows} entries, "
+                         f"got {predicted.shape}, {realised.shape} and {len(targets)}.")
+    figure = Figure(figsize=(9.0, 0.6 + 2.2 * max(rows, 1)), layout="constrained")
+    grid = figure.subplots(max(rows, 1), 2, squeeze=False)
+    positions = np.arange(num_classes)
+    for row, label in enumerate(labels):
+        shades = ["tab:blue" if c in set(targets[row]) else "lightsteelblue" for c in range(num_classes)]
+        for axes, values, unit in ((grid[row, 0], predicted[row], "predicted gain (nats)"),
+                                   (grid[row, 1], 100 * realised[row], "realised change (points)")):
+            axes.bar(positions, np.nan_to_num(values), color=shades)
+            axes.axhline(0.0, color="0.3", linewidth=0.8)
+            axes.set_xticks(positions, [str(n) for n in class_names], rotation=45 if num_classes > 10 else 0,
+                            fontsize=8)
+            axes.set_ylabel(unit, fontsize=8)
+        grid[row, 0].set_title(label, fontsize=9, loc="left")
+    figure.suptitle("Predicted (first order, validation loss) vs realised (validation accuracy); dark = target",
+                    fontsize=9)
+    return figure
+
+
+def class_colours(num_classes: int) -> list[tuple[float, float, float, float]]:
+    """``num_classes`` distinct colours: matplotlib's ``tab10`` up to 10 classes, ``tab20`` up to 20, else ``turbo``."""
+    if num_classes <= 10:
+        return [colormaps["tab10"](c) for c in range(num_classes)]
+    if num_classes <= 20:
+        return [colormaps["tab20"](c) for c in range(num_classes)]
+    return [colormaps["turbo"](c / max(num_classes - 1, 1)) for c in range(num_classes)]
 
 
 def influence_scatter(

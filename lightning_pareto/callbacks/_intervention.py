@@ -33,7 +33,15 @@ from torch.utils.data import DataLoader
 from lightning_pareto.callbacks._accuracy import finite_accuracy
 from lightning_pareto.callbacks._budget import EpochBudget
 from lightning_pareto.callbacks._record import RECORDS_FILE, InterventionRecord, save_weights, write_records
-from lightning_pareto.callbacks._report import intervention_table, log_search, log_summary
+from lightning_pareto.callbacks._report import (
+    intervention_label,
+    intervention_table,
+    log_outcome,
+    log_search,
+    log_start,
+    notify,
+    outcome_figure,
+)
 from lightning_pareto.callbacks._run import check_strategy, influence_model, loss_function, rank_shard, trainer_datasets
 from lightning_pareto.callbacks._settings import InterventionSettings
 from lightning_pareto.callbacks._snapshot import preserved_rng
@@ -51,6 +59,8 @@ if TYPE_CHECKING:
     from lightning_pareto.pareto.search import SearchResult
 
 __all__ = ["InterventionCallback"]
+
+OUTCOME_FILE = "predicted_vs_realised.png"
 
 
 class InterventionCallback(Callback):
@@ -108,9 +118,25 @@ class InterventionCallback(Callback):
             )
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Print the per-class before/after table of the interventions (rank zero)."""
-        if self.records and trainer.is_global_zero:
-            print("\n" + intervention_table(self.records, self.class_names))
+        """Print why the run trained more epochs than ``max_epochs`` said and the before/after table; save the
+        predicted-vs-realised figure beside the logs (rank zero)."""
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir) if trainer.loggers else None  # every rank asks
+        if not self.records or not trainer.is_global_zero:
+            return
+        extra = [(r, r.extra_epochs) for r in self.records if r.extra_epochs]
+        if extra and trainer.max_epochs is not None and trainer.max_epochs >= 0:
+            added = sum(epochs for _, epochs in extra)
+            parts = ", ".join(f"#{r.number}: {epochs}" for r, epochs in extra)
+            print(f"\n{type(self).__name__} trained {added} redone epoch(s) on top of max_epochs="
+                  f"{trainer.max_epochs - self.budget.extra_epochs} ({parts}): rolled-back epochs are trained again as "
+                  f"extra epochs, hence max_epochs={trainer.max_epochs} at the end.")
+        print("\n" + intervention_table(self.records, self.class_names))
+        figure = outcome_figure(self.records, self.class_names) if log_dir is not None else None
+        if figure is not None:
+            try:
+                figure.savefig(log_dir / OUTCOME_FILE, dpi=100)
+            except Exception as error:  # noqa: BLE001 - a figure must not fail the run
+                rank_zero_warn(f"{type(self).__name__}: could not save {OUTCOME_FILE}: {type(error).__name__}: {error}")
 
     def state_dict(self) -> dict[str, Any]:
         """The records so far and the epoch budget's extension (subclasses add their counters)."""
@@ -124,6 +150,21 @@ class InterventionCallback(Callback):
         self.budget.load_state_dict(state_dict)
 
     # ---------------------------------------------------------------- helpers for subclasses
+    def new_record(self, epoch: int, targets: list[int], before: list[float] | None,
+                   bad: list[float] | None = None) -> InterventionRecord:
+        """The record of the next intervention, numbered in the run's order (one is open at a time)."""
+        return InterventionRecord(epoch=epoch, mode=self.mode, targets=targets, before=before, bad=bad,
+                                  number=len(self.records) + 1)
+
+    def notify(self, trainer: Trainer, message: str) -> None:
+        """Tell the user what an intervention does, on its own console line (rank zero)."""
+        notify(trainer, f"{type(self).__name__}: {message}")
+
+    def discard(self, trainer: Trainer, epoch: int, reason: str) -> None:
+        """Mark ``epoch``'s training as rolled back in the monitor's figures and ``val_acc_discarded/*``."""
+        if self._monitor is not None:
+            self._monitor.discard(trainer, epoch, reason)
+
     def add_epochs(self, trainer: Trainer, record: InterventionRecord, epochs: int) -> None:
         """Extend the run by ``epochs`` redone epochs (negative: give them back) and charge them to ``record``."""
         self.budget.change(trainer, epochs)
@@ -211,13 +252,15 @@ class InterventionCallback(Callback):
             store.clear()
             record.status = "skipped"
             rank_zero_warn(
-                f"{type(self).__name__}: intervention at epoch {record.epoch} skipped, training goes on with uniform "
-                f"weights: {record.reason}"
+                f"{type(self).__name__}: intervention #{record.number} at epoch {record.epoch} skipped, training goes on "
+                f"with uniform weights: {record.reason}"
             )
+            self._mark(trainer, record, start=True)
             return False
         weight_tensor = torch.as_tensor(weights, dtype=torch.float32)
         store.set(weight_tensor)
         record.status, record.n_weighted = "applied", int((weight_tensor - 1.0).abs().gt(1e-6).sum())
+        self._mark(trainer, record, start=True)
         return True
 
     def finish(self, trainer: Trainer, record: InterventionRecord) -> None:
@@ -227,10 +270,22 @@ class InterventionCallback(Callback):
         line per intervention of this run, however often the run was resumed into the same folder.
         """
         self.records.append(record)
+        record.realise()
+        self._mark(trainer, record)
         # Trainer.log_dir is a collective under DDP (rank zero broadcasts it): every rank asks for it.
         self._write(trainer, record, Path(trainer.log_dir or trainer.default_root_dir))
 
     # ---------------------------------------------------------------- internals
+    def _mark(self, trainer: Trainer, record: InterventionRecord, start: bool = False) -> None:
+        """Draw the intervention in the monitor's figures; at its start, also log ``pareto/interventions``."""
+        if self._monitor is not None:
+            self._monitor.mark_intervention(record.number, record.epoch, intervention_label(record))
+        if start:
+            try:
+                log_start(trainer, record, self.class_names)
+            except Exception as error:  # noqa: BLE001 - a logging failure must not cost the intervention
+                rank_zero_warn(f"{type(self).__name__}: could not log the intervention: {type(error).__name__}: {error}")
+
     def _validation_of(self, epoch: int) -> dict[str, Any] | None:
         """The monitor's latest history record of ``epoch`` (a redone epoch validates twice), or ``None``."""
         history = [] if self._monitor is None else self._monitor.history
@@ -311,7 +366,7 @@ class InterventionCallback(Callback):
                       influence: np.ndarray) -> str | None:
         """Save the searched weights and the influence matrix by dataset index; the file's name, or ``None``."""
         try:
-            return save_weights(log_dir, len(self.records) + 1, record, weights, influence, self.class_names)
+            return save_weights(log_dir, record, weights, influence, self.class_names)
         except Exception as error:  # noqa: BLE001 - a logging failure must not cost the intervention
             rank_zero_warn(f"{type(self).__name__}: could not save the weights: {type(error).__name__}: {error}")
             return None
@@ -320,7 +375,7 @@ class InterventionCallback(Callback):
     def _write(self, trainer: Trainer, record: InterventionRecord, log_dir: Path) -> None:
         try:
             write_records(log_dir / RECORDS_FILE, self.records)
-            log_summary(trainer, record, self.class_names)
+            log_outcome(trainer, record, self.records, self.class_names)
         except Exception as error:  # noqa: BLE001 - a logging failure must not stop training
             rank_zero_warn(f"{type(self).__name__}: could not write the intervention record: {type(error).__name__}: {error}")
 

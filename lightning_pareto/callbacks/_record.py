@@ -23,6 +23,8 @@ class InterventionRecord:
     """One intervention, as written to ``interventions.jsonl``.
 
     Attributes:
+        number: The intervention's number in the run (1-based), the same in the console, the table,
+            TensorBoard and the weights file's name.
         epoch: The epoch whose state the weights were computed from (DI: the chosen epoch; CC: the
             detrimental epoch that was rolled back).
         mode: ``"direct_improvement"`` or ``"course_correction"``.
@@ -40,7 +42,12 @@ class InterventionRecord:
         ceiling: The ceiling report's summary (``ratio``, ``verdict``, ``pca_ratio``, region counts).
         thresholds: Per-class thresholds ``tau`` of the chosen LP (``None`` at targets).
         trust: Trust radius of the chosen LP.
-        predicted_gain: First-order predicted per-class gain of the chosen weights (influence units).
+        predicted_gain: First-order predicted per-class gain of the chosen weights,
+            ``Delta_c = I[:, c]^T (w - 1) / n``: the predicted decrease of class ``c``'s mean validation
+            loss (cross-entropy, nats).
+        realised_change: Per-class change of validation accuracy (a fraction) the weighted epoch(s)
+            realised: ``after`` minus ``before`` (CC: minus ``bad``, the detrimental epoch the redo
+            replaced); ``None`` without both.
         fitness: Fitness of the chosen candidate.
         search: The search's status, evaluations, trials, generations, seconds and (trial fitness)
             the chosen candidate's trial accuracy.
@@ -59,6 +66,7 @@ class InterventionRecord:
     mode: str
     targets: list[int]
     before: list[float] | None
+    number: int = 0
     after: list[float] | None = None
     bad: list[float] | None = None
     status: str = "skipped"
@@ -70,6 +78,7 @@ class InterventionRecord:
     thresholds: list[float | None] | None = None
     trust: float | None = None
     predicted_gain: list[float] | None = None
+    realised_change: list[float | None] | None = None
     fitness: float | None = None
     search: dict[str, Any] | None = None
     guard: list[dict[str, Any]] = field(default_factory=list)
@@ -86,6 +95,15 @@ class InterventionRecord:
         names = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in state.items() if key in names})
 
+    def realise(self) -> None:
+        """Fill :attr:`realised_change` from ``after`` and the accuracy the weighted epoch(s) are judged against."""
+        reference = self.bad if self.bad is not None else self.before
+        if self.after is None or reference is None:
+            self.realised_change = None
+            return
+        self.realised_change = [None if a is None or r is None or math.isnan(a) or math.isnan(r) else a - r
+                                for a, r in zip(self.after, reference)]
+
     def update_from(self, state: dict[str, Any]) -> None:
         """Take over every field of another record's :meth:`to_dict` (rank zero's decision on every rank)."""
         decided = InterventionRecord.from_dict(state)
@@ -101,19 +119,18 @@ def write_records(path: Path, records: Sequence[InterventionRecord]) -> None:
     os.replace(partial, path)
 
 
-def save_weights(log_dir: Path, number: int, record: InterventionRecord, weights: np.ndarray, influence: np.ndarray,
+def save_weights(log_dir: Path, record: InterventionRecord, weights: np.ndarray, influence: np.ndarray,
                  class_names: Sequence[str]) -> str:
     """Save one intervention's weights and influence matrix by dataset index; the file's name relative to ``log_dir``.
 
     Args:
         log_dir: The run's log folder.
-        number: The intervention's number in the run (1-based), the first part of the file name.
-        record: The intervention (its mode, epoch and targets name and fill the file).
+        record: The intervention (its number, mode, epoch and targets name and fill the file).
         weights: ``(n,)`` weights, position = dataset index.
         influence: ``(n, K)`` category-wise influence the weights were searched on.
         class_names: One name per class.
     """
-    name = f"{WEIGHTS_FOLDER}/{number:03d}_{record.mode}_epoch{record.epoch}.npz"
+    name = f"{WEIGHTS_FOLDER}/{record.number:03d}_{record.mode}_epoch{record.epoch}.npz"
     (log_dir / WEIGHTS_FOLDER).mkdir(parents=True, exist_ok=True)
     np.savez_compressed(log_dir / name, index=np.arange(weights.shape[0]), weights=weights.astype(np.float32),
                         influence=influence.astype(np.float32), targets=np.asarray(record.targets, dtype=np.int64),

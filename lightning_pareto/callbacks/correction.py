@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_pareto.callbacks._guard import noise_tolerance, redo_verdict
 from lightning_pareto.callbacks._intervention import InterventionCallback
@@ -146,13 +146,12 @@ class CourseCorrection(InterventionCallback):
         limits = noise_tolerance(previous, self.support_at(epoch), self.drop_threshold)
         dropped = [c for c in self._watched if _drop(previous, accuracy, c) > limits[c]]
         if dropped and self._snapshot.epoch == epoch:
-            self._pending = InterventionRecord(
-                epoch=epoch, mode=self.mode, targets=dropped, before=list(previous), bad=list(accuracy)
-            )
+            self._pending = self.new_record(epoch, dropped, list(previous), bad=list(accuracy))
             self.add_epochs(trainer, self._pending, 1)  # now, so that even the last epoch gets its redo
             names = [self.class_names[c] for c in dropped]
-            rank_zero_info(f"CourseCorrection: epoch {epoch} lowered {names} by more than {self.drop_threshold:.3f}; "
-                           "rolling back to its start and training it again with sample weights.")
+            self.notify(trainer, f"#{self._pending.number}: epoch {epoch} lowered {names} by more than "
+                                 f"{self.drop_threshold:.3f}; epoch {epoch + 1} is its redo, trained from epoch {epoch}'s "
+                                 f"start with sample weights (an extra epoch: max_epochs is now {trainer.max_epochs}).")
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """A redo rejected in the last epoch: end with the state after the detrimental epoch, as without the correction."""
@@ -223,6 +222,7 @@ class CourseCorrection(InterventionCallback):
             record.reason += "; the detrimental epoch left non-finite parameters: restored the state before it"
             rank_zero_warn(f"CourseCorrection: epoch {record.epoch} left non-finite parameters and the correction was "
                            "skipped; training goes on from the state before that epoch.")
+            self.discard(trainer, record.epoch, "non-finite parameters: rolled back")
             follow_restored_rng(trainer, self._snapshot.sampler_epoch)
             self._snapshot.epoch = trainer.current_epoch  # this epoch starts from it: a drop rolls back to it
             self.finish(trainer, record)
@@ -255,11 +255,15 @@ class CourseCorrection(InterventionCallback):
             record.status, record.reason = "rejected", verdict
             self._restore = True
             self._previous = record.bad
-            rank_zero_warn(f"CourseCorrection: redo of epoch {record.epoch} rejected ({verdict}); training goes on "
-                           "from the state after the detrimental epoch, as without the correction.")
+            self.discard(trainer, epoch, f"redo of epoch {record.epoch} rejected")
+            self.notify(trainer, f"#{record.number}: the redo (epoch {epoch}) of epoch {record.epoch} is rejected "
+                                 f"({verdict}); training goes on from the state after epoch {record.epoch}, as without "
+                                 "the correction.")
         else:
             self._after_bad = None
             self._previous = accuracy
+            self.discard(trainer, record.epoch, f"rolled back, redone as epoch {epoch}")
+            self.notify(trainer, f"#{record.number}: the redo (epoch {epoch}) of epoch {record.epoch} is kept.")
         self.finish(trainer, record)
 
     def _undo_redo(self, trainer: Trainer, pl_module: LightningModule, epoch_start: bool = True) -> None:

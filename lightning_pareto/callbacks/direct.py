@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_pareto.callbacks._guard import accuracy_change, noise_tolerance, shrink_weights, violations
 from lightning_pareto.callbacks._intervention import InterventionCallback
@@ -300,7 +300,7 @@ class DirectImprovement(InterventionCallback):
         return (epoch + 1) % self.every_n_epochs == 0 and not last
 
     def _start(self, trainer: Trainer, pl_module: LightningModule, epoch: int, before: list[float] | None) -> None:
-        record = InterventionRecord(epoch=epoch, mode=self.mode, targets=list(self._target_indices), before=before)
+        record = self.new_record(epoch, list(self._target_indices), before)
         if before is None:
             record.reason = f"no validation result for epoch {epoch}; validation must run at the chosen epochs"
             rank_zero_warn(f"DirectImprovement: intervention at epoch {epoch} skipped: {record.reason}")
@@ -316,6 +316,12 @@ class DirectImprovement(InterventionCallback):
                     self._held, self._phase, self._plain, self._plain_end = store.weights.clone(), "plain", None, None
                     store.clear()
                     self.add_epochs(trainer, record, 1)
+                    self.notify(trainer, f"#{record.number} after epoch {epoch}: weights found for {self._names(record)}; "
+                                         f"epoch {epoch + 1} is trained without them and then redone with them (the "
+                                         f"paired guard; an extra epoch: max_epochs is now {trainer.max_epochs}).")
+                else:
+                    self.notify(trainer, f"#{record.number} after epoch {epoch}: weights found for {self._names(record)} "
+                                         "are in force from the next epoch on.")
                 return
         self.finish(trainer, record)
 
@@ -344,10 +350,12 @@ class DirectImprovement(InterventionCallback):
                 store.set(shrink_weights(store.weights, self.shrink))
             self._rollback = True
             self.add_epochs(trainer, self._active, 1)  # the redo is one more epoch
-            rank_zero_info(
-                f"DirectImprovement: weighted epoch {epoch} lowered {names} by more than {self.tolerance:.3f}; rolling it "
-                + ("back and training it again without the weights." if give_up else
-                   f"back and training it again with |w - 1| x{self._scale:g}.")
+            self.discard(trainer, epoch, "guard: rolled back")
+            self.notify(
+                trainer,
+                f"#{record.number}: weighted epoch {epoch} lowered {names} by more than {self.tolerance:.3f}; epoch "
+                f"{epoch + 1} is its redo " + ("without the weights" if give_up else f"with |w - 1| x{self._scale:g}")
+                + f" (an extra epoch: max_epochs is now {trainer.max_epochs}).",
             )
             return False
         self._reference = list(accuracy)
@@ -379,29 +387,44 @@ class DirectImprovement(InterventionCallback):
             record.guard.append({"epoch": epoch, "action": "counterfactual"})
             self._phase, self._next = "weighted", "weighted_try"
             return False
+        plain_epoch = next((g["epoch"] for g in reversed(record.guard) if g.get("action") == "counterfactual"), None)
         if accuracy is None or self._plain is None:
             self._phase = "done"  # nothing to compare with: the weighted epoch stands
+            self._discard_counterfactual(trainer, plain_epoch)
             return True
         entry = self._judge(record, epoch, self._plain, accuracy)
         hurt = entry["violations"]
         if not hurt:
             self._phase, self._plain_end, self._held = "done", None, None
             self._reference = list(accuracy)
+            self._discard_counterfactual(trainer, plain_epoch)
+            self.notify(trainer, f"#{record.number}: weighted epoch {epoch} kept (no other class below the same epoch "
+                                 f"trained without the weights, epoch {plain_epoch}, past the tolerance).")
             return True
         self._retries += 1
         names = [self.class_names[c] for c in hurt]
+        self.discard(trainer, epoch, "guard: weighted try rejected")
         if self._retries > self.max_retries:  # the counterfactual epoch counts instead of this try: no extra epoch
             entry["action"], self._next = "dropped", "keep_plain"
-            rank_zero_info(f"DirectImprovement: the weights lowered {names} against the same epoch without them; "
-                           "keeping that epoch and dropping the weights.")
+            self.notify(trainer, f"#{record.number}: weighted epoch {epoch} lowered {names} against the same epoch "
+                                 f"without the weights (epoch {plain_epoch}); keeping that epoch and dropping the weights.")
         else:
             entry["action"], self._next = "retry", "weighted_try"
             self.add_epochs(trainer, record, 1)  # this try does not count
             self._scale *= self.shrink
             self._held = shrink_weights(self._held, self.shrink)
-            rank_zero_info(f"DirectImprovement: the weights lowered {names} against the same epoch without them; "
-                           f"training it again with |w - 1| x{self._scale:g}.")
+            self.notify(trainer, f"#{record.number}: weighted epoch {epoch} lowered {names} against the same epoch "
+                                 f"without the weights (epoch {plain_epoch}); epoch {epoch + 1} redoes it with "
+                                 f"|w - 1| x{self._scale:g} (an extra epoch: max_epochs is now {trainer.max_epochs}).")
         return False
+
+    def _discard_counterfactual(self, trainer: Trainer, plain_epoch: int | None) -> None:
+        """The weighted try stands: the counterfactual epoch it was judged against was rolled back."""
+        if plain_epoch is not None:
+            self.discard(trainer, plain_epoch, "counterfactual of the paired guard")
+
+    def _names(self, record: InterventionRecord) -> list[str]:
+        return [self.class_names[c] for c in record.targets]
 
     def _paired_start(self, trainer: Trainer, pl_module: LightningModule, action: str) -> None:
         """Start a weighted try from the counterfactual epoch's start, or go back to the counterfactual's end and drop."""

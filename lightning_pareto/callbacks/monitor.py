@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,15 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassStatScores
 
-from lightning_pareto.plots import accuracy_heatmap
+from lightning_pareto.plots import accuracy_heatmap, per_class_curves
 from lightning_pareto.weighting import unpack_batch
 
 __all__ = ["PerClassAccuracy", "class_indices", "find_monitor", "require_monitor", "resolve_class_names"]
 
 TAG_PREFIX = "val_acc"
+DISCARDED_PREFIX = "val_acc_discarded"
+CURVES_FILE = "per_class_curves.png"
+HEATMAP_FILE = "val_acc_heatmap.png"
 
 
 def resolve_class_names(
@@ -100,8 +104,15 @@ class PerClassAccuracy(Callback):
     over those classes) and ``val_acc/worst`` through ``pl_module.log``, so every logger receives
     them. A class without validation samples is reported missing (a warning, NaN in the history),
     never logged as 0. Sanity-check runs are skipped. With a ``TensorBoardLogger`` it registers a
-    custom-scalars layout (all classes as lines of one chart) and logs an epochs x classes heatmap
-    every ``log_figure_every_n_epochs`` epochs.
+    custom-scalars layout (all classes as lines of one chart) and, every ``log_figure_every_n_epochs``
+    epochs and at the end of fit, logs two figures: ``val_acc_curves`` (one coloured line per class,
+    interventions as dashed vertical lines, rolled-back epochs hatched) and ``val_acc_heatmap`` (epochs x
+    classes); with any logger both are also saved as ``per_class_curves.png`` and
+    ``val_acc_heatmap.png`` in the log folder.
+
+    Intervention callbacks report through :meth:`mark_intervention` and :meth:`discard`: an epoch whose
+    training they rolled back keeps its ``val_acc/<class>`` points (a logged scalar cannot be taken back)
+    and is logged again under ``val_acc_discarded/<class>``, so the two can be told apart.
 
     The logits come from the validation step's output when it returns a mapping with ``"logits"``
     (as ``ClassifierModule`` does); otherwise the callback runs ``pl_module(x)`` again.
@@ -111,7 +122,7 @@ class PerClassAccuracy(Callback):
 
     Args:
         class_names: Class names (default: the module's or datamodule's ``class_names``).
-        log_figure_every_n_epochs: Heatmap period in epochs; 0 disables the figure.
+        log_figure_every_n_epochs: Figure period in epochs; 0 logs the figures only at the end of fit.
     """
 
     def __init__(self, class_names: list[str] | None = None, log_figure_every_n_epochs: int = 5) -> None:
@@ -128,6 +139,9 @@ class PerClassAccuracy(Callback):
         self._updated = False
         self._warned_missing: set[str] = set()
         self._layout_dirs: set[str] = set()
+        self._discarded: dict[int, str] = {}  # epoch -> why its training was rolled back
+        self._interventions: dict[int, dict[str, Any]] = {}  # intervention number -> {"x": float, "label": str}
+        self._figure_dir: str | None = None
 
     # ---------------------------------------------------------------- read access for other callbacks
     @property
@@ -143,6 +157,38 @@ class PerClassAccuracy(Callback):
     def accuracy_matrix(self) -> np.ndarray:
         """The history's accuracies as a float64 array of shape ``(E, K)`` (NaN = missing class)."""
         return np.array([r["accuracy"] for r in self._history], dtype=np.float64).reshape(-1, len(self.class_names))
+
+    @property
+    def discarded(self) -> dict[int, str]:
+        """Epochs whose training an intervention rolled back, with the reason."""
+        return dict(self._discarded)
+
+    def discard(self, trainer: Trainer, epoch: int, reason: str) -> None:
+        """Mark ``epoch``'s training as rolled back: logged again under ``val_acc_discarded/<class>``, hatched in the figures.
+
+        Args:
+            trainer: The running Trainer (its loggers receive the discarded accuracies).
+            epoch: ``trainer.current_epoch`` of the discarded epoch.
+            reason: Why, for the figures' readers (e.g. ``"redo rejected"``).
+        """
+        self._discarded[epoch] = reason
+        record = next((r for r in reversed(self._history) if r["epoch"] == epoch), None)
+        if record is None or not trainer.is_global_zero:
+            return
+        metrics = {f"{DISCARDED_PREFIX}/{name}": float(a)
+                   for name, a in zip(self.class_names, record["accuracy"]) if not math.isnan(a)}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=record["step"])
+
+    def mark_intervention(self, number: int, epoch: int, label: str) -> None:
+        """Draw intervention ``number`` (made from ``epoch``'s state) as a vertical line after that epoch, labelled ``label``."""
+        self._interventions[number] = {"x": epoch + 0.5, "label": label}
+
+    def curves_figure(self) -> Any:
+        """The per-class curves of the history so far, interventions and discarded epochs marked (a matplotlib Figure)."""
+        marks = [(mark["x"], mark["label"]) for _, mark in sorted(self._interventions.items())]
+        return per_class_curves(self.accuracy_matrix(), self.class_names, [r["epoch"] for r in self._history],
+                                discarded=sorted(self._discarded), interventions=marks)
 
     def summary_table(self) -> str:
         """A text table of each class's accuracy at the first and the last recorded epoch."""
@@ -173,8 +219,11 @@ class PerClassAccuracy(Callback):
         )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Trainer.log_dir is a collective under DDP: every rank asks, here, where every rank runs.
+        log_dir = trainer.log_dir if trainer.loggers else None
         if not trainer.is_global_zero:
             return
+        self._figure_dir = log_dir
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and logger.log_dir not in self._layout_dirs:
                 logger.experiment.add_custom_scalars(self._layout())
@@ -222,15 +271,23 @@ class PerClassAccuracy(Callback):
         self._log(pl_module, record)
         epoch_number = trainer.current_epoch + 1
         if self.log_figure_every_n_epochs and epoch_number % self.log_figure_every_n_epochs == 0:
-            self._log_heatmap(trainer)
+            self._log_figures(trainer)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """The figures once more at the end of fit, after every callback's ``on_fit_end`` (loggers still open)."""
+        if stage == "fit" and self._history:
+            self._log_figures(trainer)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(r) for r in self._history], "class_names": list(self.class_names)}
+        return {"history": [dict(r) for r in self._history], "class_names": list(self.class_names),
+                "discarded": dict(self._discarded), "interventions": dict(self._interventions)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._history = [dict(r) for r in state_dict.get("history", [])]
         if state_dict.get("class_names"):
             self.class_names = list(state_dict["class_names"])
+        self._discarded = {int(e): str(reason) for e, reason in state_dict.get("discarded", {}).items()}
+        self._interventions = {int(n): dict(mark) for n, mark in state_dict.get("interventions", {}).items()}
 
     # ---------------------------------------------------------------- internals
     def _require_metrics(self) -> MetricCollection:
@@ -267,15 +324,28 @@ class PerClassAccuracy(Callback):
             }
         }
 
-    def _log_heatmap(self, trainer: Trainer) -> None:
-        if not trainer.is_global_zero:
+    def _log_figures(self, trainer: Trainer) -> None:
+        """Curves and heatmap to TensorBoard and as PNG files in the log folder (rank zero); a failure only warns."""
+        if not trainer.is_global_zero or not self._history:
             return
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        if not loggers:
+        tensorboards = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not tensorboards and self._figure_dir is None:
             return
-        figure = accuracy_heatmap(self.accuracy_matrix(), self.class_names, [r["epoch"] for r in self._history])
-        for logger in loggers:
-            logger.experiment.add_figure(f"{TAG_PREFIX}_heatmap", figure, global_step=trainer.global_step, close=False)
+        try:
+            epochs = [r["epoch"] for r in self._history]
+            figures = {
+                "curves": (self.curves_figure(), CURVES_FILE),
+                "heatmap": (accuracy_heatmap(self.accuracy_matrix(), self.class_names, epochs,
+                                             discarded=sorted(self._discarded)), HEATMAP_FILE),
+            }
+            for name, (figure, file_name) in figures.items():
+                if self._figure_dir is not None:
+                    Path(self._figure_dir).mkdir(parents=True, exist_ok=True)
+                    figure.savefig(Path(self._figure_dir) / file_name, dpi=100)
+                for experiment in tensorboards:
+                    experiment.add_figure(f"{TAG_PREFIX}_{name}", figure, global_step=trainer.global_step, close=False)
+        except Exception as error:  # noqa: BLE001 - a figure must not stop training
+            rank_zero_warn(f"PerClassAccuracy: could not draw the per-class figures: {type(error).__name__}: {error}")
 
 
 def _percent(value: float, signed: bool = False) -> str:

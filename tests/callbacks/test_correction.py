@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -100,18 +101,20 @@ def test_a_redo_is_never_corrected_and_max_corrections_is_honoured(tmp_path: Pat
     ],
 )
 def test_a_rejected_redo_leaves_the_run_exactly_as_without_the_callback(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: dict, max_epochs: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, script: dict, max_epochs: int
 ) -> None:
     patch_influence(monkeypatch, random_influence)
-    correction, probe = CourseCorrection(drop_threshold=0.05, log_figures=False), Probe()
-    with pytest.warns(UserWarning, match="rejected"):
-        run = _fit(tmp_path / "cc", [ScriptedAccuracy(script), correction, probe], max_epochs=max_epochs)
+    correction, probe, monitor = CourseCorrection(drop_threshold=0.05, log_figures=False), Probe(), ScriptedAccuracy(script)
+    with caplog.at_level(logging.INFO):
+        run = _fit(tmp_path / "cc", [monitor, correction, probe], max_epochs=max_epochs)
+    assert "#1: the redo (epoch" in caplog.text and "is rejected" in caplog.text
     reference_probe = Probe()
     reference = _fit(tmp_path / "plain", [ScriptedAccuracy(script), reference_probe], max_epochs=max_epochs)
 
     (record,) = correction.records
     assert record.status == "rejected" and record.guard[-1]["action"] == "rejected"
     redo = record.weighted_epochs[0]
+    assert list(monitor.discarded) == [redo]  # the redo's training is what was thrown away
     assert probe.weighted_epochs() == [redo]  # the redo did train with weights ...
     # ... and was undone: every later epoch starts where the run without the callback starts it, one epoch later.
     for ours, theirs in zip(probe.starts[redo + 1:], reference_probe.starts[redo:]):

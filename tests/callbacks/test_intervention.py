@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,8 @@ def test_tensorboard_gets_figures_histogram_text_and_scalars(tmp_path: Path, mon
     patch_influence(monkeypatch, random_influence)
     logger = TensorBoardLogger(tmp_path, name="tb")
     L.seed_everything(0)
-    run = trainer(tmp_path, [ScriptedAccuracy({}), DirectImprovement(targets=["c"], at_epochs=[0])], 2, logger=logger)
+    monitor = ScriptedAccuracy({})
+    run = trainer(tmp_path, [monitor, DirectImprovement(targets=["c"], at_epochs=[0])], 2, logger=logger)
     run.fit(classifier(), blobs_datamodule())
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "histograms": 0, "tensors": 0}).Reload()
     tags = events.Tags()
@@ -95,5 +97,19 @@ def test_tensorboard_gets_figures_histogram_text_and_scalars(tmp_path: Path, mon
     gains = {tag: events.Scalars(tag)[0].value for tag in tags["scalars"] if tag.startswith("pareto/predicted_gain/")}
     assert set(gains) == {"pareto/predicted_gain/a", "pareto/predicted_gain/b", "pareto/predicted_gain/c"}
     assert gains["pareto/predicted_gain/c"] > 0
+    assert events.Scalars("pareto/predicted_gain/c")[0].step == 1  # the intervention's number, not a training step
     line = json.loads((Path(logger.log_dir) / "interventions.jsonl").read_text())
-    assert line["status"] == "applied" and line["targets"] == [2]
+    assert line["status"] == "applied" and line["targets"] == [2] and line["number"] == 1
+    np.testing.assert_allclose(line["predicted_gain"][2], gains["pareto/predicted_gain/c"], rtol=1e-6)
+
+    # The intervention at its step (after epoch 0: 6 batches of 32), as a scalar and as text.
+    (marker,) = events.Scalars("pareto/interventions")
+    assert (marker.step, marker.value) == (6, 1.0) and "pareto/interventions/text_summary" in tags["tensors"]
+    # The paired guard: epoch 1 trained without the weights, then rolled back and redone with them (epoch 2, kept);
+    # every class scripted at 0.8, so the realised change is zero everywhere.
+    assert list(monitor.discarded) == [1] and line["weighted_epochs"] == [2] and line["realised_change"] == [0, 0, 0]
+    assert [(s.step, s.value) for s in events.Scalars("val_acc_discarded/a")] == [(12, pytest.approx(0.8))]
+    assert [s.value for s in events.Scalars("pareto/realised_change/c")] == [0.0]
+    assert {"pareto/predicted_vs_realised", "val_acc_curves", "val_acc_heatmap"} <= set(tags["images"])
+    for name in ("per_class_curves.png", "val_acc_heatmap.png", "predicted_vs_realised.png"):
+        assert (Path(logger.log_dir) / name).read_bytes().startswith(b"\x89PNG")

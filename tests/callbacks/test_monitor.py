@@ -116,16 +116,21 @@ def test_history_survives_fit_checkpoint_resume(tmp_path: Path) -> None:
     assert resumed.accuracy_matrix().shape == (4, 4)
 
 
-def test_tensorboard_gets_every_class_tag_the_layout_and_the_heatmap(tmp_path: Path) -> None:
+def test_tensorboard_gets_every_class_tag_the_layout_and_the_figures(tmp_path: Path) -> None:
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     monitor = PerClassAccuracy(log_figure_every_n_epochs=2)
-    _fit(tmp_path, monitor, max_epochs=2, logger=logger)
+    _fit(tmp_path, monitor, max_epochs=3, logger=logger)
     events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0, "images": 0})
     events.Reload()
     tags = events.Tags()
     assert {f"val_acc/{n}" for n in NAMES} | {"val_acc/mean", "val_acc/worst"} <= set(tags["scalars"])
-    assert len(events.Scalars("val_acc/bee")) == 2
-    assert tags["images"] == ["val_acc_heatmap"] and len(events.Images("val_acc_heatmap")) == 1
+    assert len(events.Scalars("val_acc/bee")) == 3
+    # After epoch 2 (every 2 epochs) and at the end of fit.
+    assert sorted(tags["images"]) == ["val_acc_curves", "val_acc_heatmap"]
+    steps = 8  # 120 training samples in batches of 16
+    assert [image.step for image in events.Images("val_acc_curves")] == [2 * steps, 3 * steps]
+    for name in ("per_class_curves.png", "val_acc_heatmap.png"):  # beside the event file
+        assert (Path(logger.log_dir) / name).read_bytes().startswith(b"\x89PNG")
     assert "custom_scalars__config__" in tags["tensors"]
     from tensorboard.plugins.custom_scalar import layout_pb2
 

@@ -38,9 +38,9 @@ def test_write_records_rewrites_one_line_per_record(tmp_path: Path) -> None:
 
 
 def test_weights_file_loads_with_numpy_one_row_per_sample(tmp_path: Path) -> None:
-    record = InterventionRecord(epoch=5, mode="direct_improvement", targets=[2], before=None)
+    record = InterventionRecord(epoch=5, mode="direct_improvement", targets=[2], before=None, number=3)
     weights, influence = np.array([1.0, 0.5, 2.0, 1.0]), np.arange(12.0).reshape(4, 3)
-    name = save_weights(tmp_path, 3, record, weights, influence, ["a", "b", "c"])
+    name = save_weights(tmp_path, record, weights, influence, ["a", "b", "c"])
     assert name == "intervention_weights/003_direct_improvement_epoch5.npz"
     with np.load(tmp_path / name) as saved:
         np.testing.assert_array_equal(saved["index"], [0, 1, 2, 3])
