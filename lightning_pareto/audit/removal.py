@@ -116,24 +116,24 @@ class RemovalCheck:
 
 
 def _run_all(
-    retrain: Callable[[np.ndarray], np.ndarray], keeps: Sequence[np.ndarray], labels: Sequence[str], workers: int,
-    progress: bool,
+    retrain: Callable[[np.ndarray, int], np.ndarray], jobs: Sequence[tuple[np.ndarray, int]], labels: Sequence[str],
+    workers: int, progress: bool,
 ) -> list[np.ndarray]:
-    """``retrain(keep)`` for every keep set, in ``workers`` spawned processes (1: in this process), with progress."""
-    results: list[np.ndarray | None] = [None] * len(keeps)
+    """``retrain(keep, seed)`` for every job, in ``workers`` spawned processes (1: in this process), with progress."""
+    results: list[np.ndarray | None] = [None] * len(jobs)
 
     def report(done: int, label: str) -> None:
         if progress:
-            print(f"removal check: retrain {done}/{len(keeps)} done ({label})", file=sys.stderr, flush=True)
+            print(f"removal check: retrain {done}/{len(jobs)} done ({label})", file=sys.stderr, flush=True)
 
     if workers <= 1:
-        for done, (number, keep) in enumerate(enumerate(keeps), start=1):
-            results[number] = np.asarray(retrain(keep), dtype=np.float64)
+        for done, (number, job) in enumerate(enumerate(jobs), start=1):
+            results[number] = np.asarray(retrain(*job), dtype=np.float64)
             report(done, labels[number])
     else:
         # spawn, not fork: a forked child of a process that already ran torch's thread pools can hang.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures: dict[Future, int] = {pool.submit(retrain, keep): number for number, keep in enumerate(keeps)}
+            futures: dict[Future, int] = {pool.submit(retrain, *job): number for number, job in enumerate(jobs)}
             for done, future in enumerate(as_completed(futures), start=1):
                 results[futures[future]] = np.asarray(future.result(), dtype=np.float64)
                 report(done, labels[futures[future]])
@@ -142,45 +142,53 @@ def _run_all(
 
 def run_removal_check(
     influence: np.ndarray,
-    retrain: Callable[[np.ndarray], np.ndarray],
+    retrain: Callable[[np.ndarray, int], np.ndarray],
     *,
     fraction: float = 0.1,
+    seeds: Sequence[int] = (0,),
     workers: int = 1,
     progress: bool = True,
 ) -> tuple[np.ndarray, dict[str, RemovalCheck]]:
-    """Retrain once on all samples and once per (class, kind) without that class's removal set.
+    """Per seed, retrain once on all samples and once per (class, kind) without that class's removal set.
 
     Args:
         influence: ``(n, K)`` category-wise influence of the training samples.
-        retrain: ``retrain(keep) -> (K,)`` per-class test accuracy of a model trained from the fixed
-            initialisation and seed on the training samples ``keep`` (sorted indices). Must be picklable
-            (a module-level function or a ``functools.partial`` of one) when ``workers > 1``.
+        retrain: ``retrain(keep, seed) -> (K,)`` per-class test accuracy of a model trained on the
+            training samples ``keep`` (sorted indices) from the initialisation and shuffling that
+            ``seed`` gives. Must be picklable (a module-level function or a ``functools.partial`` of
+            one) when ``workers > 1``.
         fraction: Share of each class's beneficial (detrimental) samples to remove (the paper: 0.1).
+        seeds: Every removal is compared with the baseline of the same seed; changes are averaged over seeds.
         workers: Retrains run at once, each in its own process (1: one after the other, in this process).
         progress: Print a line to stderr as each retrain finishes.
 
     Returns:
-        ``(baseline, checks)``: the baseline's ``(K,)`` per-class accuracy and a :class:`RemovalCheck`
-        per kind (``"beneficial"``, ``"detrimental"``).
+        ``(baseline, checks)``: the baseline's ``(K,)`` per-class accuracy (mean over seeds) and a
+        :class:`RemovalCheck` per kind (``"beneficial"``, ``"detrimental"``).
     """
     influence = np.asarray(influence, dtype=np.float64)
     if influence.ndim != 2:
         raise ValueError(f"influence must have shape (n, K), got {influence.shape}.")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}.")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must name at least one seed.")
     n, num_classes = influence.shape
     everything = np.arange(n)
     sets = {kind: removal_sets(influence, fraction, kind) for kind in KINDS}
-    keeps, labels = [everything], ["baseline"]
+    keeps, names = [everything], ["baseline"]
     for kind in KINDS:
         for t, removed in enumerate(sets[kind]):
             keeps.append(np.setdiff1d(everything, removed))
-            labels.append(f"class {t}, {kind}")
-    accuracies = _run_all(retrain, keeps, labels, workers, progress)
-    baseline = accuracies[0]
+            names.append(f"class {t}, {kind}")
+    jobs = [(keep, seed) for seed in seeds for keep in keeps]
+    labels = [f"seed {seed}, {name}" for seed in seeds for name in names]
+    accuracies = np.stack(_run_all(retrain, jobs, labels, workers, progress)).reshape(len(seeds), len(keeps), -1)
+    changes = accuracies[:, 1:] - accuracies[:, :1]  # each seed against its own baseline
     checks = {}
     for number, kind in enumerate(KINDS):
-        retrained = np.stack(accuracies[1 + number * num_classes: 1 + (number + 1) * num_classes])
+        change = changes[:, number * num_classes: (number + 1) * num_classes].mean(axis=0)
         cumulative = np.stack([influence[removed].sum(axis=0) for removed in sets[kind]])
-        checks[kind] = RemovalCheck(kind, sets[kind], cumulative, retrained - baseline[None, :])
-    return baseline, checks
+        checks[kind] = RemovalCheck(kind, sets[kind], cumulative, change)
+    return accuracies[:, 0].mean(axis=0), checks

@@ -55,6 +55,7 @@ def audit_samples(
     class_names: Sequence[str],
     *,
     margin: float = 1.0,
+    min_harm: float = 3.0,
     curvature: str = "ekfac",
     damping: float | None = None,
     modules: Sequence[str] | None = None,
@@ -69,7 +70,7 @@ def audit_samples(
         train_loader: Training batches ``(x, y, index)`` (or unshuffled ``(x, y)``), labels as trained on.
         val_loader: Validation batches ``(x, y)`` or ``(x, y, index)``: the classes' losses are measured here.
         class_names: ``K`` names.
-        margin: The suspect rule's margin (:func:`~lightning_pareto.audit.suspect_scores`).
+        margin, min_harm: The suspect rule's options (:func:`~lightning_pareto.audit.suspect_scores`).
         curvature, damping, modules, fisher, curvature_samples, progress: The influence engine's options
             (:func:`lightning_pareto.influence.category_influence`).
 
@@ -91,7 +92,7 @@ def audit_samples(
         fisher=fisher, curvature_samples=curvature_samples, progress=progress,
     )  # fmt: skip
     labels = training_labels(train_loader, influence.shape[0])
-    return audit_table(influence.numpy(), labels, class_names, margin)
+    return audit_table(influence.numpy(), labels, class_names, margin, min_harm)
 
 
 def write_audit(

@@ -43,6 +43,7 @@ class AuditTable:
         suspect: ``(n,)`` bool, ``scores > 0``.
         likely: ``(n,)`` int64 :func:`~lightning_pareto.audit.likely_labels` (meaningful for suspects).
         margin: The rule's margin.
+        min_harm: The rule's harm floor.
     """
 
     influence: np.ndarray
@@ -52,6 +53,7 @@ class AuditTable:
     suspect: np.ndarray
     likely: np.ndarray
     margin: float
+    min_harm: float
 
     @property
     def num_classes(self) -> int:
@@ -140,7 +142,11 @@ class AuditTable:
 
 
 def audit_table(
-    influence: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None = None, margin: float = 1.0
+    influence: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    margin: float = 1.0,
+    min_harm: float = 3.0,
 ) -> AuditTable:
     """Apply the suspect rule to a category-wise influence matrix.
 
@@ -149,21 +155,24 @@ def audit_table(
         labels: ``(n,)`` training labels (tensor or array).
         class_names: ``K`` names (default ``"0"`` ... ``"K-1"``).
         margin: The suspect rule's margin (:func:`~lightning_pareto.audit.suspect_scores`).
+        min_harm: The suspect rule's harm floor.
 
     Returns:
         The :class:`AuditTable`.
 
     Example:
-        >>> table = audit_table(np.array([[2.0, 1.0], [1.0, -3.0], [-1.0, 2.0]]), np.array([0, 0, 1]), ["a", "b"])
+        >>> influence = np.array([[2.0, 1.0], [1.0, -3.0], [-1.0, 2.0]])
+        >>> table = audit_table(influence, np.array([0, 0, 1]), ["a", "b"], min_harm=1.0)
         >>> table.suspect.tolist(), [table.class_names[c] for c in table.likely[table.suspect]]
         ([False, True, False], ['b'])
     """
     influence = np.asarray(influence, dtype=np.float64)
     labels = np.asarray(labels).astype(np.int64)
-    scores = suspect_scores(influence, labels, margin)
+    scores = suspect_scores(influence, labels, margin, min_harm)
     names = [str(c) for c in range(influence.shape[1])] if class_names is None else [str(n) for n in class_names]
     if len(names) != influence.shape[1]:
         raise ValueError(f"class_names has {len(names)} entries but influence has {influence.shape[1]} columns.")
     with np.errstate(invalid="ignore"):
         suspect = scores > 0
-    return AuditTable(influence, labels, names, scores, suspect, likely_labels(influence, labels), float(margin))
+    return AuditTable(influence, labels, names, scores, suspect, likely_labels(influence, labels), float(margin),
+                      float(min_harm))

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from lightning_pareto._quiet import quiet_lightning
 from lightning_pareto.audit import (
     KINDS,
     AuditTable,
@@ -79,12 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--top_k", type=int, default=8, help="helpful and harmful samples listed per class")
     report.add_argument("--margin", type=float, default=1.0,
                         help="suspect when its harm to another class exceeds margin x its help to its own class")
+    report.add_argument("--min_harm", type=float, default=3.0,
+                        help="... and exceeds min_harm x that class's mean absolute influence")
     report.add_argument("--image_shape", default="auto",
                         help="'auto' (digits, MNIST-5k, image tensors), 'none', or H,W / C,H,W for flat features")
     removal = parser.add_argument_group("removal check (retrains 2K+1 models)")
     removal.add_argument("--removal_check", "--removal-check", action="store_true",
                          help="remove each class's top beneficial / detrimental samples and retrain")
     removal.add_argument("--removal_fraction", type=float, default=0.1, help="share of each class's samples removed")
+    removal.add_argument("--seeds", type=int, nargs="+", default=None,
+                         help="retrain seeds, changes averaged over them (default: the config's seed_everything)")
     removal.add_argument("--workers", type=int, default=1, help="retrains run at once, one process each")
     return parser
 
@@ -157,14 +162,15 @@ def _training_features(dataset: Any) -> np.ndarray:
     return torch.stack([torch.as_tensor(dataset[i][0]) for i in range(len(dataset))]).numpy()
 
 
-def retrain_accuracy(fit_argv: Sequence[str], keep: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Train the config's model from its initialisation and seed on the training samples ``keep`` only.
+def retrain_accuracy(fit_argv: Sequence[str], keep: np.ndarray, seed: int, threads: int | None = None) -> np.ndarray:
+    """Train the config's model with ``seed_everything=seed`` (initialisation, shuffling) on the training samples ``keep``.
 
     The config's sample-weighting callbacks (interventions) are dropped, so every retrain is a plain run.
 
     Args:
         fit_argv: The ``fit`` arguments (``--config`` ...).
         keep: Training indices to train on.
+        seed: The run's seed (the datamodule's own ``seed``, which fixes the data and its split, is kept).
         threads: ``torch.set_num_threads`` for this run (worker processes use 1).
 
     Returns:
@@ -172,12 +178,13 @@ def retrain_accuracy(fit_argv: Sequence[str], keep: np.ndarray, threads: int | N
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    cli = _build_cli([*fit_argv, *_QUIET_TRAINER])  # seeds, then builds the same initial model
-    trainer, module, datamodule = cli.trainer, cli.model, cli.datamodule
-    trainer.callbacks = [cb for cb in trainer.callbacks if not getattr(cb, "writes_sample_weights", False)]
-    dataset, _, val, batch_size = _datasets(datamodule)
-    train = DataLoader(Subset(dataset, np.asarray(keep).tolist()), batch_size=batch_size, shuffle=True)
-    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+    with quiet_lightning():
+        cli = _build_cli([*fit_argv, f"--seed_everything={int(seed)}", *_QUIET_TRAINER])  # seeds, then builds the model
+        trainer, module, datamodule = cli.trainer, cli.model, cli.datamodule
+        trainer.callbacks = [cb for cb in trainer.callbacks if not getattr(cb, "writes_sample_weights", False)]
+        dataset, _, val, batch_size = _datasets(datamodule)
+        train = DataLoader(Subset(dataset, np.asarray(keep).tolist()), batch_size=batch_size, shuffle=True)
+        trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
     datamodule.setup("test")
     predicted, labels, _ = _predictions(_network(module), datamodule.test_dataloader())
     return class_accuracy(predicted, labels, int(module.num_classes))
@@ -200,8 +207,10 @@ def run_audit(args: argparse.Namespace, fit_argv: Sequence[str]) -> dict[str, An
     names = list(getattr(module, "class_names", None) or [str(c) for c in range(module.num_classes)])
     net = _network(module)
     net.eval()  # dropout off, batch-norm statistics fixed while influence is computed
-    table = audit_samples(net, train, val, names, margin=args.margin, curvature=args.curvature, damping=args.damping,
-                          modules=args.modules, fisher=args.fisher, curvature_samples=args.curvature_samples)
+    table = audit_samples(
+        net, train, val, names, margin=args.margin, min_harm=args.min_harm, curvature=args.curvature,
+        damping=args.damping, modules=args.modules, fisher=args.fisher, curvature_samples=args.curvature_samples,
+    )  # fmt: skip
     shape = _image_shape(args.image_shape, datamodule, dataset)
     images = None if shape is None else as_images(_training_features(dataset), shape)
     from torch.utils.tensorboard import SummaryWriter
@@ -210,6 +219,7 @@ def run_audit(args: argparse.Namespace, fit_argv: Sequence[str]) -> dict[str, An
         written = write_audit(table, output, top_k=args.top_k, images=images, writer=writer)
         summary: dict[str, Any] = {"config": args.config, "ckpt_path": args.ckpt_path, "classes": names,
                                    "suspects": int(table.suspect.sum()), "margin": args.margin,
+                                   "min_harm": args.min_harm,
                                    "audit_seconds": time.perf_counter() - started}
         print("\nSample audit (harmful: samples with negative influence on the class; suspects: labelled with the "
               "class; likely: suspects whose likely true label it is)\n" + table.summary())
@@ -232,13 +242,12 @@ def run_audit(args: argparse.Namespace, fit_argv: Sequence[str]) -> dict[str, An
 def _removal(table: AuditTable, fit_argv: Sequence[str], cli: Any, args: argparse.Namespace, output: Path,
              writer: Any) -> dict[str, Any]:
     """The removal check: retrains, ``removal.json``, ``removal.png`` and the TensorBoard figure ``audit/removal``."""
-    seed = cli.config.get("seed_everything")
-    fixed = [*fit_argv, f"--seed_everything={seed}"] if isinstance(seed, int) and not isinstance(seed, bool) else [
-        *fit_argv]
-    retrain = functools.partial(retrain_accuracy, fixed, threads=1 if args.workers > 1 else None)
-    baseline, checks = run_removal_check(table.influence, retrain, fraction=args.removal_fraction,
+    seed = cli.config.get("seed_everything")  # LightningCLI stores the seed it drew when the config says `true`
+    seeds = args.seeds or [seed if isinstance(seed, int) and not isinstance(seed, bool) else 0]
+    retrain = functools.partial(retrain_accuracy, list(fit_argv), threads=1 if args.workers > 1 else None)
+    baseline, checks = run_removal_check(table.influence, retrain, fraction=args.removal_fraction, seeds=seeds,
                                          workers=args.workers)
-    result = {"fraction": args.removal_fraction, "baseline": baseline.tolist(),
+    result = {"fraction": args.removal_fraction, "seeds": list(seeds), "baseline": baseline.tolist(),
               **{kind: checks[kind].to_dict() for kind in KINDS}}
     (output / "removal.json").write_text(json.dumps(result))
     figure = removal_figure(checks, table.class_names, title=f"removal check: {args.config}")
