@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -94,15 +97,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _without_fit_options(config: str) -> str:
+    """The config's text without ``Trainer.fit``'s own options (``ckpt_path``, ...): the config.yaml that
+    ``fit`` saves has them, and LightningCLI without a subcommand rejects them."""
+    from lightning.pytorch import Trainer
+
+    text = Path(config).read_text()
+    content = yaml.safe_load(text)
+    fit_options = set(inspect.signature(Trainer.fit).parameters) - {"self", "model", "datamodule"}
+    if isinstance(content, dict) and fit_options & set(content):
+        return yaml.safe_dump({k: v for k, v in content.items() if k not in fit_options})
+    return text
+
+
 def _build_cli(fit_argv: Sequence[str]) -> Any:
     """The ``fit`` LightningCLI on ``fit_argv`` without running it (seeds and builds model, data, trainer)."""
     from lightning_pareto.cli import build_cli
 
-    program, sys.argv[1:] = sys.argv[1:], []  # LightningCLI warns when both sys.argv and args carry arguments
-    try:
-        return build_cli(list(fit_argv), run=False)
-    finally:
-        sys.argv[1:] = program
+    argv = list(fit_argv)
+    with tempfile.TemporaryDirectory() as folder:
+        for number, word in enumerate(argv[:-1]):
+            if word == "--config" and Path(argv[number + 1]).is_file():
+                copy = Path(folder) / f"config_{number}.yaml"
+                copy.write_text(_without_fit_options(argv[number + 1]))
+                argv[number + 1] = str(copy)
+        program, sys.argv[1:] = sys.argv[1:], []  # LightningCLI warns when both sys.argv and args carry arguments
+        try:
+            return build_cli(argv, run=False)
+        finally:
+            sys.argv[1:] = program
 
 
 def _network(module: nn.Module) -> nn.Module:
@@ -112,8 +135,6 @@ def _network(module: nn.Module) -> nn.Module:
 
 
 def _load_checkpoint(module: nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(f"--ckpt_path {path} does not exist; train first with `lightning-pareto fit`.")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     if "state_dict" not in checkpoint:
         raise ValueError(f"--ckpt_path {path} is not a Lightning checkpoint (no 'state_dict').")
@@ -199,6 +220,8 @@ def run_audit(args: argparse.Namespace, fit_argv: Sequence[str]) -> dict[str, An
         raise ValueError(f"--workers must be >= 1, got {args.workers}.")
     if not 0.0 < args.removal_fraction <= 1.0:
         raise ValueError(f"--removal_fraction must be in (0, 1], got {args.removal_fraction}.")
+    if not Path(args.ckpt_path).is_file():
+        raise FileNotFoundError(f"--ckpt_path {args.ckpt_path} does not exist; train first with `lightning-pareto fit`.")
     started = time.perf_counter()
     cli = _build_cli(fit_argv)
     module, datamodule = cli.model, cli.datamodule
