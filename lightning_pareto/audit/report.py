@@ -11,18 +11,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_pareto.audit.figures import top_samples_figure
+from matplotlib.image import imsave
+
+from lightning_pareto.audit.figures import figure_pixels, top_samples_figure
 from lightning_pareto.audit.table import AuditTable, audit_table
 from lightning_pareto.influence import category_influence
 
-__all__ = ["FigureWriter", "audit_samples", "training_labels", "write_audit"]
+__all__ = ["ImageWriter", "audit_samples", "training_labels", "write_audit"]
 
 
-class FigureWriter(Protocol):
-    """What :func:`write_audit` logs figures to: a ``torch.utils.tensorboard.SummaryWriter`` or Lightning's
+class ImageWriter(Protocol):
+    """What :func:`write_audit` logs images to: a ``torch.utils.tensorboard.SummaryWriter`` or Lightning's
     ``TensorBoardLogger.experiment``."""
 
-    def add_figure(self, tag: str, figure: Any, global_step: int | None = None) -> None: ...
+    def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None, dataformats: str = "CHW") -> None:
+        ...
 
 
 def training_labels(train_loader: Iterable, n: int | None = None) -> np.ndarray:
@@ -101,7 +104,7 @@ def write_audit(
     *,
     top_k: int = 8,
     images: np.ndarray | None = None,
-    writer: FigureWriter | None = None,
+    writer: ImageWriter | None = None,
     global_step: int | None = None,
 ) -> dict[str, Path]:
     """Write ``samples.csv``, ``top_samples.csv`` and, given images, ``top_<class>.png`` per class.
@@ -112,8 +115,8 @@ def write_audit(
         top_k: Helpful and harmful samples listed per class.
         images: ``(n, H, W)`` or ``(n, H, W, 3)`` in [0, 1] (:func:`~lightning_pareto.audit.as_images`),
             row i = training index i; ``None``: no thumbnails.
-        writer: Also log each class's thumbnails as the figure ``audit/top_samples/<class>``.
-        global_step: Step of the logged figures.
+        writer: Also log each class's thumbnails as the image ``audit/top_samples/<class>``.
+        global_step: Step of the logged images.
 
     Returns:
         Name -> path of every file written.
@@ -127,12 +130,12 @@ def write_audit(
     if images is None:
         return written
     for c, name in enumerate(table.class_names):
-        figure = top_samples_figure(table, images, c, top_k)
+        pixels = figure_pixels(top_samples_figure(table, images, c, top_k))
         path = output / f"top_{_file_safe(name)}.png"
-        figure.savefig(path, dpi=110)
+        imsave(path, pixels)
         written[f"top_{name}"] = path
         if writer is not None:
-            writer.add_figure(f"audit/top_samples/{name}", figure, global_step=global_step)
+            writer.add_image(f"audit/top_samples/{name}", pixels, global_step=global_step, dataformats="HWC")
     return written
 
 

@@ -12,7 +12,7 @@ from lightning_pareto.callbacks.monitor import (
 )
 
 __all__ = [
-    "ClassUpweighting", "CourseCorrection", "DirectImprovement",  # lazily imported below; they load the influence engine only when they run
+    "ClassUpweighting", "CourseCorrection", "DirectImprovement", "InfluenceAudit",  # lazily imported below; they load the influence engine only when they run
     "PerClassAccuracy",
     "class_indices",
     "find_monitor",
@@ -24,7 +24,7 @@ __all__ = [
 # import does not pull in the influence engine): name -> module in this package.
 INTERVENTIONS = {
     "DirectImprovement": "direct", "CourseCorrection": "correction", "InfluenceTrimming": "trimming",
-    "ClassUpweighting": "upweighting",
+    "ClassUpweighting": "upweighting", "InfluenceAudit": "audit",
 }
 
 

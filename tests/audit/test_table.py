@@ -83,7 +83,7 @@ def test_write_audit_draws_one_thumbnail_grid_per_class_and_logs_it(table, tmp_p
     logged = []
 
     class Writer:
-        def add_figure(self, tag: str, figure: object, global_step: int | None = None) -> None:
+        def add_image(self, tag: str, image: object, global_step: int | None = None, dataformats: str = "") -> None:
             logged.append(tag)
 
     images = np.random.default_rng(0).uniform(size=(40, 4, 4))
