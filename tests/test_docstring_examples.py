@@ -18,6 +18,12 @@ MODULES = [
     "lightning_pareto.callbacks.upweighting",
     "lightning_pareto.experiments.compare",
     "lightning_pareto.influence.category",
+    "lightning_pareto.audit.suspects",
+    "lightning_pareto.audit.table",
+    "lightning_pareto.audit.removal",
+    "lightning_pareto.audit.quality",
+    "lightning_pareto.audit.report",
+    "lightning_pareto.callbacks.audit",
 ]
 
 
