@@ -59,12 +59,16 @@ def main() -> None:
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data seeds (split and flips)")
     parser.add_argument("--output", default=str(RESULTS / "audit_flips.json"))
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in --output, do the others")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    runs = []
+    output_path = Path(args.output)
+    runs = json.loads(output_path.read_text())["runs"] if args.resume and output_path.is_file() else []
     for name in args.data:
         for noise in args.noise:
             for seed in args.seeds:
+                if any((r["data"], r["noise"], r["seed"]) == (name, noise, seed) for r in runs):
+                    continue
                 overrides = [f"--data.init_args.label_noise={noise}", f"--data.init_args.seed={seed}"]
                 with tempfile.TemporaryDirectory() as scratch:
                     checkpoint = fit_checkpoint(CONFIGS[name], overrides, Path(scratch) / "fit")
@@ -77,17 +81,18 @@ def main() -> None:
                        "likely_label_accuracy": likely, **summary.get("flip_detection", {})}
                 runs.append(run)
                 print(json.dumps(run), flush=True)
+                output_path.write_text(json.dumps({"runs": runs}, indent=1))  # kept if the run is cut short
     table = []
     for name in args.data:
         for noise in args.noise:
-            group = [r for r in runs if r["data"] == name and r["noise"] == noise]
+            group = [r for r in runs if r["data"] == name and r["noise"] == noise and r["seed"] in args.seeds]
             median = {key: statistics.median(r[key] for r in group) for key in
                       ("suspects", "audit_seconds", *(("precision", "recall", "loss_precision", "loss_recall",
                                                         "likely_label_accuracy") if noise > 0 else ()))}
             table.append({"data": name, "noise": noise, "seeds": len(group), **median})
             print(f"{name} noise {noise}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                        for k, v in median.items()))
-    Path(args.output).write_text(json.dumps({"medians": table, "runs": runs}, indent=1))
+    output_path.write_text(json.dumps({"medians": table, "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":
