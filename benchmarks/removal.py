@@ -40,8 +40,10 @@ def main() -> None:
     parser.add_argument("--label_noise", type=float, default=0.0)
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    summary = {"paper": PAPER, "seeds": args.seeds, "fraction": args.fraction, "label_noise": args.label_noise,
-               "data": {}}
+    # Other data sets' entries of an earlier run are kept (each entry records its own seeds).
+    previous = RESULTS / "removal.json"
+    summary = {"paper": PAPER, "fraction": args.fraction, "label_noise": args.label_noise,
+               "data": json.loads(previous.read_text())["data"] if previous.is_file() else {}}
     for name in args.data:
         overrides = [f"--data.init_args.label_noise={args.label_noise}"]
         with tempfile.TemporaryDirectory() as scratch:
@@ -55,16 +57,16 @@ def main() -> None:
             shutil.copy(output / "removal.json", RESULTS / f"removal_{name}.json")
             detail = json.loads((output / "removal.json").read_text())
         summary["data"][name] = {
-            **result["removal"], "seconds": time.perf_counter() - started,
+            **result["removal"], "seeds": args.seeds, "seconds": time.perf_counter() - started,
             "removed_per_class": {kind: detail[kind]["removed_counts"] for kind in ("beneficial", "detrimental")},
             "diagonal_change": {kind: [detail[kind]["change"][t][t] for t in range(len(detail["baseline"]))]
                                 for kind in ("beneficial", "detrimental")},
             "baseline": detail["baseline"],
         }  # fmt: skip
+        (RESULTS / "removal.json").write_text(json.dumps(summary, indent=1))
         print(f"{name}: " + ", ".join(f"{kind} Spearman {v['spearman']:+.3f} (targeted class as predicted "
                                       f"{100 * v['diagonal_agreement']:.0f}%)"
                                       for kind, v in result["removal"].items()) + f"  [{PAPER}]", flush=True)
-    (RESULTS / "removal.json").write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
