@@ -36,6 +36,7 @@ EXPERIMENTS = {
     "trim": "lightning_pareto.experiments.trim",
     "active": "lightning_pareto.experiments.active",
     "compare": "lightning_pareto.experiments.compare",
+    "audit": "lightning_pareto.experiments.audit",
 }
 
 

@@ -4,6 +4,7 @@ The callbacks import the influence engine inside the methods that run it, so imp
 """
 
 from lightning_pareto.callbacks._settings import InterventionSettings
+from lightning_pareto.callbacks.audit import InfluenceAudit
 from lightning_pareto.callbacks.correction import CourseCorrection
 from lightning_pareto.callbacks.direct import DirectImprovement
 from lightning_pareto.callbacks.monitor import PerClassAccuracy
@@ -14,6 +15,7 @@ __all__ = [
     "ClassUpweighting",
     "CourseCorrection",
     "DirectImprovement",
+    "InfluenceAudit",
     "InfluenceTrimming",
     "InterventionSettings",
     "PerClassAccuracy",
