@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassStatScores
 
-from lightning_pareto.callbacks._modes import training_mode
+from lightning_pareto._modes import training_mode
 from lightning_pareto.weighting import unpack_batch
 
 __all__ = ["finite_accuracy", "per_class_accuracy"]

@@ -13,7 +13,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_pareto.callbacks._accuracy import finite_accuracy, per_class_accuracy
-from lightning_pareto.callbacks._modes import training_mode
+from lightning_pareto._modes import training_mode
 from lightning_pareto.callbacks._snapshot import cpu_copy, preserved_rng
 from lightning_pareto.weighting import unpack_batch
 

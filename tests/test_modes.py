@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from lightning_pareto.callbacks._modes import training_mode
+from lightning_pareto._modes import training_mode
 
 
 def test_every_submodule_gets_its_own_flag_back_after_an_error() -> None:
