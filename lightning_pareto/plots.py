@@ -324,7 +324,8 @@ def ceiling_figure(report: CeilingReport, class_names: Sequence[str]) -> Figure:
     weights_axes.set_xticks(range(report.num_classes), [str(n) for n in class_names],
                             rotation=45 if report.num_classes > 10 else 0)
     weights_axes.set_ylim(0.0, 1.0)
-    weights_axes.set_ylabel("lambda (trade-off normal)")
+    # lambda: the non-negative class weights (summing to one) of the hyperplane the influence vectors lie closest to.
+    weights_axes.set_ylabel("lambda: class weight in the trade-off normal", fontsize=8)
     figure.suptitle(f"{report.verdict}: min ||C lambda||/||C|| = {report.ratio:.2e}, PCA ratio {report.pca_ratio:.2f}",
                     fontsize=10)
     return figure

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -179,3 +180,30 @@ def test_summary_table_shows_first_and_last_epoch() -> None:
     assert "epoch   0" in lines[0] and "epoch   3" in lines[0]
     assert lines[2].split() == ["x", "50.0%", "75.0%", "+25.0"]
     assert lines[-1].split() == ["worst", "25.0%", "75.0%", "+50.0"]
+
+
+class _RecordingLogger:
+    def __init__(self) -> None:
+        self.logged: list[tuple[dict[str, float], int]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.logged.append((metrics, step))
+
+
+def test_a_discarded_epoch_is_logged_again_under_its_own_tag_and_survives_a_checkpoint() -> None:
+    monitor = PerClassAccuracy(class_names=["a", "b"])
+    history = [{"epoch": 0, "step": 5, "accuracy": [0.5, 0.25], "support": [4, 4]},
+               {"epoch": 1, "step": 10, "accuracy": [0.75, math.nan], "support": [4, 0]}]
+    monitor.load_state_dict({"history": history, "class_names": ["a", "b"]})
+    logger = _RecordingLogger()
+    trainer = SimpleNamespace(loggers=[logger], is_global_zero=True)
+    monitor.discard(trainer, 1, "redo rejected")
+    monitor.mark_intervention(1, 0, "#1 Course Correction: rejected")
+    assert logger.logged == [({"val_acc_discarded/a": 0.75}, 10)]  # at that validation's step; no NaN logged
+
+    restored = PerClassAccuracy(class_names=["a", "b"])
+    restored.load_state_dict(monitor.state_dict())
+    assert restored.discarded == {1: "redo rejected"}
+    axes = restored.curves_figure().axes[0]
+    assert [t.get_text() for t in axes.texts] == ["#1 Course Correction: rejected"]
+    assert [line.get_xdata().tolist() for line in axes.get_lines() if line.get_label() == "a"] == [[0.0]]
