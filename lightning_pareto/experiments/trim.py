@@ -67,7 +67,10 @@ def build_parser() -> ArgumentParser:
         "lightning-pareto trim",
         "The data-trimming comparison of \"Enhancing Prediction Performance through Influence Measure\": "
         "train, remove the top-b training samples by each method, retrain from the same initialisation, and "
-        "compare test accuracy over seeds.",
+        "compare test accuracy over seeds. Methods: fi = FI^util, the paper's local influence of a sample on the "
+        "validation loss (its FI measure aimed at utility); fi_approx = FI^util with the paper's KFSVD and "
+        "random-forest approximations; iv = the influence value of Chhabra et al. 2024 (the classical "
+        "influence-function estimate of a sample's effect on the validation loss); random = random removal.",
         data_help="Datamodule (e.g. GaussiansDataModule).",
         net_help="Network, e.g. LogisticRegression or MLP.",
         outputs="results.csv, summary.json, accuracy.png and the TensorBoard events",
@@ -196,7 +199,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     def render(row: list[str]) -> str:
         return "  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip()
 
-    note = f"Test accuracy (%), mean ± std over {summary['seeds']} seeds; p = share of removed samples corrupted."
+    note = f"Test accuracy (%), mean ± std over {summary['seeds']} seeds"
+    corrupted = [key for key in _PRECISIONS if any(key in cells[str(b)] for cells in summary["methods"].values()
+                                                   for b in summary["budgets"])]  # fmt: skip
+    if corrupted:
+        kinds = " / ".join(key.removesuffix("_precision") for key in corrupted)
+        note += f"; (p ...) = share of the removed samples that the data set corrupted ({kinds})"
+    note += "."
     return "\n".join([note, render(header), render(["-" * w for w in widths]), *map(render, lines)])
 
 

@@ -123,3 +123,17 @@ def test_unknown_method_is_a_parse_error(config_file: Path, tmp_path: Path, caps
         cli_main(["trim", "--config", str(config_file), "--output_dir", str(tmp_path), "--methods", "[loss]"])
     assert exit_info.value.code != 0
     assert "methods" in capsys.readouterr().err
+
+
+def test_summary_explains_the_precision_column_only_when_it_is_shown() -> None:
+    from lightning_pareto.experiments.trim import format_summary, summarize
+
+    rows = [
+        {"method": "fi", "seed": 0, "budget": 0, "test_acc": 0.9, "score_seconds": 0.0, "flipped_precision": None},
+        {"method": "fi", "seed": 0, "budget": 5, "test_acc": 0.92, "score_seconds": 1.0, "flipped_precision": None},
+    ]
+    clean = format_summary(summarize(rows, ["fi"], [0, 5]))
+    assert "(p" not in clean and "corrupted" not in clean
+    rows[1]["flipped_precision"] = 0.8
+    noisy = format_summary(summarize(rows, ["fi"], [0, 5]))
+    assert "(p 0.80)" in noisy and "corrupted (flipped)" in noisy
