@@ -32,9 +32,9 @@ from torch import Tensor, nn
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from lightning_pareto.influence._conv_grads import grouped_gradients_pay, per_sample_conv_gradients  # noqa: E402
-from lightning_pareto.influence._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram  # noqa: E402
-from lightning_pareto.influence._kronecker import accumulate_gram  # noqa: E402
+from lightning_pareto.influence.kfac._conv_grads import grouped_gradients_pay, per_sample_conv_gradients  # noqa: E402
+from lightning_pareto.influence.kfac._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram  # noqa: E402
+from lightning_pareto.influence.kfac._gram import accumulate_gram  # noqa: E402
 from lightning_pareto.influence.capture import layer_inputs, layer_output_grads  # noqa: E402
 
 # name -> (layer, input height = width)

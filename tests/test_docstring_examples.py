@@ -17,7 +17,7 @@ MODULES = [
     "lightning_pareto.callbacks._targets",
     "lightning_pareto.callbacks.upweighting",
     "lightning_pareto.experiments.compare",
-    "lightning_pareto.influence.category",
+    "lightning_pareto.influence.kfac.category",
 ]
 
 

@@ -2,7 +2,7 @@
 
 Every strategy scores the unlabelled pool with :meth:`Strategy.score`; **higher = query first**.
 
-- ``"fi"``: FI^active of seed 000 (:func:`~lightning_pareto.influence.active.fi_active`), exact.
+- ``"fi"``: FI^active of seed 000 (:func:`~lightning_pareto.influence.fi_active`), exact.
 - ``"fi_approx"``: FI^active with KFSVD and pool subsampling plus a random forest (Algorithm 8).
 - ``"iv"``: the influence value of Chhabra et al. 2024, recomputed every round (seed 000's fair
   variant): IV of the labelled samples, a regression tree from their inputs to IV (Chhabra et al.'s
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_pareto.active._pool import dropout_layers, pool_inputs, pool_probabilities, scoring_mode
-from lightning_pareto.influence._fi_data import unpack
+from lightning_pareto.influence.batches import unpack_batch
 
 __all__ = [
     "BALD",
@@ -177,7 +177,7 @@ class FIActive(Strategy):
         seed: int = 0,
     ) -> Tensor:
         """FI^active of every pool point at its predicted label (see :class:`Strategy`)."""
-        from lightning_pareto.influence.active import fi_active
+        from lightning_pareto.influence import fi_active
 
         with scoring_mode(model, seed=seed):
             return fi_active(model, labeled_loader, pool_loader, seed=seed, **self._options())
@@ -420,7 +420,7 @@ def _labeled_inputs(loader: Iterable) -> tuple[Tensor, Tensor]:
     """Flattened inputs ``(n, features)`` and the row of each in an influence result (its index, else its position)."""
     inputs, indices = [], []
     for batch in loader:
-        x, _, index = unpack(batch)
+        x, _, index = unpack_batch(batch, labels=False)
         inputs.append(x.reshape(len(x), -1).float().cpu())
         indices.append(index)
     x = torch.cat(inputs)

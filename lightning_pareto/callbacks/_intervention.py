@@ -541,7 +541,7 @@ class InterventionCallback(Callback):
         influence: np.ndarray,
     ) -> np.ndarray | None:
         """Ceiling check, weight search and logging (rank zero); the weights, or ``None`` with a reason."""
-        from lightning_pareto.influence.category import non_finite_cause
+        from lightning_pareto.influence.kfac.category import non_finite_cause
         from lightning_pareto.pareto.ceiling import ceiling_report
         from lightning_pareto.pareto.search import search_weights
 

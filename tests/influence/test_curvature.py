@@ -10,13 +10,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
-from lightning_pareto.influence import (
-    DEFAULT_DAMPING_FACTOR,
-    MAX_EXACT_PARAMETERS,
-    InfluenceTimings,
-    KroneckerCurvature,
-    fit_curvature,
-)
+from lightning_pareto.influence import InfluenceTimings, KroneckerCurvature, fit_curvature
+from lightning_pareto.influence._base import DEFAULT_DAMPING_FACTOR
+from lightning_pareto.influence.exact import MAX_EXACT_PARAMETERS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

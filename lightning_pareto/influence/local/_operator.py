@@ -13,9 +13,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from lightning_pareto.influence._fi_functional import FunctionalOperator
-from lightning_pareto.influence._fi_linear import SoftmaxLinearOperator
-from lightning_pareto.influence._fi_scope import Scope
+from lightning_pareto.influence.local._functional import FunctionalOperator
+from lightning_pareto.influence.local._linear import SoftmaxLinearOperator
+from lightning_pareto.influence.local._scope import Scope
 
 
 class JacobianProducts(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_pareto.influence._fi_operator import FIOperator
+from lightning_pareto.influence.local._operator import FIOperator
 
 # Power-iteration rounds; each costs k J-products and k J^T-products per sample.
 _SUBSPACE_ITERATIONS = 2

@@ -13,8 +13,8 @@ from torch import nn
 from torch.func import functional_call, grad, hessian, jacrev
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_pareto.influence import _fi_functional
-from lightning_pareto.influence.active import fi_active, trimmed_mean
+from lightning_pareto.influence.local import _functional as _fi_functional
+from lightning_pareto.influence.local import fi_active, trimmed_mean
 from lightning_pareto.nets import MLP, LogisticRegression
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from lightning_pareto.influence._passes import unpack
+from lightning_pareto.influence.batches import unpack_batch
 
 
 def check_curvature_samples(samples: int | None) -> None:
@@ -75,7 +75,9 @@ class _SystematicSubset:
         offset = float(torch.rand((), generator=torch.Generator().manual_seed(self.seed)))
         seen = 0
         for batch in self.loader:
-            x, y, index = unpack(batch)
+            x, y, index = unpack_batch(batch)
+            y = torch.as_tensor(y)
+            index = None if index is None else torch.as_tensor(index, dtype=torch.int64)
             positions = torch.arange(seen, seen + len(y), dtype=torch.float64) * self.fraction + offset
             seen += len(y)
             rows = (torch.floor(positions) != torch.floor(positions - self.fraction)).nonzero().squeeze(1)

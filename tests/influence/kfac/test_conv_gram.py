@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_pareto.influence._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram
+from lightning_pareto.influence.kfac._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram
 
 # (in_channels, kernel_size, padding, bias, input (H, W)): odd and even, square and oblong kernels,
 # "same", "valid" and full padding, inputs only a little larger than the border strips.

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, grad, hessian, jacrev, jvp, vjp, vmap
 
-from lightning_pareto.influence._fi_scope import Scope
+from lightning_pareto.influence.local._scope import Scope
 
 
 class FunctionalOperator:
-    """:class:`~lightning_pareto.influence._fi_operator.FIOperator` for an arbitrary scope module.
+    """:class:`~lightning_pareto.influence.local._operator.FIOperator` for an arbitrary scope module.
 
     Parameters outside the tracked Linear/Conv2d layers and buffers are held fixed. The scope
     must be in eval mode (no dropout, BatchNorm on running statistics).

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_pareto.influence._fi_scope import Scope
+from lightning_pareto.influence.batches import unpack_batch
+from lightning_pareto.influence.local._scope import Scope
 
 
 @dataclass(frozen=True)
@@ -38,27 +39,6 @@ class ScopeInputs:
         return self.x.shape[0]
 
 
-def unpack(batch: object) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Split a batch into ``(x, y, index)``; ``y`` and ``index`` are ``None`` when absent.
-
-    Args:
-        batch: A tensor ``x``, or a tuple/list ``(x,)``, ``(x, y)`` or ``(x, y, index)``.
-
-    Returns:
-        The three parts.
-
-    Raises:
-        TypeError: For any other batch structure.
-    """
-    if isinstance(batch, torch.Tensor):
-        return batch, None, None
-    parts = list(batch) if isinstance(batch, (tuple, list)) else []
-    if 1 <= len(parts) <= 3 and all(isinstance(part, torch.Tensor) for part in parts):
-        parts += [None] * (3 - len(parts))
-        return parts[0], parts[1], parts[2]
-    raise TypeError("loader batches must be x, (x, y) or (x, y, index) tensors; wrap the dataset in IndexedDataset")
-
-
 def collect(model: nn.Module, scope: Scope, loader: Iterable, *, need_labels: bool = True) -> ScopeInputs:
     """Run the model over a loader and record the scope's inputs.
 
@@ -69,7 +49,7 @@ def collect(model: nn.Module, scope: Scope, loader: Iterable, *, need_labels: bo
     Args:
         model: The classifier; its output must be logits of shape ``(batch, K)``, ``K >= 2``.
         scope: The perturbed module, from :func:`resolve_scope`.
-        loader: Iterable of batches (see :func:`unpack`).
+        loader: Iterable of batches ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, index)`` (see ``unpack_batch``).
         need_labels: Raise if a batch has no labels.
 
     Returns:
@@ -101,7 +81,9 @@ def collect(model: nn.Module, scope: Scope, loader: Iterable, *, need_labels: bo
     try:
         with torch.no_grad():
             for batch in loader:
-                x, y, index = unpack(batch)
+                x, y, index = unpack_batch(batch, labels=False)
+                y = None if y is None else torch.as_tensor(y)
+                index = None if index is None else torch.as_tensor(index)
                 if y is None and need_labels:
                     raise ValueError("the training and validation loaders must yield labels: (x, y) or (x, y, index)")
                 for values in captured.values():

@@ -11,10 +11,18 @@ of ``W`` are zero); ``sum_c P_c a_c = 0`` always, so at least one singular value
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-from lightning_pareto.influence._fi_curvature import Preconditioner
-from lightning_pareto.influence._fi_operator import FIOperator, JacobianProducts
+from lightning_pareto.influence._progress import progress_bar
+from lightning_pareto.influence.local._data import ScopeInputs
+from lightning_pareto.influence.local._operator import FIOperator, JacobianProducts
+from lightning_pareto.influence.local._preconditioner import Preconditioner
+from lightning_pareto.influence.local.kfsvd import LowRankJacobian
+
+# Samples per batched step: about this many float64 entries in the per-sample (K, p) blocks.
+_CHUNK_ENTRIES = 1 << 22
 
 
 def whitened_factor(
@@ -56,3 +64,30 @@ def whitened_factor(
 def quadratic_form(whitened: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     """``v^T G_z^+ v = ||W v||^2`` per sample: ``whitened`` ``(b, r, d)``, ``vectors`` ``(b, d)`` -> ``(b,)``."""
     return (whitened @ vectors[..., None]).squeeze(-1).square().sum(-1)
+
+
+def factor_chunks(
+    operator: FIOperator,
+    preconditioner: Preconditioner | None,
+    train: ScopeInputs,
+    rows: torch.Tensor,
+    rank: int | None,
+    seed: int,
+    svd_tol: float,
+    progress: bool | None,
+    desc: str,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, JacobianProducts, torch.Tensor]]:
+    """Chunks of the given training rows (a progress bar over chunks labelled ``desc``) with their ``J`` products (exact or KFSVD) and ``W`` factors."""
+    generator = torch.Generator().manual_seed(seed)
+    chunk = chunk_size(operator.num_params, train)
+    rows = rows.to(train.x.device)
+    for start in progress_bar(range(0, len(rows), chunk), desc=desc, enabled=progress):
+        x, y = train.x[rows[start : start + chunk]], train.y[rows[start : start + chunk]]
+        jacobian = LowRankJacobian.fit(operator, x, y, rank, generator) if rank is not None else operator
+        yield x, y, jacobian, whitened_factor(operator, jacobian, preconditioner, x, y, len(train), svd_tol)
+
+
+def chunk_size(num_params: int, data: ScopeInputs) -> int:
+    """Samples per batched step: about ``_CHUNK_ENTRIES`` float64 entries in the per-sample ``(K, max(p, d))`` blocks, at most 1024."""
+    width = data.num_classes * max(num_params, data.x.shape[1])
+    return max(1, min(1024, _CHUNK_ENTRIES // width))

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_pareto.influence import category_influence, fit_curvature
-from lightning_pareto.influence._curvature_subset import curvature_batches
+from lightning_pareto.influence._subset import curvature_batches
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,9 +7,10 @@ import torch
 from _influence_reference import loader, relative_error, single_thread  # noqa: F401
 from torch import Tensor
 
-from lightning_pareto.influence import category, category_influence, influence_value
-from lightning_pareto.influence._factored_queries import FactoredQuery, ValidationRows
-from lightning_pareto.influence._kronecker import KroneckerFactors
+from lightning_pareto.influence import category_influence, influence_value
+from lightning_pareto.influence.kfac import queries
+from lightning_pareto.influence.kfac._factored_queries import FactoredQuery, ValidationRows
+from lightning_pareto.influence.kfac.curvature import KroneckerFactors
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -118,7 +119,7 @@ def test_category_influence_is_the_same_on_either_route(
     monkeypatch.setattr(FactoredQuery, "build", staticmethod(counted))
     routed = category_influence(trained_mlp, train_data, val_data, 10)
     assert len(built) == builds
-    monkeypatch.setattr(category, "keeps_rows", lambda *args: False)
+    monkeypatch.setattr(queries, "keeps_rows", lambda *args: False)
     dense = category_influence(trained_mlp, train_data, val_data, 10)
     assert relative_error(routed, dense) < 1e-10
 
@@ -155,6 +156,6 @@ def test_training_calls_with_positions_fall_back_to_the_dense_query(
     monkeypatch.setattr(FactoredQuery, "build", staticmethod(lambda *args: built.append(1) or original(*args)))
     routed = category_influence(model, train_data, val_data, 10)
     assert built
-    monkeypatch.setattr(category, "keeps_rows", lambda *args: False)
+    monkeypatch.setattr(queries, "keeps_rows", lambda *args: False)
     dense = category_influence(model, train_data, val_data, 10)
     assert relative_error(routed, dense) < 1e-10

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from lightning_pareto.influence._conv_grads import grouped_gradients_pay, per_sample_conv_gradients
+from lightning_pareto.influence.kfac._conv_grads import grouped_gradients_pay, per_sample_conv_gradients
 
 CONV_CASES = {
     "3x3 padded": dict(kernel_size=3, padding=1),
@@ -52,7 +52,7 @@ def test_the_grouped_route_is_declined_where_it_is_slower_or_wrong(layer: nn.Mod
 
 def test_the_grouped_route_matches_the_patch_route_inside_category_influence() -> None:
     from lightning_pareto.influence import category_influence
-    from lightning_pareto.influence import _conv_grads
+    from lightning_pareto.influence.kfac import _conv_grads
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3)).double()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_pareto.influence._conv_gram import symmetric_padding
+from lightning_pareto.influence.kfac._conv_gram import symmetric_padding
 
 __all__ = ["grouped_gradients_pay", "per_sample_conv_gradients"]
 

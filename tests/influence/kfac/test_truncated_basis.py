@@ -9,8 +9,9 @@ from _influence_reference import loader, relative_error, single_thread, spearman
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from lightning_pareto.influence import _kronecker, category_influence, fit_curvature
-from lightning_pareto.influence._kronecker import _next_rank, leading_eigh
+from lightning_pareto.influence import category_influence, fit_curvature
+from lightning_pareto.influence.kfac import _eigensolver, _gram, eigen
+from lightning_pareto.influence.kfac._eigensolver import _next_rank, leading_eigh
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -101,9 +102,9 @@ def test_truncation_leaves_default_damped_influence_unchanged(trained_mlp, digit
     x, y = digits400
     train_data, val_data = loader(x[:300], y[:300]), loader(x[300:], y[300:])
     full = category_influence(trained_mlp, train_data, val_data, 10)
-    monkeypatch.setattr(_kronecker, "TRUNCATE_INPUTS_ABOVE", 48)
-    monkeypatch.setattr(_kronecker, "_START_RANK", 16)
-    monkeypatch.setattr(_kronecker, "_OVERSAMPLING", 4)
+    monkeypatch.setattr(eigen, "TRUNCATE_INPUTS_ABOVE", 48)
+    monkeypatch.setattr(_eigensolver, "_START_RANK", 16)
+    monkeypatch.setattr(_eigensolver, "_OVERSAMPLING", 4)
     truncated = category_influence(trained_mlp, train_data, val_data, 10)
     assert min(spearman(truncated[:, c], full[:, c]) for c in range(10)) > 0.995
 
@@ -124,7 +125,7 @@ def test_next_rank_gives_up_on_a_tail_that_does_not_decay() -> None:
 
 
 def test_single_threaded_lapack_restores_the_thread_count_also_on_errors() -> None:
-    from lightning_pareto.influence._kronecker import single_threaded_lapack
+    from lightning_pareto.influence._threads import single_threaded_lapack
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -150,10 +151,10 @@ def test_strip_accumulation_equals_the_dense_gram(
     """Strips of the upper triangle (wide and three-strip regimes, none below ``_STRIPS_FROM``), and the
     bias slot's Gram row from column sums and the row count (``ones_last``: a ones column in the rows;
     ``ones_implied``: not in them)."""
-    from lightning_pareto.influence._kronecker import _strips, accumulate_gram, symmetrized
+    from lightning_pareto.influence.kfac._gram import _strips, accumulate_gram, symmetrized
 
-    monkeypatch.setattr(_kronecker, "_STRIP_WIDTH", strip_width)
-    monkeypatch.setattr(_kronecker, "_STRIPS_FROM", strips_from)
+    monkeypatch.setattr(_gram, "_STRIP_WIDTH", strip_width)
+    monkeypatch.setattr(_gram, "_STRIPS_FROM", strips_from)
     generator = torch.Generator().manual_seed(width)
     batches = [torch.randn(rows, width, dtype=torch.float64, generator=generator) for rows in (5, 9)]
     if ones == "last":
@@ -179,7 +180,7 @@ def test_strip_accumulation_equals_the_dense_gram(
 @pytest.mark.parametrize("kept", [5, 32, 33])
 def test_input_rotation_equals_the_plain_product(ones_last: bool, kept: int) -> None:
     """Padded columns are zero and the folded-in bias row gives the same product as ``rows @ U_A``."""
-    from lightning_pareto.influence._kronecker import _InputRotation
+    from lightning_pareto.influence.kfac._rotation import InputRotation as _InputRotation
 
     generator = torch.Generator().manual_seed(kept)
     vectors = torch.randn(40, kept, dtype=torch.float64, generator=generator)

@@ -12,6 +12,7 @@ from torch.func import functional_call, grad, hessian, jacrev, vmap
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_pareto.influence._layout import flatten_layout, unflatten_layout
+from lightning_pareto.influence import InfluenceTimings
 from lightning_pareto.influence.curvature import fit_curvature
 from lightning_pareto.influence.local import fi_util, metric_factors, pairwise_fi, query_gradients
 
@@ -303,13 +304,26 @@ def test_loaders_without_labels_are_rejected() -> None:
         fi_util(nn.Linear(2, 2).double(), DataLoader(x, batch_size=4), DataLoader(x, batch_size=4))
 
 
-def test_model_mode_is_restored_and_progress_reported() -> None:
+def test_model_mode_is_restored_and_progress_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_pareto.influence.local import _whitening
+
     model, train, val, _ = _problem(3, 2, nn.Linear(3, 2), seed=10)
     model.train()
-    calls: list[tuple[int, int]] = []
-    timings: dict[str, float] = {}
-    fi_util(model, train, val, progress=lambda done, total: calls.append((done, total)), timings=timings)
+    bars: list[tuple[str, list[int]]] = []
+
+    def recording_bar(iterable, *, desc: str, enabled: bool | None):
+        items = list(iterable)
+        bars.append((desc, items))
+        assert enabled is True
+        return iter(items)
+
+    monkeypatch.setattr(_whitening, "progress_bar", recording_bar)
+    timings = InfluenceTimings()
+    fi_util(model, train, val, progress=True, timings=timings)
     assert model.training
-    assert calls[-1] == (30, 30)
-    assert set(timings) == {"collect", "curvature", "scores", "forest"}
-    assert math.isfinite(sum(timings.values()))
+    ((desc, starts),) = bars  # one bar over the scored chunks, covering all 30 samples from 0
+    assert desc == "FI^util: scores" and starts[0] == 0 and starts[-1] < 30
+    for phase in ("collect", "factors", "eigen", "queries", "precondition", "scores"):
+        assert getattr(timings, phase) > 0.0, phase
+    assert timings.correction == timings.metric == timings.pairs == timings.forest == 0.0
+    assert math.isfinite(timings.total)

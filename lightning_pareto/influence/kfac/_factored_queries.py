@@ -1,7 +1,7 @@
 """Class queries of wide Linear layers kept as validation rows, for truncated Kronecker bases.
 
 For a Linear layer without positions the class-``c`` query is a sum of rank-one gradients,
-``V_c = (1/n_c) sum_{v in c} g_v a_v^T``. With a truncated input basis (see ``_kronecker``) the
+``V_c = (1/n_c) sum_{v in c} g_v a_v^T``. With a truncated input basis (see ``kfac.eigen``) the
 preconditioned query splits (``KroneckerFactors.split_inverse``) as
 
     (block + lambda I)^{-1} V_c = W V_c + M_c U_A^T,      W = U_G diag(1 / (residual + lambda)) U_G^T,
@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_pareto.influence._kronecker import KroneckerFactors, plain_linear, rotated_features
+from lightning_pareto.influence.kfac._rotation import rotated_features
+from lightning_pareto.influence.kfac.curvature import KroneckerFactors
+from lightning_pareto.influence.kfac.factors import plain_linear
 
 
 def group_members(groups: Tensor) -> list[tuple[int, Tensor]]:

@@ -1,4 +1,4 @@
-"""FI^active (seed 000, eq. 4.1, Algorithms 2, 7 and 8): how much the labelled set bends a pool point's prediction.
+"""FI^active (eq. 4.1, Algorithms 2, 7 and 8 of "Enhancing Prediction Performance through Influence Measure"): how much the labelled set bends a pool point's prediction.
 
 For an unlabelled point ``x_u`` with predicted label ``y_u`` and every labelled sample ``z_j``,
 ``FI(z_u, z_j) = v^T G_{z_j}^+ v`` with ``v = -(1/n) J(z_j)^T H^{-1} g_u`` (``g_u`` the loss gradient
@@ -7,37 +7,35 @@ between the 10th and 90th percentiles.
 
 Nothing is evaluated pair by pair. Per labelled sample the ``r x p`` factor
 ``R_j = -(1/n) W_j J_j^T H^{-1}`` (``G_{z_j}^+ = W_j^T W_j``) is built once per call
-(:func:`~lightning_pareto.influence.local.metric_factors`), so ``FI(z_u, z_j) = ||R_j g_u||^2`` and a
+(:func:`~lightning_pareto.influence.local.metric.metric_factors`), so ``FI(z_u, z_j) = ||R_j g_u||^2`` and a
 chunk of pool points against all labelled samples is one matmul
-(:func:`~lightning_pareto.influence.local.pairwise_fi`), aggregated before the next chunk: memory is
+(:func:`~lightning_pareto.influence.local.metric.pairwise_fi`), aggregated before the next chunk: memory is
 bounded by ``chunk_size * n * r`` entries, never ``|U| * n * d``.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
-from lightning_pareto.influence._fi_data import unpack
-from lightning_pareto.influence._fi_subsample import choose_subsample, forest_rank_scores
-from lightning_pareto.influence.local import metric_factors, pairwise_fi, query_gradients
+from lightning_pareto.influence._passes import model_device
+from lightning_pareto.influence._progress import progress_bar
+from lightning_pareto.influence._timings import InfluenceTimings, timed
+from lightning_pareto.influence.batches import unpack_batch
+from lightning_pareto.influence.local._options import check_alpha, check_approx, check_quantile_range
+from lightning_pareto.influence.local.metric import metric_factors, pairwise_fi, query_gradients
+from lightning_pareto.influence.local.subsample import choose_subsample, forest_rank_scores
 
 __all__ = ["fi_active", "trimmed_mean"]
-
-_APPROXIMATIONS = ("kfsvd", "subsample")
-
-Progress = Callable[[int, int], None]
 
 
 def trimmed_mean(values: torch.Tensor, quantile_range: tuple[float, float] = (0.1, 0.9)) -> torch.Tensor:
     """Mean of each row's entries between two of its quantiles (both ends included).
 
-    The aggregation ``g`` of seed 000 eq. 4.1: with ``(0.1, 0.9)`` the mean of the middle 80% of the
+    The aggregation ``g`` of eq. 4.1: with ``(0.1, 0.9)`` the mean of the middle 80% of the
     FI values; ``(0.0, 1.0)`` is the plain mean. Quantiles interpolate linearly, as ``numpy.percentile``.
 
     Args:
@@ -69,10 +67,10 @@ def fi_active(
     seed: int = 0,
     svd_tol: float = 1e-6,
     chunk_size: int = 256,
-    progress: Progress | None = None,
-    timings: dict[str, float] | None = None,
+    progress: bool | None = None,
+    timings: InfluenceTimings | None = None,
 ) -> torch.Tensor:
-    """FI^active of every pool point (seed 000, eq. 4.1): large = label first.
+    """FI^active of every pool point (eq. 4.1): large = label first.
 
     Args:
         model: Classifier whose output is logits ``(batch, K)``, trained on the labelled set with
@@ -83,7 +81,7 @@ def fi_active(
             labels are ignored (each point is scored at its predicted label, Algorithm 2). Rows of
             the result follow loader order, which must not shuffle.
         curvature: ``H`` over the tracked parameters, as in
-            :func:`~lightning_pareto.influence.local.fi_util`: ``"exact"``, ``"kfac"`` or ``"ekfac"``;
+            :func:`~lightning_pareto.influence.local.util.fi_util`: ``"exact"``, ``"kfac"`` or ``"ekfac"``;
             ``None``: ``"kfac"`` with ``"kfsvd"`` in ``approx`` (Algorithm 7), else ``"exact"``.
         damping: Added to the curvature's diagonal (``None``: pseudo-inverse for ``"exact"``, the
             engine's default otherwise).
@@ -100,10 +98,10 @@ def fi_active(
         seed: Seeds the subsample, the forest and KFSVD's random start.
         svd_tol: Relative singular-value cut-off of ``G_z^+``, as in ``fi_util``.
         chunk_size: Pool points per batched product (memory ``chunk_size * n * r`` float64 entries).
-        progress: Called as ``progress(done, total)`` after each chunk of scored pool points.
-        timings: If given, filled with seconds spent in ``"factors"`` (curvature and the labelled
-            samples' factors), ``"queries"`` (pool gradients), ``"pairs"`` (products and
-            aggregation) and ``"forest"``.
+        progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
+        timings: Filled with the seconds of the ``collect``, curvature (``factors``, ``eigen``,
+            ``correction``) and ``metric`` phases of the labelled samples' factors, ``queries`` (pool
+            gradients), ``pairs`` (products and aggregation) and ``forest``.
 
     Returns:
         Float64 tensor ``(|U|,)`` in pool-loader order. Without ``"subsample"``: FI^active values
@@ -112,88 +110,38 @@ def fi_active(
 
     Raises:
         ValueError: On a bad ``quantile_range``, ``chunk_size``, ``approx``, ``rank``, ``alpha`` or
-            any argument :func:`~lightning_pareto.influence.local.metric_factors` rejects, or an
+            any argument :func:`~lightning_pareto.influence.local.metric.metric_factors` rejects, or an
             empty pool.
         TypeError: On arguments of the wrong type.
     """
-    _check_quantile_range(quantile_range)
+    check_quantile_range(quantile_range)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    names = _approximations(approx)
-    alpha = _check_alpha(alpha, names)
-    timings = {} if timings is None else timings
-
-    started = time.perf_counter()
+    names = check_approx(approx)
+    alpha = check_alpha(alpha, names)
+    device = model_device(model)
     factors = metric_factors(
-        model,
-        labeled_loader,
-        curvature=curvature,
-        damping=damping,
-        modules=modules,
-        approx="kfsvd" if "kfsvd" in names else None,
-        rank=rank,
-        seed=seed,
-        svd_tol=svd_tol,
-    )
-    timings["factors"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    gradients = query_gradients(model, pool_loader, modules=modules, labels="predicted")
-    timings["queries"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    chosen = choose_subsample(len(gradients), alpha, seed) if "subsample" in names else None
-    scored = gradients if chosen is None else gradients[torch.from_numpy(chosen)]
-    values = torch.empty(len(scored), dtype=torch.float64)
-    for start in range(0, len(scored), chunk_size):
-        pairs = pairwise_fi(factors, scored[start : start + chunk_size], chunk_size=chunk_size)
-        values[start : start + len(pairs)] = trimmed_mean(pairs, quantile_range)
-        if progress is not None:
-            progress(start + len(pairs), len(scored))
-    timings["pairs"] = time.perf_counter() - started
-
-    started = time.perf_counter()
+        model, labeled_loader, curvature=curvature, damping=damping, modules=modules,
+        approx="kfsvd" if "kfsvd" in names else None, rank=rank, seed=seed, svd_tol=svd_tol, progress=progress,
+        timings=timings,
+    )  # fmt: skip
+    with timed(timings, "queries", device):
+        gradients = query_gradients(model, pool_loader, modules=modules, labels="predicted")
+    with timed(timings, "pairs", device):
+        chosen = choose_subsample(len(gradients), alpha, seed) if "subsample" in names else None
+        scored = gradients if chosen is None else gradients[torch.from_numpy(chosen)]
+        values = torch.empty(len(scored), dtype=torch.float64)
+        for start in progress_bar(range(0, len(scored), chunk_size), desc="FI^active: pairs", enabled=progress):
+            pairs = pairwise_fi(factors, scored[start : start + chunk_size], chunk_size=chunk_size)
+            values[start : start + len(pairs)] = trimmed_mean(pairs, quantile_range)
     if chosen is not None:
-        inputs = _pool_inputs(pool_loader)
-        values = torch.from_numpy(forest_rank_scores(inputs.numpy(), chosen, values.numpy(), seed))
-    timings["forest"] = time.perf_counter() - started
+        with timed(timings, "forest", torch.device("cpu")):
+            inputs = _pool_inputs(pool_loader)
+            values = torch.from_numpy(forest_rank_scores(inputs.numpy(), chosen, values.numpy(), seed))
     return values
 
 
 def _pool_inputs(loader: Iterable) -> torch.Tensor:
     """The pool's raw inputs flattened to ``(|U|, features)`` float64: the forest's covariates (Algorithm 8)."""
-    inputs = [unpack(batch)[0] for batch in loader]
+    inputs = [unpack_batch(batch, labels=False)[0] for batch in loader]
     return torch.cat([x.reshape(len(x), -1).to(torch.float64).cpu() for x in inputs])
-
-
-def _approximations(approx: str | Sequence[str] | None) -> frozenset[str]:
-    if approx is None:
-        return frozenset()
-    names = [approx] if isinstance(approx, str) else list(approx)
-    if not names or any(name not in _APPROXIMATIONS for name in names):
-        raise ValueError(f"approx must be None, 'kfsvd', 'subsample' or a list of them, got {approx!r}")
-    return frozenset(names)
-
-
-def _check_alpha(alpha: float | None, names: frozenset[str]) -> float:
-    if "subsample" not in names:
-        if alpha is not None:
-            raise ValueError("alpha is the pool fraction of approx='subsample'; pass approx='subsample' or drop alpha")
-        return 1.0
-    alpha = 0.2 if alpha is None else alpha
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a number in (0, 1], got {alpha!r}")
-    if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
-    return float(alpha)
-
-
-def _check_quantile_range(quantile_range: tuple[float, float]) -> None:
-    valid = (
-        isinstance(quantile_range, (tuple, list))
-        and len(quantile_range) == 2
-        and all(isinstance(q, (int, float)) and not isinstance(q, bool) and math.isfinite(q) for q in quantile_range)
-        and 0.0 <= quantile_range[0] <= quantile_range[1] <= 1.0
-    )
-    if not valid:
-        raise ValueError(f"quantile_range must be (low, high) with 0 <= low <= high <= 1, got {quantile_range!r}")

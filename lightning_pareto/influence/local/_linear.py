@@ -18,7 +18,7 @@ from torch import nn
 
 
 class SoftmaxLinearOperator:
-    """:class:`~lightning_pareto.influence._fi_operator.FIOperator` for one ``nn.Linear`` on the logits.
+    """:class:`~lightning_pareto.influence.local._operator.FIOperator` for one ``nn.Linear`` on the logits.
 
     Args:
         linear: The layer; its current weights are copied to float64.
