@@ -188,7 +188,7 @@ def _write_output_grads(module: nn.Module, grads: Tensor, out: Tensor | None, ca
         channels_last = grads.permute(0, 2, 3, 1)
         if out is None and channels_last.is_contiguous():
             return channels_last.reshape(shape)
-        # (batch, C, T) -> (batch, T, C) as a gather: faster than a strided copy_ (measured 2-3x on CPU).
+        # (batch, C, T) -> (batch, T, C) as a gather: on CPU faster than a strided copy_.
         key = ("grads", channels, positions, grads.device)
         index = cache.get(key)
         if index is None:

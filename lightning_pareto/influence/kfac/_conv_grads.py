@@ -3,10 +3,9 @@
 Sample ``b``'s gradient ``sum_t g_{b,t} p_{b,t}^T`` is the weight gradient of the same convolution
 applied to that sample alone, so a convolution with the batch folded into its channels (``groups =
 batch``) yields all of them in one oneDNN/cuDNN call, without writing the ``kh kw`` times larger
-patches. On CPU that is faster only for narrow layers (``python benchmarks/conv_routes.py``, batch 256,
-two threads): SmallCNN's 16 -> 32 conv over 16x16 inputs took 8 ms against 15 ms for the patches and
-a batched matmul, the MNIST CNN's 1 -> 32 stride-2 conv 1.8 against 4.2 ms, but its 32 -> 64 conv 31
-against 19 ms.
+patches. On CPU that is faster only for narrow layers (``python benchmarks/conv_routes.py``; the table
+is in ``benchmarks/RESULTS.md``): the channel product bound ``_GROUPED_MAX_CHANNEL_PRODUCT`` separates
+the convolutions where it won from those where the patches did.
 """
 
 from __future__ import annotations

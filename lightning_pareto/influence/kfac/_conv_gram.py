@@ -14,8 +14,7 @@ weight gradient of a ``(2 kh - 1) x (2 kw - 1)`` convolution whose output gradie
 a few border rows and columns (one each side for a 3x3 kernel with padding 1); their correlations are
 the same call on those strips, subtracted by inclusion-exclusion. For SmallCNN's 16-channel 3x3 conv
 over 16x16 inputs that is ``25 C^2 HW`` multiply-adds per sample instead of the patches' ``(9 C)^2 HW``,
-and no ``9x`` larger patch tensor is written (``python benchmarks/conv_routes.py``: 21 against 34 ms a
-batch of 256 for that layer, 13 against 33 ms for the 3-channel one before it).
+and no ``9x`` larger patch tensor is written (timings: ``python benchmarks/conv_routes.py``).
 """
 
 from __future__ import annotations
@@ -144,6 +143,6 @@ def conv_input_gram(module: nn.Conv2d, inputs: Tensor) -> Tensor:
 def conv_output_gram(grads: Tensor) -> Tensor:
     """``sum_{b, t} g_{b,t} g_{b,t}^T`` of a Conv2d's output gradients ``(batch, O, H_out, W_out)``, shape ``(O, O)``."""
     # Per-sample (O, T) @ (T, O) products: no (batch, T, O) transpose of the gradients is written, and
-    # oneDNN's 1x1 weight gradient, the other way without one, measured ~10x slower.
+    # oneDNN's 1x1 weight gradient, the other way without one, is far slower on CPU.
     rows = grads.flatten(2)
     return torch.bmm(rows, rows.transpose(1, 2)).sum(dim=0)

@@ -16,8 +16,8 @@ __all__ = ["InputRotation", "rotated_features"]
 class InputRotation:
     """``U_A`` arranged for fast products with layer inputs and per-sample gradients.
 
-    MKL runs up to twice as slow on odd widths: ``(12544, 289) @ (289, 289)``, the rotation of the
-    MNIST CNN's second conv, ran at 40 GMAC/s against 67 for ``(12544, 288) @ (288, 320)``. So the
+    BLAS runs markedly slower on odd widths (the rotation of the MNIST CNN's second conv, 289 wide;
+    see ``benchmarks/RESULTS.md``, influence engine). So the
     columns are zero-padded to a multiple of the BLAS alignment (``_gram.aligned``) (the products' padded columns are zero),
     and with a bias slot the inputs' constant last column is folded in as an added row.
 

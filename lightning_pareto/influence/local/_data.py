@@ -11,6 +11,9 @@ from torch import nn
 from lightning_pareto.influence.batches import unpack_batch
 from lightning_pareto.influence.local._scope import Scope
 
+# Samples per batched step: about this many float64 entries in the per-sample (K, p) blocks.
+_CHUNK_ENTRIES = 1 << 22
+
 
 @dataclass(frozen=True)
 class ScopeInputs:
@@ -132,3 +135,9 @@ def collect(model: nn.Module, scope: Scope, loader: Iterable, *, need_labels: bo
         index, order = torch.sort(torch.cat([i.reshape(-1).to(torch.int64).cpu() for i in indices]))
         x, y = x[order.to(x.device)], y[order.to(y.device)]
     return ScopeInputs(x, y, index, torch.Size(sample_shape), num_classes, linear_equivalent)
+
+
+def chunk_size(num_params: int, data: ScopeInputs) -> int:
+    """Samples per batched step: about ``_CHUNK_ENTRIES`` float64 entries in the per-sample ``(K, max(p, d))`` blocks, at most 1024."""
+    width = data.num_classes * max(num_params, data.x.shape[1])
+    return max(1, min(1024, _CHUNK_ENTRIES // width))

@@ -23,8 +23,9 @@ from lightning_pareto.influence._progress import progress_bar
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.curvature import fit_curvature
 from lightning_pareto.influence.exact import MAX_EXACT_PARAMETERS, DenseInverse
-from lightning_pareto.influence.local._data import ScopeInputs
-from lightning_pareto.influence.local._operator import FIOperator
+from lightning_pareto.influence._passes import model_device
+from lightning_pareto.influence.local._data import ScopeInputs, chunk_size, collect
+from lightning_pareto.influence.local._operator import FIOperator, make_operator
 from lightning_pareto.influence.local._scope import Scope
 
 
@@ -55,6 +56,42 @@ class EngineInverse:
         """The engine's inverse applied to each row of ``vectors`` ``(m, p)``, in float64."""
         tracked = self.scope.tracked
         return flatten_layout(tracked, self.curvature.inverse_hvp(unflatten_layout(tracked, vectors)))
+
+
+def prepare_training_set(
+    kind: str,
+    model: nn.Module,
+    scope: Scope,
+    train_loader: Iterable,
+    damping: float | None,
+    *,
+    parameter_path: bool = True,
+    progress: bool | None,
+    timings: InfluenceTimings | None,
+) -> tuple[ScopeInputs, FIOperator, Preconditioner | None]:
+    """The training set's scope inputs, the scope's derivative operator and ``H^{-1}``; call in ``eval_mode``.
+
+    Args:
+        kind: ``"exact"``, ``"kfac"`` or ``"ekfac"``.
+        model: The whole model.
+        scope: The perturbed module.
+        train_loader: The training loader.
+        damping: As in ``fit_preconditioner``.
+        parameter_path: ``False``: no curvature is fitted (``None`` in its place).
+        progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
+        timings: Filled with the ``collect`` and curvature phases.
+    """
+    device = model_device(model)
+    with timed(timings, "collect", device):
+        train = collect(model, scope, train_loader)
+    operator = make_operator(scope, train.sample_shape, train.linear_equivalent)
+    if not parameter_path:
+        return train, operator, None
+    preconditioner = fit_preconditioner(
+        kind, operator, model, train_loader, train, scope, damping,
+        chunk_size=chunk_size(operator.num_params, train), progress=progress, timings=timings,
+    )  # fmt: skip
+    return train, operator, preconditioner
 
 
 def fit_preconditioner(

@@ -1,6 +1,6 @@
 """Which part of a model FI perturbs, and the flat parameter vector it differentiates.
 
-FI (seed 000) perturbs the input ``x`` of a *scope* module and differentiates with respect to the
+FI ("Enhancing Prediction Performance through Influence Measure") perturbs the input ``x`` of a *scope* module and differentiates with respect to the
 parameters ``theta`` of the tracked layers (Linear, Conv2d: ``capture.supports_layer``) inside that
 scope. The scope is either the whole model (``x`` = the raw input) or one named submodule whose
 output is the model's logits (for example ``"head"``: ``x`` = the penultimate features, ``theta``

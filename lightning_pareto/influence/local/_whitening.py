@@ -1,7 +1,7 @@
 """Each sample's metric tensor ``G_z`` through its rank-<=K factor, and the FI quadratic form.
 
 Row ``c`` of ``A`` (``K x d``) is ``d/domega log P(c | x + omega, theta(x + omega))`` at ``omega = 0``:
-``-(1/n) J^T H^{-1} d/dtheta log P(c|x) + d/dx log P(c|x)`` (seed 000 eq. 2.3 with appendix A's
+``-(1/n) J^T H^{-1} d/dtheta log P(c|x) + d/dx log P(c|x)`` (eq. 2.3 of "Enhancing Prediction Performance through Influence Measure" with appendix A's
 ``d theta / d omega = -(1/n) H^{-1} J``). Then ``G_z = A^T diag(P) A = B^T B`` with
 ``B = diag(sqrt P) A``. From the thin SVD ``B = U S V^T`` the pseudo-inverse is
 ``G_z^+ = V S^{-2} V^T = W^T W`` with ``W = S^{-1} V^T`` (``r x d``, ``r = min(K, d)``), so
@@ -16,13 +16,10 @@ from collections.abc import Iterator
 import torch
 
 from lightning_pareto.influence._progress import progress_bar
-from lightning_pareto.influence.local._data import ScopeInputs
+from lightning_pareto.influence.local._data import ScopeInputs, chunk_size
 from lightning_pareto.influence.local._operator import FIOperator, JacobianProducts
 from lightning_pareto.influence.local._preconditioner import Preconditioner
 from lightning_pareto.influence.local.kfsvd import LowRankJacobian
-
-# Samples per batched step: about this many float64 entries in the per-sample (K, p) blocks.
-_CHUNK_ENTRIES = 1 << 22
 
 
 def whitened_factor(
@@ -85,9 +82,3 @@ def factor_chunks(
         x, y = train.x[rows[start : start + chunk]], train.y[rows[start : start + chunk]]
         jacobian = LowRankJacobian.fit(operator, x, y, rank, generator) if rank is not None else operator
         yield x, y, jacobian, whitened_factor(operator, jacobian, preconditioner, x, y, len(train), svd_tol)
-
-
-def chunk_size(num_params: int, data: ScopeInputs) -> int:
-    """Samples per batched step: about ``_CHUNK_ENTRIES`` float64 entries in the per-sample ``(K, max(p, d))`` blocks, at most 1024."""
-    width = data.num_classes * max(num_params, data.x.shape[1])
-    return max(1, min(1024, _CHUNK_ENTRIES // width))

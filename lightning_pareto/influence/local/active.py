@@ -1,4 +1,6 @@
-"""FI^active (eq. 4.1, Algorithms 2, 7 and 8 of "Enhancing Prediction Performance through Influence Measure"): how much the labelled set bends a pool point's prediction.
+"""FI^active: how much the labelled set bends a pool point's prediction.
+
+Eq. 4.1 and Algorithms 2, 7 and 8 of "Enhancing Prediction Performance through Influence Measure".
 
 For an unlabelled point ``x_u`` with predicted label ``y_u`` and every labelled sample ``z_j``,
 ``FI(z_u, z_j) = v^T G_{z_j}^+ v`` with ``v = -(1/n) J(z_j)^T H^{-1} g_u`` (``g_u`` the loss gradient

@@ -1,6 +1,6 @@
 """Rank-k approximation of each sample's ``J(z) = d/dx d/dtheta L`` (the "SVD" half of KFSVD).
 
-Seed 000's Algorithm 5 replaces ``J`` (``p x d``) by a truncated SVD found by power iteration.
+Algorithm 5 of "Enhancing Prediction Performance through Influence Measure" replaces ``J`` (``p x d``) by a truncated SVD found by power iteration.
 Here block subspace iteration runs on the operator's ``J v`` / ``J^T q`` products, batched over
 samples, so ``J`` is never formed: after ``_SUBSPACE_ITERATIONS`` rounds, ``V`` (``d x k``) has
 orthonormal columns spanning the dominant right singular space and ``J ~= (J V) V^T``, a rank-k

@@ -18,12 +18,12 @@ from torch import nn
 from lightning_pareto.influence._modes import eval_mode
 from lightning_pareto.influence._passes import model_device
 from lightning_pareto.influence._timings import InfluenceTimings, timed
-from lightning_pareto.influence.local._data import collect
+from lightning_pareto.influence.local._data import chunk_size, collect
 from lightning_pareto.influence.local._operator import make_operator
 from lightning_pareto.influence.local._options import check_approx, check_curvature, check_rank
-from lightning_pareto.influence.local._preconditioner import fit_preconditioner
+from lightning_pareto.influence.local._preconditioner import prepare_training_set
 from lightning_pareto.influence.local._scope import resolve_scope
-from lightning_pareto.influence.local._whitening import chunk_size, factor_chunks
+from lightning_pareto.influence.local._whitening import factor_chunks
 
 __all__ = ["MetricFactors", "metric_factors", "pairwise_fi", "query_gradients"]
 
@@ -104,15 +104,10 @@ def metric_factors(
     scope = resolve_scope(model, modules)
     device = model_device(model)
     with eval_mode(model):
-        with timed(timings, "collect", device):
-            train = collect(model, scope, train_loader)
-        operator = make_operator(scope, train.sample_shape, train.linear_equivalent)
-        preconditioner = None
-        if parameter_path:
-            preconditioner = fit_preconditioner(
-                kind, operator, model, train_loader, train, scope, damping,
-                chunk_size=chunk_size(operator.num_params, train), progress=progress, timings=timings,
-            )  # fmt: skip
+        train, operator, preconditioner = prepare_training_set(
+            kind, model, scope, train_loader, damping, parameter_path=parameter_path, progress=progress,
+            timings=timings,
+        )  # fmt: skip
         with timed(timings, "metric", device):
             whitened_parts, row_parts = [], []
             for x, y, jacobian, whitened in factor_chunks(

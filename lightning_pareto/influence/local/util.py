@@ -12,7 +12,7 @@ the perturbation manifold:
 FI^util (eq. 3.1) takes ``g'`` = the gradient of the mean validation loss. Nothing of size
 ``p x d`` or ``d x d`` is formed: ``q = H^{-1} g'`` is solved once, ``J^T q`` products come from a
 closed form (softmax-linear scope) or ``torch.func`` (any scope), and ``G_z`` (rank < K) is
-handled through an SVD of the ``K x d`` matrix ``diag(sqrt P) A`` (see ``_fi_metric``). The
+handled through an SVD of the ``K x d`` matrix ``diag(sqrt P) A`` (see ``_whitening``). The
 ``1/n`` factors of the paper are kept: they set the balance between the parameter path and the
 direct input path of ``a_c``.
 
@@ -36,12 +36,12 @@ from torch import nn
 from lightning_pareto.influence._modes import eval_mode
 from lightning_pareto.influence._passes import model_device
 from lightning_pareto.influence._timings import InfluenceTimings, timed
-from lightning_pareto.influence.local._data import ScopeInputs, collect
-from lightning_pareto.influence.local._operator import FIOperator, make_operator
+from lightning_pareto.influence.local._data import ScopeInputs, chunk_size, collect
+from lightning_pareto.influence.local._operator import FIOperator
 from lightning_pareto.influence.local._options import check_alpha, check_approx, check_curvature, check_rank
-from lightning_pareto.influence.local._preconditioner import fit_preconditioner
+from lightning_pareto.influence.local._preconditioner import prepare_training_set
 from lightning_pareto.influence.local._scope import resolve_scope
-from lightning_pareto.influence.local._whitening import chunk_size, factor_chunks, quadratic_form
+from lightning_pareto.influence.local._whitening import factor_chunks, quadratic_form
 from lightning_pareto.influence.local.subsample import choose_subsample, forest_rank_scores
 
 __all__ = ["fi_util"]
@@ -112,14 +112,11 @@ def fi_util(
     scope = resolve_scope(model, modules)
     device = model_device(model)
     with eval_mode(model):
+        train, operator, preconditioner = prepare_training_set(
+            kind, model, scope, train_loader, damping, progress=progress, timings=timings
+        )
         with timed(timings, "collect", device):
-            train = collect(model, scope, train_loader)
             val = collect(model, scope, val_loader)
-        operator = make_operator(scope, train.sample_shape, train.linear_equivalent)
-        preconditioner = fit_preconditioner(
-            kind, operator, model, train_loader, train, scope, damping,
-            chunk_size=chunk_size(operator.num_params, train), progress=progress, timings=timings,
-        )  # fmt: skip
         with timed(timings, "queries", device):
             val_gradient = _summed_loss_gradient(operator, val) / len(val)
         with timed(timings, "precondition", device):
