@@ -56,7 +56,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import TensorDataset
 
 from lightning_pareto import ClassifierModule, PerClassAccuracy
-from lightning_pareto.callbacks._intervention import per_class_accuracy
+from lightning_pareto.callbacks._accuracy import per_class_accuracy
 from lightning_pareto.callbacks.correction import CourseCorrection
 from lightning_pareto.callbacks.direct import DirectImprovement
 from lightning_pareto.callbacks.upweighting import ClassUpweighting, class_weights

@@ -280,9 +280,13 @@ def agreement(args: argparse.Namespace) -> dict[str, Any]:
             fitted["block_diagonal_exact"] = _block_diagonal(fitted["exact"])
             largest = fitted["exact"].largest_eigenvalue
 
-            def correlations(damping: float | None) -> dict[str, float]:
+            def correlations(
+                damping: float | None, model: nn.Module = model, fitted: dict = fitted
+            ) -> dict[str, float]:
                 scores = {
-                    kind: category_influence(model, train_loader, val_loader, 10, curvature=curvature.with_damping(damping))
+                    kind: category_influence(
+                        model, train_loader, val_loader, 10, curvature=curvature.with_damping(damping)
+                    )
                     for kind, curvature in fitted.items()
                 }
                 return {kind: _median_spearman(scores[kind], scores["exact"]) for kind in fitted if kind != "exact"}
@@ -316,7 +320,7 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     kinds = list(runs[0]["default"])
     for section in ("absolute", "relative"):
         summary[section] = {
-            key: {kind: stat(lambda run, key=key, kind=kind: run[section][key][kind]) for kind in kinds}
+            key: {kind: stat(lambda run, s=section, key=key, kind=kind: run[s][key][kind]) for kind in kinds}
             for key in runs[0][section]
         }
     for section in ("default", "mean_eigenvalue_rule"):
@@ -393,7 +397,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--influence-batch", type=int, default=256)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--compare-with", type=Path, help="root of older code: interleaved A/B of the speed case instead")
+    parser.add_argument(
+        "--compare-with", type=Path, help="root of older code: interleaved A/B of the speed case instead"
+    )
     args = parser.parse_args(argv)
     if args.compare_with is not None:
         result = compare(args)

@@ -171,7 +171,6 @@ def _kronfluence_task() -> Any:
 def run_kronfluence(args: argparse.Namespace) -> None:
     import logging
 
-    import kronfluence
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
 

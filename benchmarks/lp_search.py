@@ -8,6 +8,13 @@ Times are medians over repeats. Prints a table and writes ``benchmarks/results/l
     python benchmarks/lp_search.py                      # n = 5,000 and 50,000, 3 repeats
     python benchmarks/lp_search.py --sizes 5000 --repeats 5
     python benchmarks/lp_search.py --compare-with /tmp/old --repeats 5   # interleaved A/B at n = 50,000
+    python benchmarks/lp_search.py --warm-start --sizes 50000 --repeats 3  # ours vs HiGHS warm-started (highspy)
+
+``--warm-start`` justifies the package's own dual simplex (``pareto/_dual_simplex.py``): the search
+solves one LP many times with only the thresholds (row bounds) changed, so the fair peer is HiGHS
+kept in memory and warm-started from its previous basis through ``highspy`` (``changeRowsBounds``),
+beside ``linprog(method="highs")`` solving each LP from scratch. Needs ``pip install highspy``
+(the ``bench`` extra).
 
 For an A/B, export the old code with ``git archive <commit> | tar -x -C /tmp/old``: each search runs in
 its own process, old and new taking turns, so both see the same load (nothing is written).
@@ -164,15 +171,118 @@ def compare(old_root: Path, repeats: int) -> None:
     print("identical fitness and weights:", len(outcomes) == 1)
 
 
+def _highspy_model(lp: BoxedLP, rhs: np.ndarray) -> Any:
+    """A ``highspy.Highs`` holding ``lp`` with upper row bounds ``rhs`` (and the equality row at 0)."""
+    import highspy
+    from scipy.sparse import csc_matrix
+
+    matrix = csc_matrix(np.vstack([lp.a_ub, lp.a_eq]))
+    num_ub, num_eq = lp.a_ub.shape[0], lp.a_eq.shape[0]
+    model = highspy.HighsLp()
+    model.num_col_, model.num_row_ = matrix.shape[1], matrix.shape[0]
+    model.col_cost_ = lp.cost
+    model.col_lower_ = np.zeros(matrix.shape[1])
+    model.col_upper_ = lp.upper
+    model.row_lower_ = np.concatenate([np.full(num_ub, -highspy.kHighsInf), np.zeros(num_eq)])
+    model.row_upper_ = np.concatenate([rhs, np.zeros(num_eq)])
+    model.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    model.a_matrix_.start_ = matrix.indptr
+    model.a_matrix_.index_ = matrix.indices
+    model.a_matrix_.value_ = matrix.data
+    solver = highspy.Highs()
+    solver.setOptionValue("output_flag", False)
+    solver.passModel(model)
+    return solver
+
+
+def warm_start_comparison(num_samples: int, repeats: int, lps: int = 20) -> dict[str, Any]:
+    """Seconds per LP over a GA-like sequence of thresholds: ours, HiGHS warm-started, HiGHS from scratch.
+
+    The sequence draws each non-target threshold log-uniformly between 1e-3 and 1 of what the trust
+    budget could cost the class, as the search's genes do. The first LP of each solver is untimed
+    (it builds the solver's state); the median over the remaining ``lps - 1`` is reported, per repeat.
+    """
+    import highspy
+
+    influence = trade_off_influence(num_samples, NUM_CLASSES, seed=0)
+    ours = WeightLP(influence, TARGETS)
+    cold = WeightLP(influence, TARGETS, sifting=False)
+    generator = np.random.default_rng(0)
+    non_targets = list(ours.non_targets)
+    sequence = [
+        TRUST * ours.column_scale[non_targets] * 10.0 ** (3.0 * (generator.random(len(non_targets)) - 1.0))
+        for _ in range(lps)
+    ]
+
+    def rhs(thresholds: np.ndarray) -> np.ndarray:
+        # The LP's upper row bounds for these thresholds, as WeightLP.solve builds them for the full level.
+        loss_bounds = np.minimum(
+            thresholds / ours.column_scale[non_targets], ours._max_row_loss[non_targets] * TRUST + 1.0
+        )
+        return np.concatenate([loss_bounds, np.zeros(len(TARGETS)), [TRUST]]) * num_samples
+
+    full_lp = ours._levels[-1][2]
+    rows = np.arange(len(non_targets), dtype=np.int32)
+    per_repeat: dict[str, list[float]] = {"ours": [], "highspy_warm": [], "linprog_cold": []}
+    largest_difference = 0.0
+    for _ in range(repeats):
+        times: dict[str, list[float]] = {name: [] for name in per_repeat}
+        solver = _highspy_model(full_lp, rhs(sequence[0]))
+        solver.run()
+        ours.solve(sequence[0], TRUST)
+        for thresholds in sequence[1:]:
+            seconds, solution = _timed(lambda thresholds=thresholds: ours.solve(thresholds, TRUST))
+            times["ours"].append(seconds)
+            bounds = rhs(thresholds)[: len(non_targets)]
+
+            def warm(bounds: np.ndarray = bounds) -> float:
+                solver.changeRowsBounds(len(rows), rows, np.full(len(rows), -highspy.kHighsInf), bounds)
+                solver.run()
+                return solver.getInfo().objective_function_value
+
+            seconds, warm_objective = _timed(warm)
+            times["highspy_warm"].append(seconds)
+            seconds, _ = _timed(lambda thresholds=thresholds: cold.solve(thresholds, TRUST))
+            times["linprog_cold"].append(seconds)
+            largest_difference = max(largest_difference, abs(solution.objective - (-warm_objective / num_samples)))
+        for name, values in times.items():
+            per_repeat[name].append(statistics.median(values))
+    medians = {name: statistics.median(values) for name, values in per_repeat.items()}
+    return {
+        "num_samples": num_samples,
+        "lps_per_repeat": lps - 1,
+        "seconds_per_lp_by_repeat": per_repeat,
+        "seconds_per_lp_median": medians,
+        "highspy_warm_over_ours": medians["highspy_warm"] / medians["ours"],
+        "linprog_cold_over_ours": medians["linprog_cold"] / medians["ours"],
+        "objective_ours_minus_highspy_max": largest_difference,
+        "highspy": highspy.__version__ if hasattr(highspy, "__version__") else "unknown",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 50000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-search", action="store_true", help="time the LP only")
     parser.add_argument("--compare-with", type=Path, help="root of older code: interleaved A/B of the search instead")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="ours vs HiGHS warm-started through highspy vs linprog, per LP of a GA-like sequence")
     arguments = parser.parse_args()
     if arguments.compare_with is not None:
         compare(arguments.compare_with, arguments.repeats)
+        return
+    if arguments.warm_start:
+        rows = [warm_start_comparison(size, arguments.repeats) for size in arguments.sizes]
+        for row in rows:
+            medians = row["seconds_per_lp_median"]
+            print(f"n={row['num_samples']:>6}  per LP: ours {medians['ours']:.4f}s  highspy warm "
+                  f"{medians['highspy_warm']:.4f}s ({row['highspy_warm_over_ours']:.1f}x)  linprog cold "
+                  f"{medians['linprog_cold']:.3f}s ({row['linprog_cold_over_ours']:.0f}x)  "
+                  f"|objective diff| {row['objective_ours_minus_highspy_max']:.1e}")
+        path = REPOSITORY / "benchmarks" / "results" / "lp_warm_start.json"
+        path.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2))
+        print(f"wrote {path}")
         return
 
     machine = {

@@ -40,7 +40,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_pareto import ClassifierModule, CourseCorrection, DirectImprovement, PerClassAccuracy
-from lightning_pareto.callbacks._intervention import per_class_accuracy
+from lightning_pareto.callbacks._accuracy import per_class_accuracy
 from lightning_pareto.data import DigitsDataModule, MNIST5kDataModule
 from lightning_pareto.nets import MLP
 from lightning_pareto.pareto import search as search_module

@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 import scipy
-from scipy.stats import spearmanr
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 REPOSITORY = Path(__file__).resolve().parents[1]

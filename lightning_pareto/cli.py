@@ -13,9 +13,9 @@ import sys
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+import lightning_pareto.callbacks  # noqa: F401  (registers the callbacks for short class names)
 import lightning_pareto.data  # noqa: F401  (registers the datamodules for short class names)
 import lightning_pareto.nets  # noqa: F401  (registers the networks for short class names)
-from lightning_pareto import callbacks
 from lightning_pareto.callbacks.monitor import find_monitor
 from lightning_pareto.module import ClassifierModule
 
@@ -40,16 +40,6 @@ EPILOG = (
     "test accuracy at the end of training), 'lightning-pareto trim --help' (FI data trimming), "
     "'lightning-pareto active --help' (FI active learning)."
 )
-
-
-def _register_interventions() -> None:
-    """Import the influence-based callbacks that exist, so their short names resolve in YAML."""
-    for name, module in callbacks.INTERVENTIONS.items():
-        try:
-            getattr(callbacks, name)
-        except ModuleNotFoundError as error:
-            if error.name != f"{callbacks.__name__}.{module}":
-                raise  # a real missing dependency, not a callback that is not written yet
 
 
 class ParetoCLI(LightningCLI):
@@ -103,7 +93,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def build_cli(argv: list[str] | None, run: bool = True) -> ParetoCLI:
     """The ``lightning-pareto`` LightningCLI on ``argv`` (``None``: ``sys.argv``); ``run=False`` only builds it."""
-    _register_interventions()
     # LightningCLI itself calls jsonargparse APIs that jsonargparse deprecates; a user cannot act on those warnings.
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     return ParetoCLI(

@@ -121,7 +121,7 @@ class SmallCNN(nn.Module):
 
 
 class MnistCNN(nn.Module):
-    """The MNIST network of seed 000, Table 6, for 1x28x28 inputs.
+    """The MNIST network of "Enhancing Prediction Performance through Influence Measure", Table 6, for 1x28x28 inputs.
 
     Conv2d(32, stride 2, padding 1) -> 32x14x14, ReLU; Conv2d(64, stride 2, padding 1) -> 64x7x7, ReLU;
     Dropout; Linear(256), ReLU; Linear ``head``.

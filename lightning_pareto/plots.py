@@ -63,7 +63,7 @@ def influence_scatter(
     class_names: Sequence[str],
     weights: np.ndarray | None = None,
 ) -> Figure:
-    """Category-wise influence of every training sample on the targeted classes, as in seed 003 Figures 1-2.
+    """Category-wise influence of every training sample on the targeted classes, as in Figures 1-2 of "What Is The Performance Ceiling of My Classifier?".
 
     The x axis is the influence on the target classes (their mean when there are several), the y
     axis the mean influence on all other classes; with all classes targeted, the first target is

@@ -311,13 +311,10 @@ def require_indexed_batches(trainer: Trainer, who: str) -> None:
     Raises:
         ValueError: If the training samples are ``(x, y)`` pairs without an index.
     """
+    from lightning_pareto._run_data import train_dataset
     from lightning_pareto.data.indexed import IndexedDataset
 
-    source = getattr(trainer.fit_loop, "_data_source", None)
-    if source is None or source.instance is None or not source.is_defined():
-        return  # no training data attached (not fitting)
-    loader = source.dataloader()
-    dataset = getattr(loader, "dataset", None)
+    dataset = train_dataset(trainer)
     if dataset is None or isinstance(dataset, IndexedDataset):
         return
     try:

@@ -1,4 +1,4 @@
-"""Networks: logits shapes, the ``head`` / ``features`` contract, the seed 000 MNIST layout."""
+"""Networks: logits shapes, the ``head`` / ``features`` contract, the FI paper's MNIST layout."""
 
 from __future__ import annotations
 

@@ -1,6 +1,15 @@
-"""Pool-based active learning (seed 000 section 4): acquisition strategies and a Lightning acquisition loop."""
+"""Pool-based active learning: acquisition strategies and a Lightning acquisition loop.
 
-from lightning_pareto.active.loop import LabelFunction, RoundResult, check_plan, random_initial_pool, run_active_learning
+"Enhancing Prediction Performance through Influence Measure", section 4.
+"""
+
+from lightning_pareto.active.loop import (
+    LabelFunction,
+    RoundResult,
+    check_plan,
+    random_initial_pool,
+    run_active_learning,
+)
 from lightning_pareto.active.strategies import (
     BALD,
     STRATEGIES,

@@ -1,4 +1,7 @@
-"""Seed 000's harder MNIST pools (appendix D.2): Unbalanced MNIST and Redundant MNIST, built from any 10-digit set."""
+"""Unbalanced MNIST and Redundant MNIST, built from any 10-digit set.
+
+The harder pools of "Enhancing Prediction Performance through Influence Measure", appendix D.2.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pool-based acquisition loop of seed 000 (Algorithms 4 and 8) on Lightning.
+"""The pool-based acquisition loop of "Enhancing Prediction Performance through Influence Measure" (Algorithms 4 and 8).
 
 Round 0 trains on the initial labelled set and tests. Every later round scores the unlabelled pool
 with the model of the previous round, "queries" the labels of the top ``acquisition_size`` points
@@ -12,7 +12,6 @@ the pool (FI^active's pairs are reduced chunk by chunk).
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -20,13 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_pareto._quiet import quiet_lightning
+from lightning_pareto._quiet import fit_quietly
 from lightning_pareto.active.strategies import Strategy
 from lightning_pareto.data.indexed import IndexedDataset
+from lightning_pareto.trimming._arrays import accuracy
+from lightning_pareto.trimming.selection import top_scores
 
 __all__ = ["LabelFunction", "RoundResult", "check_plan", "random_initial_pool", "run_active_learning"]
 
@@ -42,7 +43,7 @@ class RoundResult:
         n_labeled: Size of the labelled set the model was trained on.
         test_acc: Test accuracy of that model, in ``[0, 1]``.
         seconds: Wall time of the acquisition that completed this labelled set (scoring the pool
-            and choosing the top points; ``0.0`` in round 0): the cost seed 000's Table 9 compares.
+            and choosing the top points; ``0.0`` in round 0): the cost the FI paper's Table 9 compares.
         train_seconds: Wall time of this round's training.
         queried: Int64 pool positions labelled by that acquisition, best score first (empty in round 0).
     """
@@ -182,11 +183,17 @@ def run_active_learning(
         if restart:
             module.load_state_dict(initial_state)
         started = time.perf_counter()
-        device = _train(module, pool[labeled], labels, max_epochs, batch_size, trainer_kwargs, seed + round_number)
+        loader = DataLoader(
+            IndexedDataset(TensorDataset(pool[labeled], labels)), batch_size=batch_size, shuffle=True,
+            generator=torch.Generator().manual_seed(seed + round_number),
+        )  # fmt: skip
+        device = fit_quietly(
+            module, loader, max_epochs=max_epochs, seed=seed + round_number, trainer_kwargs=trainer_kwargs
+        )
         train_seconds = time.perf_counter() - started
         module.to(device)  # score and test where the Trainer trained
         result = RoundResult(
-            round_number, len(labeled), _accuracy(module, x_test, y_test, pool_batch_size), seconds, train_seconds,
+            round_number, len(labeled), accuracy(module, x_test, y_test, pool_batch_size), seconds, train_seconds,
             queried,
         )  # fmt: skip
         results.append(result)
@@ -276,57 +283,7 @@ def _complement(size: int, taken: Tensor) -> Tensor:
 
 def _top(scores: Tensor, count: int, pool_size: int, name: str) -> Tensor:
     """Positions (into the unlabelled pool) of the ``count`` largest scores; ties to the lower position."""
-    scores = torch.as_tensor(scores).detach().to(torch.float64).cpu()
+    scores = torch.as_tensor(scores)
     if scores.shape != (pool_size,):
         raise ValueError(f"strategy {name!r} returned scores of shape {tuple(scores.shape)}, expected ({pool_size},)")
-    finite = torch.isfinite(scores)
-    if not bool(finite.all()):
-        warnings.warn(
-            f"strategy {name!r}: {int((~finite).sum())} of {pool_size} scores are not finite; they are queried last",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        scores = torch.where(finite, scores, torch.full_like(scores, -math.inf))
-    return torch.sort(scores, descending=True, stable=True).indices[:count]
-
-
-def _train(
-    module: LightningModule,
-    x: Tensor,
-    y: Tensor,
-    max_epochs: int,
-    batch_size: int,
-    trainer_kwargs: Mapping[str, Any] | None,
-    seed: int,
-) -> torch.device:
-    """Fit ``module`` on ``(x, y)`` with a fresh quiet Trainer; returns the device it trained on."""
-    options = {"accelerator": "cpu", "devices": 1, **(trainer_kwargs or {})}
-    options.update(
-        max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-    )  # fmt: skip
-    loader = DataLoader(
-        IndexedDataset(TensorDataset(x, y)), batch_size=batch_size, shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
-    with quiet_lightning():
-        seed_everything(seed, verbose=False)
-        trainer = Trainer(**options)
-        trainer.fit(module, train_dataloaders=loader)
-    return trainer.strategy.root_device
-
-
-def _accuracy(module: LightningModule, x: Tensor, y: Tensor, batch_size: int) -> float:
-    device = next(module.parameters()).device
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    correct = 0
-    try:
-        with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                logits = module(x[start : start + batch_size].to(device))
-                correct += int((logits.argmax(-1).cpu() == y[start : start + batch_size]).sum())
-    finally:
-        for m, training in modes.items():
-            m.train(training)
-    return correct / len(x)
+    return top_scores(scores, count, what=f"scores of strategy {name!r} (queried last)")

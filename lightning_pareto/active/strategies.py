@@ -2,9 +2,10 @@
 
 Every strategy scores the unlabelled pool with :meth:`Strategy.score`; **higher = query first**.
 
-- ``"fi"``: FI^active of seed 000 (:func:`~lightning_pareto.influence.fi_active`), exact.
+- ``"fi"``: FI^active of "Enhancing Prediction Performance through Influence Measure"
+  (:func:`~lightning_pareto.influence.fi_active`), exact.
 - ``"fi_approx"``: FI^active with KFSVD and pool subsampling plus a random forest (Algorithm 8).
-- ``"iv"``: the influence value of Chhabra et al. 2024, recomputed every round (seed 000's fair
+- ``"iv"``: the influence value of Chhabra et al. 2024, recomputed every round (the FI paper's fair
   variant): IV of the labelled samples, a regression tree from their inputs to IV (Chhabra et al.'s
   influence estimator), and the tree's prediction for the pool; the largest predicted IV (the
   points predicted to lower the validation loss most) are queried first.
@@ -134,7 +135,7 @@ class Strategy(ABC):
 
 
 class FIActive(Strategy):
-    """FI^active (seed 000 eq. 4.1): the mean of the middle 80% of ``FI(z_u, z_j)`` over the labelled set.
+    """FI^active (the FI paper's eq. 4.1): the mean of the middle 80% of ``FI(z_u, z_j)`` over the labelled set.
 
     Args:
         curvature: ``"exact"`` (default; the paper inverts the Hessian), ``"kfac"`` or ``"ekfac"``.

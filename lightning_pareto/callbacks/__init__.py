@@ -1,34 +1,20 @@
-"""Lightning callbacks: per-class monitoring and influence-based interventions."""
+"""Lightning callbacks: per-class monitoring and influence-based interventions.
 
-import importlib
-from typing import Any
+The callbacks import the influence engine inside the methods that run it, so importing them is cheap.
+"""
 
-from lightning_pareto.callbacks.monitor import (
-    PerClassAccuracy,
-    class_indices,
-    find_monitor,
-    require_monitor,
-    resolve_class_names,
-)
+from lightning_pareto.callbacks._settings import InterventionSettings
+from lightning_pareto.callbacks.correction import CourseCorrection
+from lightning_pareto.callbacks.direct import DirectImprovement
+from lightning_pareto.callbacks.monitor import PerClassAccuracy
+from lightning_pareto.callbacks.trimming import InfluenceTrimming
+from lightning_pareto.callbacks.upweighting import ClassUpweighting
 
 __all__ = [
-    "ClassUpweighting", "CourseCorrection", "DirectImprovement",  # lazily imported below; they load the influence engine only when they run
+    "ClassUpweighting",
+    "CourseCorrection",
+    "DirectImprovement",
+    "InfluenceTrimming",
+    "InterventionSettings",
     "PerClassAccuracy",
-    "class_indices",
-    "find_monitor",
-    "require_monitor",
-    "resolve_class_names",
 ]
-
-# Callbacks built on the influence engine, imported on first access (kept out of __all__ so a star
-# import does not pull in the influence engine): name -> module in this package.
-INTERVENTIONS = {
-    "DirectImprovement": "direct", "CourseCorrection": "correction", "InfluenceTrimming": "trimming",
-    "ClassUpweighting": "upweighting",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in INTERVENTIONS:
-        return getattr(importlib.import_module(f"{__name__}.{INTERVENTIONS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,14 +13,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_pareto.callbacks._guard import noise_tolerance, redo_verdict
-from lightning_pareto.callbacks._intervention import (
-    CurvatureName,
-    FitnessMode,
-    InterventionCallback,
-    InterventionRecord,
-    InterventionSettings,
-    PresetName,
-)
+from lightning_pareto.callbacks._intervention import InterventionCallback
+from lightning_pareto.callbacks._record import InterventionRecord
+from lightning_pareto.callbacks._settings import InterventionSettings
 from lightning_pareto.callbacks._snapshot import TrainingSnapshot, follow_restored_rng, restore_rng_state
 from lightning_pareto.callbacks.monitor import class_indices
 from lightning_pareto.weighting import require_sample_weights
@@ -71,24 +66,11 @@ class CourseCorrection(InterventionCallback):
             for ``n`` samples at accuracy ``p``), so noise on a small validation set is not corrected.
         classes: Classes watched for drops: ``"any"``, or a list of names or indices.
         max_corrections: Most rollbacks attempted in one run (applied or skipped).
-        curvature: Influence curvature: ``"ekfac"``, ``"kfac"`` or ``"exact"`` (small models only).
-        damping: Curvature damping ``lambda >= 0``; ``None`` picks 0.1 times the curvature's largest
-            eigenvalue.
-        curvature_samples: Fit the curvature on about this many training samples (a seeded subset;
-            every sample is still scored), or ``None`` for all. Speeds up large training sets.
-        modules: Layers the influence differentiates, e.g. ``["head"]`` (names in ``pl_module.net``);
-            ``None`` uses every Linear/Conv2d layer.
-        fitness: ``"predicted"`` (first-order gains, no training, fast) or ``"trial"`` (train from the
-            restored state with the candidate weights and compare with the detrimental epoch).
-        trial_batches: Batches per trial with ``fitness="trial"``; ``None`` trains a full epoch.
-        preset: GA size: ``"fast"`` (a few evaluations) or ``"paper"`` (20 generations of 24).
-        w_min: Smallest sample weight, in ``[0, 1]``.
-        w_max: Largest sample weight, at least 1.
-        trust: Trust radius: mean ``|w - 1|`` allowed.
-        time_budget: Wall-clock seconds for one weight search, or ``None`` for no limit.
-        seed: Seed of the search and of the trial epochs.
-        log_figures: Log the ceiling figure, influence scatter and weights histogram to TensorBoard.
-        influence_batch_size: Batch size of the influence passes.
+        **settings: The influence and weight-search options shared with ``DirectImprovement``
+            (``curvature``, ``damping``, ``curvature_samples``, ``modules``, ``fitness`` (``"trial"``
+            compares trial epochs with the detrimental one), ``trial_batches``, ``preset``, ``w_min``,
+            ``w_max``, ``trust`` (default 0.5), ``time_budget``, ``seed``, ``log_figures``,
+            ``influence_batch_size``): see :class:`~lightning_pareto.callbacks.InterventionSettings`.
 
     Example::
 
@@ -102,29 +84,9 @@ class CourseCorrection(InterventionCallback):
         drop_threshold: float = 0.03,
         classes: str | list[int | str] = "any",
         max_corrections: int = 3,
-        curvature: CurvatureName = "ekfac",
-        damping: float | None = None,
-        curvature_samples: int | None = None,
-        modules: list[str] | None = None,
-        fitness: FitnessMode = "predicted",
-        trial_batches: int | None = None,
-        preset: PresetName = "fast",
-        w_min: float = 0.0,
-        w_max: float = 3.0,
-        trust: float = 0.5,
-        time_budget: float | None = None,
-        seed: int = 0,
-        log_figures: bool = True,
-        influence_batch_size: int = 256,
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            InterventionSettings(
-                curvature=curvature, damping=damping, curvature_samples=curvature_samples,
-                modules=None if modules is None else tuple(modules),
-                fitness=fitness, trial_batches=trial_batches, preset=preset, w_min=w_min, w_max=w_max, trust=trust,
-                time_budget=time_budget, seed=seed, log_figures=log_figures, influence_batch_size=influence_batch_size,
-            )  # fmt: skip
-        )
+        super().__init__(InterventionSettings(**settings))
         if isinstance(drop_threshold, bool) or not isinstance(drop_threshold, (int, float)) or not 0 < drop_threshold < 1:
             raise ValueError(f"drop_threshold must be a fraction in (0, 1) (0.03 = 3 accuracy points), got {drop_threshold!r}.")
         if isinstance(classes, str):

@@ -11,14 +11,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_pareto.callbacks._guard import accuracy_change, noise_tolerance, shrink_weights, violations
-from lightning_pareto.callbacks._intervention import (
-    CurvatureName,
-    FitnessMode,
-    InterventionCallback,
-    InterventionRecord,
-    InterventionSettings,
-    PresetName,
-)
+from lightning_pareto.callbacks._intervention import InterventionCallback
+from lightning_pareto.callbacks._record import InterventionRecord
+from lightning_pareto.callbacks._settings import InterventionSettings
 from lightning_pareto.callbacks._snapshot import TrainingSnapshot, follow_restored_rng
 from lightning_pareto.callbacks._targets import check_targets, worst_classes
 from lightning_pareto.callbacks.monitor import class_indices
@@ -88,26 +83,12 @@ class DirectImprovement(InterventionCallback):
             one weighted epoch that the guard accepts.
         shrink: Factor on ``|w - 1|`` after a violation, in ``(0, 1)``.
         max_retries: Violations in a row before the guard drops the weights.
-        curvature: Influence curvature: ``"ekfac"``, ``"kfac"`` or ``"exact"`` (small models only).
-        damping: Curvature damping ``lambda >= 0``; ``None`` picks 0.1 times the curvature's largest
-            eigenvalue.
-        curvature_samples: Fit the curvature on about this many training samples (a seeded subset;
-            every sample is still scored), or ``None`` for all. Speeds up large training sets.
-        modules: Layers the influence differentiates, e.g. ``["head"]`` for the last layer only
-            (names in ``pl_module.net``); ``None`` uses every Linear/Conv2d layer.
-        fitness: How the GA scores a candidate: ``"predicted"`` (first-order gains, no training,
-            fast) or ``"trial"`` (the paper's: train from the same state with the candidate weights
-            and measure per-class validation accuracy).
-        trial_batches: Batches per trial with ``fitness="trial"``; ``None`` trains a full epoch.
-        preset: GA size: ``"fast"`` (a few evaluations) or ``"paper"`` (20 generations of 24).
-        w_min: Smallest sample weight, in ``[0, 1]`` (0 lets a sample be dropped).
-        w_max: Largest sample weight, at least 1.
-        trust: Trust radius: mean ``|w - 1|`` allowed (the first-order prediction holds near 1). The
-            default 0.2 did best at the end of training in ``benchmarks/effect.py`` (0.15-0.5 tried).
-        time_budget: Wall-clock seconds for one weight search, or ``None`` for no limit.
-        seed: Seed of the search and of the trial epochs.
-        log_figures: Log the ceiling figure, influence scatter and weights histogram to TensorBoard.
-        influence_batch_size: Batch size of the influence passes.
+        trust: Trust radius: the mean ``|w - 1|`` allowed. The default 0.2 did best at the end of training
+            in ``benchmarks/effect.py`` (0.15-0.5 tried).
+        **settings: The influence and weight-search options shared with ``CourseCorrection``
+            (``curvature``, ``damping``, ``curvature_samples``, ``modules``, ``fitness``, ``trial_batches``,
+            ``preset``, ``w_min``, ``w_max``, ``time_budget``, ``seed``, ``log_figures``,
+            ``influence_batch_size``): see :class:`~lightning_pareto.callbacks.InterventionSettings`.
 
     Example::
 
@@ -129,29 +110,10 @@ class DirectImprovement(InterventionCallback):
         tolerance: float = 0.03,
         shrink: float = 0.5,
         max_retries: int = 2,
-        curvature: CurvatureName = "ekfac",
-        damping: float | None = None,
-        curvature_samples: int | None = None,
-        modules: list[str] | None = None,
-        fitness: FitnessMode = "predicted",
-        trial_batches: int | None = None,
-        preset: PresetName = "fast",
-        w_min: float = 0.0,
-        w_max: float = 3.0,
         trust: float = 0.2,
-        time_budget: float | None = None,
-        seed: int = 0,
-        log_figures: bool = True,
-        influence_batch_size: int = 256,
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            InterventionSettings(
-                curvature=curvature, damping=damping, curvature_samples=curvature_samples,
-                modules=None if modules is None else tuple(modules),
-                fitness=fitness, trial_batches=trial_batches, preset=preset, w_min=w_min, w_max=w_max, trust=trust,
-                time_budget=time_budget, seed=seed, log_figures=log_figures, influence_batch_size=influence_batch_size,
-            )  # fmt: skip
-        )
+        super().__init__(InterventionSettings(trust=trust, **settings))
         self.worst_k = check_targets(targets)
         if apply_epochs is not None and (not isinstance(apply_epochs, int) or isinstance(apply_epochs, bool) or apply_epochs < 1):
             raise ValueError(f"apply_epochs must be None (until the next intervention) or a positive integer, got {apply_epochs!r}.")

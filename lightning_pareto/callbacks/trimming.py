@@ -5,9 +5,8 @@
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,8 +14,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from lightning_pareto._run_data import has_validation_data, train_collate, train_dataset, validation_batches
 from lightning_pareto.trimming import (
     ScoringOptions,
     TrimMethod,
@@ -113,10 +113,10 @@ class InfluenceTrimming(Callback):
         require_sample_weights(pl_module, "InfluenceTrimming")
         require_indexed_batches(trainer, "InfluenceTrimming")
         require_single_weight_writer(trainer, self, "InfluenceTrimming")
-        dataset = _train_dataset(trainer)
+        dataset = train_dataset(trainer)
         if dataset is not None:
             check_budget(self.budget, len(dataset))
-        if self.method != "random" and not _has_validation_data(trainer):
+        if self.method != "random" and not has_validation_data(trainer):
             raise ValueError(
                 f"InfluenceTrimming(method={self.method!r}) scores samples against the validation loss, but the "
                 "Trainer has no validation data: pass val_dataloaders to fit() (or give the datamodule a "
@@ -127,13 +127,13 @@ class InfluenceTrimming(Callback):
         """Score and remove the samples at the first epoch start at or after ``at_epoch``."""
         if self.done or trainer.current_epoch < self.at_epoch or self.budget == 0:
             return
-        dataset = _train_dataset(trainer)
+        dataset = train_dataset(trainer)
         if dataset is None:
             raise RuntimeError("InfluenceTrimming found no training data to score")
         started = time.perf_counter()
         train_loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                                  collate_fn=_train_collate(trainer))
-        scores = harm_scores(pl_module, train_loader, _validation_data(trainer), self.method, options=self.options,
+                                  collate_fn=train_collate(trainer))
+        scores = harm_scores(pl_module, train_loader, validation_batches(trainer), self.method, options=self.options,
                              seed=self.seed)
         removed = select_removals(scores, self.budget)
         seconds = time.perf_counter() - started
@@ -169,40 +169,3 @@ def _trimmed_weights(current: Tensor | None, num_train: int, removed: Tensor) ->
     weights[removed] = 0.0
     remaining = weights.sum()
     return weights * (total / remaining) if remaining > 0 else weights
-
-
-def _train_dataset(trainer: Trainer) -> Dataset | None:
-    source = getattr(trainer.fit_loop, "_data_source", None)
-    if source is None or not source.is_defined():
-        return None
-    loader = trainer.train_dataloader if trainer.train_dataloader is not None else source.dataloader()
-    return getattr(loader, "dataset", None)
-
-
-def _train_collate(trainer: Trainer) -> Any:
-    loader = trainer.train_dataloader
-    return getattr(loader, "collate_fn", None)
-
-
-def _has_validation_data(trainer: Trainer) -> bool:
-    source = getattr(trainer.fit_loop.epoch_loop.val_loop, "_data_source", None)
-    return source is not None and source.is_defined() and trainer.limit_val_batches != 0
-
-
-class _Chained:
-    """Several validation loaders iterated as one (re-iterable)."""
-
-    def __init__(self, loaders: Sequence[Iterable]) -> None:
-        self.loaders = loaders
-
-    def __iter__(self) -> Iterator[Any]:
-        return itertools.chain.from_iterable(self.loaders)
-
-
-def _validation_data(trainer: Trainer) -> Iterable:
-    if trainer.val_dataloaders is None:
-        trainer.fit_loop.epoch_loop.val_loop.setup_data()
-    loaders = trainer.val_dataloaders
-    if loaders is None:
-        raise RuntimeError("InfluenceTrimming could not load the validation data")
-    return _Chained(loaders) if isinstance(loaders, (list, tuple)) else loaders

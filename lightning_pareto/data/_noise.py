@@ -77,7 +77,7 @@ def flip_labels_per_class(
 def add_feature_noise(
     x: np.ndarray, fraction: float, rng: np.random.Generator, variance: float = 0.1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Add white noise of the given variance to ``round(fraction * n)`` random rows (seed 000, D.1).
+    """Add white noise of the given variance to ``round(fraction * n)`` random rows (the FI paper's appendix D.1).
 
     Args:
         x: Float array of shape ``(n, ...)``.

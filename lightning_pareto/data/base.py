@@ -74,7 +74,7 @@ class ClassificationDataModule(LightningDataModule):
             and ``None`` keeps all of it.
         train_size: Training split taken from what remains (``None`` keeps all of it).
         label_noise: Fraction of training labels flipped to a different class, in ``[0, 1)``.
-        feature_noise: Fraction of training rows given white noise of variance 0.1 (seed 000 D.1),
+        feature_noise: Fraction of training rows given white noise of variance 0.1 (the FI paper's appendix D.1),
             in ``[0, 1)``; applied after standardisation.
         standardize: Z-score every feature with training-split mean and standard deviation.
         seed: Seed of generation, splitting and corruption.

@@ -19,9 +19,10 @@ def _class_sizes(total: int, num_classes: int) -> list[int]:
 
 
 class GaussiansDataModule(ClassificationDataModule):
-    """Two isotropic 2-D Gaussians, the linear data-trimming setting of seed 000 (section 6.1).
+    """Two isotropic 2-D Gaussians, the linear data-trimming setting of
+    "Enhancing Prediction Performance through Influence Measure" (section 6.1).
 
-    The defaults give seed 000's sizes: 150 training, 100 validation and 600 test samples.
+    The defaults give that paper's sizes: 150 training, 100 validation and 600 test samples.
 
     Args:
         num_samples: Total number of samples, split evenly between the classes.
@@ -59,9 +60,9 @@ class GaussiansDataModule(ClassificationDataModule):
 
 
 class MoonsDataModule(ClassificationDataModule):
-    """Two interleaved crescents (scikit-learn's moons), the non-linear setting of seed 000 (section 6.1).
+    """Two interleaved crescents (scikit-learn's moons), the non-linear setting of the FI paper (section 6.1).
 
-    The defaults give seed 000's sizes: 500 training, 250 validation and 250 test samples.
+    The defaults give that paper's sizes: 500 training, 250 validation and 250 test samples.
 
     Args:
         num_samples: Total number of samples.
@@ -99,7 +100,8 @@ def _uniform_disk(
 
 
 class CircularDataModule(ClassificationDataModule):
-    """Two classes drawn uniformly from disks, the synthetic sets of seed 003 (appendix A.1.1, Figure 2).
+    """Two classes drawn uniformly from disks, the synthetic sets of
+    "What Is The Performance Ceiling of My Classifier?" (appendix A.1.1, Figure 2).
 
     ``variant="separable"`` (Figure 2A): 300 "blue" and 300 "orange" samples from two disjoint disks;
     50 blue and 20 orange training labels are flipped. ``variant="nonseparable"`` (Figure 2D): 350

@@ -1,4 +1,4 @@
-"""``lightning-pareto active``: seed 000's active-learning comparison over strategies and seeds.
+"""``lightning-pareto active``: the active-learning comparison of "Enhancing Prediction Performance through Influence Measure" over strategies and seeds.
 
 ::
 
@@ -13,7 +13,7 @@ before it is built) and the initial labelled set are drawn anew and shared by al
 strategies are compared on the same start. Each strategy then runs
 :func:`~lightning_pareto.active.loop.run_active_learning` with the known training labels as the oracle.
 
-``variant`` builds seed 000's harder pools (appendix D.2) from a 10-digit data set:
+``variant`` builds the FI paper's harder pools (appendix D.2) from a 10-digit data set:
 ``"unbalanced"`` keeps a subset of the pool with digits 0-4 each 1/55 and 5-9 each 10/55 (the
 validation and test sets stay as they are); ``"redundant"`` relabels every split as 1 vs 7 vs
 "neither" (the network must have 3 outputs).
@@ -26,7 +26,7 @@ Writes to ``--output_dir``:
 - ``summary.json``: per strategy, mean and standard deviation over seeds (``ddof=0``) of test
   accuracy at every labelled-set size, the mean accuracy over the curve, and the timings.
 - ``curves.png``: mean test accuracy against labelled-set size, one line per strategy, a band of
-  one standard deviation over seeds (the picture of seed 000's Figures 3-4).
+  one standard deviation over seeds (the picture of the FI paper's Figures 3-4).
 - A timing table on stdout (the counterpart of Table 9).
 - TensorBoard scalars ``active/test_acc/<strategy>``, ``active/test_acc_std/<strategy>`` and
   ``active/seconds/<strategy>`` with the labelled-set size as the step, and the figure ``active/curves``.
@@ -36,7 +36,6 @@ Writes to ``--output_dir``:
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import time
 import warnings
@@ -45,16 +44,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.cli import OptimizerCallable
 from matplotlib.figure import Figure
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_pareto.active._variants import REDUNDANT_CLASS_NAMES, redundant_labels, unbalanced_positions
 from lightning_pareto.active.loop import RoundResult, check_plan, random_initial_pool, run_active_learning
 from lightning_pareto.active.strategies import STRATEGIES, make_strategy
 from lightning_pareto.data.base import ClassificationDataModule
+from lightning_pareto.experiments._common import (
+    check_names,
+    comparison_parser,
+    prepare_output,
+    seed_list,
+    seeded_objects,
+    write_csv,
+)
 from lightning_pareto.module import ClassifierModule
 
 __all__ = ["COLUMNS", "build_parser", "curves_figure", "format_timings", "main", "summarize"]
@@ -65,23 +71,15 @@ StrategyName = Literal["fi", "fi_approx", "iv", "bald", "entropy", "margin", "ra
 
 def build_parser() -> ArgumentParser:
     """The ``lightning-pareto active`` argument parser (jsonargparse; ``--config`` and ``--print_config`` included)."""
-    import lightning_pareto.data  # noqa: F401  (registers the datamodules for short class names)
-    import lightning_pareto.nets  # noqa: F401  (registers the networks for short class names)
-
-    parser = ArgumentParser(
-        prog="lightning-pareto active",
-        description="The active-learning comparison of \"Enhancing Prediction Performance through Influence Measure\": "
-        "FI^active against IV, BALD, entropy, margin and "
-        "random acquisition, test accuracy against labelled-set size over seeds.",
+    parser = comparison_parser(
+        "lightning-pareto active",
+        "The active-learning comparison of \"Enhancing Prediction Performance through Influence Measure\": "
+        "FI^active against IV, BALD, entropy, margin and random acquisition, test accuracy against labelled-set "
+        "size over seeds.",
+        data_help="Datamodule (e.g. DigitsDataModule); training split = pool, validation = IV's, test = test.",
+        net_help="Network, e.g. LogisticRegression or MnistCNN.",
+        outputs="results.csv, summary.json, curves.png and the TensorBoard events",
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
-    parser.add_argument("--output_dir", type=str, required=True, help="Folder for results.csv, curves.png, ...")
-    parser.add_subclass_arguments(
-        ClassificationDataModule, "data", required=True,
-        help="Datamodule (e.g. DigitsDataModule); training split = pool, validation = IV's, test = test. "
-        "Its seed is replaced by each run's seed.",
-    )  # fmt: skip
-    parser.add_subclass_arguments(nn.Module, "net", required=True, help="Network, e.g. LogisticRegression or MnistCNN.")
     parser.add_argument("--optimizer", type=OptimizerCallable | None, default=None,
                         help="Optimizer of every round's training (default SGD lr=0.1, momentum=0.9).")
     parser.add_argument("--strategies", type=list[StrategyName], default=list(STRATEGIES),
@@ -98,12 +96,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--pool_batch_size", type=int, default=512, help="Batch size of pool scoring and testing.")
     parser.add_argument("--restart", type=bool, default=True,
                         help="Retrain every round from the initial weights (true) or continue (false).")
-    parser.add_argument("--seeds", type=int | list[int], default=3,
-                        help="A count N (seeds 0..N-1) or an explicit list of seeds.")
     parser.add_argument("--trainer", type=dict[str, Any], default={},
                         help="Extra Trainer arguments for every round, e.g. {accelerator: gpu}.")
-    parser.add_argument("--num_threads", type=int | None, default=None,
-                        help="torch.set_num_threads for the run (1 is fastest for tiny models on busy machines).")
     return parser
 
 
@@ -122,19 +116,12 @@ def main(argv: list[str]) -> None:
     config = parser.parse_args(argv)
     strategies, seeds = _check_plan(config.strategies, config.strategy_options, config.seeds)
     built = {name: make_strategy(name, **config.strategy_options.get(name, {})) for name in strategies}
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    parser.save(config, output / "config.yaml", overwrite=True, skip_check=True)
+    output = prepare_output(parser, config)
 
     # Everything is built and checked for every seed before the first training.
     runs = []
     for seed in seeds:
-        seeded = config.clone()
-        seeded.data.init_args.seed = seed
-        torch.manual_seed(seed)
-        objects = parser.instantiate(seeded)
+        objects = seeded_objects(parser, config, seed)
         pool, labels, val_arrays, test_arrays, class_names = _pool_and_splits(objects.data, config.variant, seed)
         initial = random_initial_pool(len(pool), config.initial_size, seed)
         for strategy in built.values():
@@ -157,7 +144,7 @@ def main(argv: list[str]) -> None:
                     seed=seed,
                 )  # fmt: skip
             rows.extend(_rows(name, seed, results))
-            _write_csv(rows, output / "results.csv")
+            write_csv(rows, output / "results.csv", COLUMNS)
             elapsed = time.perf_counter() - started
             print(f"seed {seed} {name}: {_run_line(results)} ({elapsed:.0f} s)", flush=True)
 
@@ -270,20 +257,11 @@ def _pool_and_splits(
 def _check_plan(
     strategies: list[str], options: dict[str, dict[str, Any]], seeds: int | list[int]
 ) -> tuple[list[str], list[int]]:
-    if not strategies:
-        raise ValueError(f"strategies is empty; name at least one of {list(STRATEGIES)}")
-    if len(set(strategies)) != len(strategies):
-        raise ValueError(f"strategies has duplicates: {strategies}")
+    strategies = check_names(strategies, STRATEGIES, "strategies")
     unused = sorted(set(options) - set(strategies))
     if unused:
         raise ValueError(f"strategy_options names strategies that are not run: {unused} (strategies: {strategies})")
-    if isinstance(seeds, int):
-        if seeds < 1:
-            raise ValueError(f"seeds as a count must be >= 1, got {seeds}")
-        seeds = list(range(seeds))
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a count or a non-empty list of distinct seeds, got {seeds}")
-    return list(strategies), list(seeds)
+    return strategies, seed_list(seeds)
 
 
 def _cell(rows: Sequence[dict[str, Any]], seed: int, size: int, key: str = "test_acc") -> float:
@@ -297,13 +275,6 @@ def _rows(strategy: str, seed: int, results: Sequence[RoundResult]) -> list[dict
          "seconds": r.seconds}
         for r in results
     ]  # fmt: skip
-
-
-def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _run_line(results: Sequence[RoundResult]) -> str:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from lightning_pareto.callbacks._intervention import influence_model, per_class_accuracy
+from lightning_pareto.callbacks._accuracy import per_class_accuracy
+from lightning_pareto.callbacks._run import influence_model
 from lightning_pareto.callbacks.monitor import resolve_class_names
 
 __all__ = ["comparison_table", "main"]

@@ -1,4 +1,4 @@
-"""``lightning-pareto trim``: seed 000's data-trimming comparison over methods, budgets and seeds.
+"""``lightning-pareto trim``: the data-trimming comparison of "Enhancing Prediction Performance through Influence Measure" over methods, budgets and seeds.
 
 ::
 
@@ -22,7 +22,7 @@ Writes to ``--output_dir``:
 - ``summary.json``: mean and standard deviation (over seeds, ``ddof=0``) of test accuracy per
   method and budget, mean precisions, and the paper's "cases FI beats IV" counts.
 - ``accuracy.png``: mean test accuracy against budget, one line per method, a band of one standard
-  deviation over seeds (the picture of seed 000's Figure 2).
+  deviation over seeds (the picture of the FI paper's Figure 2).
 - TensorBoard scalars ``trim/test_acc/<method>``, ``trim/test_acc_std/<method>``,
   ``trim/<precision>/<method>``, ``trim/score_seconds/<method>`` and ``trim/<method>_beats_iv``,
   with the budget as the step, and the figure ``trim/accuracy``.
@@ -31,8 +31,6 @@ Writes to ``--output_dir``:
 
 from __future__ import annotations
 
-import csv
-import importlib
 import json
 import math
 import time
@@ -41,12 +39,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ArgumentParser
 from matplotlib.figure import Figure
-from torch import nn
 
-from lightning_pareto.data.base import ClassificationDataModule
+from lightning_pareto.experiments._common import (
+    check_names,
+    comparison_parser,
+    prepare_output,
+    seed_list,
+    seeded_objects,
+    write_csv,
+)
 from lightning_pareto.trimming import METHODS, Fitter, ScoringOptions, TrimReport, trim
 
 __all__ = ["COLUMNS", "accuracy_figure", "build_parser", "format_summary", "main", "summarize"]
@@ -56,42 +59,30 @@ COLUMNS = (
     "score_seconds", "retrain_seconds", "flipped_precision", "noisy_precision",
 )  # fmt: skip
 _PRECISIONS = ("flipped_precision", "noisy_precision")
-# Split sizes of the datamodules: a value above 1 can only be a count (see _build_datamodule).
-_SIZE_ARGUMENTS = ("val_size", "test_size", "train_size")
 
 
 def build_parser() -> ArgumentParser:
     """The ``lightning-pareto trim`` argument parser (jsonargparse; ``--config`` and ``--print_config`` included)."""
-    import lightning_pareto.data  # noqa: F401  (registers the datamodules for short class names)
-    import lightning_pareto.nets  # noqa: F401  (registers the networks for short class names)
-
-    parser = ArgumentParser(
-        prog="lightning-pareto trim",
-        description="The data-trimming comparison of \"Enhancing Prediction Performance through Influence Measure\": "
-        "train, remove the top-b training samples by each "
-        "method, retrain from the same initialisation, and compare test accuracy over seeds.",
+    parser = comparison_parser(
+        "lightning-pareto trim",
+        "The data-trimming comparison of \"Enhancing Prediction Performance through Influence Measure\": "
+        "train, remove the top-b training samples by each method, retrain from the same initialisation, and "
+        "compare test accuracy over seeds.",
+        data_help="Datamodule (e.g. GaussiansDataModule).",
+        net_help="Network, e.g. LogisticRegression or MLP.",
+        outputs="results.csv, summary.json, accuracy.png and the TensorBoard events",
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
-    parser.add_argument("--output_dir", type=str, required=True, help="Folder for results.csv, accuracy.png, ...")
-    parser.add_subclass_arguments(
-        ClassificationDataModule, "data", required=True,
-        help="Datamodule (e.g. GaussiansDataModule); its seed is replaced by each run's seed.",
-    )  # fmt: skip
-    parser.add_subclass_arguments(nn.Module, "net", required=True, help="Network, e.g. LogisticRegression or MLP.")
     parser.add_subclass_arguments(
         Fitter, "fit", default={"class_path": "lightning_pareto.trimming.LBFGSFit"},
         help="How to train: LBFGSFit (full batch, to convergence) or LightningFit (mini-batch Trainer).",
     )  # fmt: skip
     parser.add_argument("--scoring", type=ScoringOptions, default=ScoringOptions(),
-                        help="Curvature, damping, layers and the approximations' rank/alpha.")
+                        help="Curvature, damping, layers and the approximations' rank/alpha.")  # fmt: skip
     parser.add_argument("--methods", type=list[Literal["fi", "fi_approx", "iv", "random"]],
-                        default=["fi", "iv", "random"], help=f"Methods to compare, from {list(METHODS)}.")
+                        default=["fi", "iv", "random"], help=f"Methods to compare, from {list(METHODS)}.")  # fmt: skip
     parser.add_argument("--budgets", type=list[int], default=[5, 10, 20],
-                        help="Numbers of samples to remove (0, the baseline, is always reported).")
-    parser.add_argument("--seeds", type=int | list[int], default=5,
-                        help="A count N (seeds 0..N-1) or an explicit list of seeds.")
-    parser.add_argument("--num_threads", type=int | None, default=None,
-                        help="torch.set_num_threads for the run (1 is fastest for tiny models on busy machines).")
+                        help="Numbers of samples to remove (0, the baseline, is always reported).")  # fmt: skip
+    parser.set_defaults(seeds=5)
     return parser
 
 
@@ -108,23 +99,16 @@ def main(argv: list[str]) -> None:
     parser = build_parser()
     config = parser.parse_args(argv)
     methods, budgets, seeds = _check_plan(config.methods, config.budgets, config.seeds)
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    parser.save(config, output / "config.yaml", overwrite=True, skip_validation=True)
+    output = prepare_output(parser, config)
 
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for number, seed in enumerate(seeds, start=1):
-        components = config.clone()
-        datamodule = _build_datamodule(components.pop("data"), seed)
-        torch.manual_seed(seed)
-        objects = parser.instantiate(components)
-        report = trim(objects.net, datamodule, methods=methods, budgets=budgets, seed=seed, fitter=objects.fit,
+        objects = seeded_objects(parser, config, seed)
+        report = trim(objects.net, objects.data, methods=methods, budgets=budgets, seed=seed, fitter=objects.fit,
                       scoring=objects.scoring)
         rows.extend(_report_rows(report, methods))
-        _write_csv(rows, output / "results.csv")
+        write_csv(rows, output / "results.csv", COLUMNS)
         print(f"seed {seed} ({number}/{len(seeds)}, {time.perf_counter() - started:.0f} s): "
               + _seed_line(report), flush=True)
 
@@ -235,38 +219,13 @@ def accuracy_figure(summary: dict[str, Any]) -> Figure:
 
 
 def _check_plan(methods: list[str], budgets: list[int], seeds: int | list[int]) -> tuple[list[str], list[int], list[int]]:
-    if not methods:
-        raise ValueError(f"methods is empty; name at least one of {list(METHODS)}")
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"methods has duplicates: {methods}")
+    methods = check_names(methods, METHODS, "methods")
     if any(budget < 0 for budget in budgets):
         raise ValueError(f"budgets must be >= 0 (numbers of samples to remove), got {budgets}")
     positive = sorted({budget for budget in budgets if budget > 0})
     if not positive:
         raise ValueError(f"budgets must contain at least one positive budget, got {budgets}")
-    if isinstance(seeds, int):
-        if seeds < 1:
-            raise ValueError(f"seeds as a count must be >= 1, got {seeds}")
-        seeds = list(range(seeds))
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a count or a non-empty list of distinct seeds, got {seeds}")
-    return list(methods), positive, list(seeds)
-
-
-def _build_datamodule(data: Namespace, seed: int) -> ClassificationDataModule:
-    """Instantiate the configured datamodule with ``seed``.
-
-    Done here rather than by jsonargparse: the datamodules annotate split sizes as ``float | int``
-    (fraction or count) and jsonargparse's subclass mode turns a count into a float of the same
-    value (``100`` -> ``100.0``, then read as a fraction); a size above 1 can only be a count.
-    """
-    module_name, _, class_name = data.class_path.rpartition(".")
-    arguments = data.init_args.as_dict() if data.get("init_args") is not None else {}
-    for name in _SIZE_ARGUMENTS:
-        value = arguments.get(name)
-        if isinstance(value, float) and value > 1 and value.is_integer():
-            arguments[name] = int(value)
-    return getattr(importlib.import_module(module_name), class_name)(**{**arguments, "seed": seed})
+    return methods, positive, seed_list(seeds)
 
 
 def _report_rows(report: TrimReport, methods: Sequence[str]) -> list[dict[str, Any]]:
@@ -283,14 +242,6 @@ def _report_rows(report: TrimReport, methods: Sequence[str]) -> list[dict[str, A
             "retrain_seconds": outcome.retrain_seconds, **empty, **outcome.precision,
         })  # fmt: skip
     return rows
-
-
-def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: "" if row[key] is None else row[key] for key in COLUMNS})
 
 
 def _seed_line(report: TrimReport) -> str:

@@ -18,7 +18,14 @@ from lightning_pareto.influence.curvature import fit_curvature
 from lightning_pareto.influence.exact import ExactCurvature
 from lightning_pareto.influence.kfac.category import category_influence, influence_value
 from lightning_pareto.influence.kfac.curvature import KroneckerCurvature
-from lightning_pareto.influence.local import MetricFactors, fi_active, fi_util, metric_factors, pairwise_fi, query_gradients
+from lightning_pareto.influence.local import (
+    MetricFactors,
+    fi_active,
+    fi_util,
+    metric_factors,
+    pairwise_fi,
+    query_gradients,
+)
 
 __all__ = [
     "Curvature",

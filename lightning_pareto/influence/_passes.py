@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_pareto.influence._modes import eval_mode
+from lightning_pareto._modes import eval_mode
 from lightning_pareto.influence._progress import progress_bar
 from lightning_pareto.influence.batches import unpack_batch
 from lightning_pareto.influence.capture import LayerCapture
@@ -46,8 +46,11 @@ def influence_mode(model: nn.Module) -> Iterator[torch.device]:
             param.requires_grad_(False)
         # The passes differentiate, whatever grad mode the caller is in (a Lightning hook runs under
         # no_grad or inference_mode); autocast would change the dtypes the statistics are taken in.
-        with eval_mode(model), torch.inference_mode(False), torch.enable_grad(), torch.autocast(
-            device_type=device.type, enabled=False
+        with (
+            eval_mode(model),
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            torch.autocast(device_type=device.type, enabled=False),
         ):
             yield device
     finally:

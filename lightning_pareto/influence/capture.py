@@ -163,7 +163,11 @@ def _write_inputs(module: nn.Module, inputs: Tensor, out: Tensor | None, cache: 
             index = cache[key] = _patch_index(module, channels, height, width).to(inputs.device)
         size = channels * height * width + 2
         source = cache.get(("source", id(module)))
-        if source is None or source.numel() < batch * size or (source.dtype, source.device) != (inputs.dtype, inputs.device):
+        if (
+            source is None
+            or source.numel() < batch * size
+            or (source.dtype, source.device) != (inputs.dtype, inputs.device)
+        ):
             source = cache[("source", id(module))] = inputs.new_empty(batch * size)
         source = source[: batch * size].view(batch, size)
         source[:, :-2].view(inputs.shape).copy_(inputs)

@@ -156,7 +156,9 @@ def dense_curvature(
     device = model_device(model)
     constants = {name: param.detach() for name, param in model.named_parameters()}
     constants.update(dict(model.named_buffers()))
-    flat_params = flatten_layout(tracked, {k: v.unsqueeze(0) for k, v in layout_from_named(tracked, constants).items()})[0]
+    flat_params = flatten_layout(
+        tracked, {k: v.unsqueeze(0) for k, v in layout_from_named(tracked, constants).items()}
+    )[0]
     generator = torch.Generator().manual_seed(seed) if fisher == "sampled" else None
 
     def sample_logits(flat: Tensor, x: Tensor) -> Tensor:

@@ -33,7 +33,8 @@ class RegionCounts:
 
 @dataclass(frozen=True, eq=False)
 class CeilingReport:
-    """The Pareto ceiling check of seed 003 section 3.3, plus the exact first-order criterion.
+    """The Pareto ceiling check of "What Is The Performance Ceiling of My Classifier?" (section 3.3),
+    plus the exact first-order criterion.
 
     Attributes:
         num_samples: Number of training samples n (rows of the influence matrix).

@@ -1,4 +1,7 @@
-"""Per-sample weights from the category-wise influence matrix: the LP of seed 003's Pareto-LP-GA."""
+"""Per-sample weights from the category-wise influence matrix: the LP of Pareto-LP-GA.
+
+From "What Is The Performance Ceiling of My Classifier?".
+"""
 
 from __future__ import annotations
 

@@ -159,7 +159,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started before the input was checked")
 
-    monkeypatch.setattr(loop_module, "_train", refuse)
+    monkeypatch.setattr(loop_module, "fit_quietly", refuse)
 
 
 @pytest.mark.parametrize(

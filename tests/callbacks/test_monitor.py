@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_pareto import ClassifierModule, IndexedDataset, PerClassAccuracy
-from lightning_pareto.callbacks import class_indices, find_monitor, require_monitor
+from lightning_pareto.callbacks.monitor import class_indices, find_monitor, require_monitor
 from lightning_pareto.nets import LogisticRegression
 
 NAMES = ["ant", "bee", "cat", "dog"]

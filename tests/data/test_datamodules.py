@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_pareto.data import mnist as mnist_module
 from lightning_pareto.data import (
     ArrayDataModule,
     BreastCancerDataModule,
@@ -23,6 +22,7 @@ from lightning_pareto.data import (
     MoonsDataModule,
     WineDataModule,
 )
+from lightning_pareto.data import mnist as mnist_module
 
 
 def _array_module(**kwargs: object) -> ArrayDataModule:

@@ -32,7 +32,7 @@ from lightning_pareto._distributed import (
     merge_rows,
     world_size,
 )
-from lightning_pareto.callbacks._intervention import check_strategy
+from lightning_pareto.callbacks._run import check_strategy
 from lightning_pareto.data import DigitsDataModule
 from lightning_pareto.influence import category_influence
 from lightning_pareto.nets import MLP

@@ -25,7 +25,9 @@ def test_no_damping_gives_the_pseudo_inverse_of_a_singular_matrix() -> None:
     matrix, vectors = _psd(10, 4, 1), torch.randn(2, 10, dtype=torch.float64)
     inverse = DenseInverse(matrix, None)
     assert not inverse.positive_definite
-    torch.testing.assert_close(inverse.apply(vectors), vectors @ torch.linalg.pinv(matrix, hermitian=True), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(
+        inverse.apply(vectors), vectors @ torch.linalg.pinv(matrix, hermitian=True), rtol=1e-7, atol=1e-9
+    )
 
 
 def test_an_indefinite_damped_matrix_is_inverted_through_its_eigenvalues_and_flagged() -> None:
@@ -33,7 +35,9 @@ def test_an_indefinite_damped_matrix_is_inverted_through_its_eigenvalues_and_fla
     inverse = DenseInverse(matrix, 0.5)
     assert not inverse.positive_definite and inverse.negative_eigenvalues
     vectors = torch.eye(3, dtype=torch.float64)
-    torch.testing.assert_close(inverse.apply(vectors), torch.diag(1.0 / torch.tensor([-1.5, 1.5, 3.5], dtype=torch.float64)))
+    torch.testing.assert_close(
+        inverse.apply(vectors), torch.diag(1.0 / torch.tensor([-1.5, 1.5, 3.5], dtype=torch.float64))
+    )
 
 
 @pytest.mark.parametrize("damping", [None, 0.1])

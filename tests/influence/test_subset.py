@@ -65,9 +65,13 @@ def test_kfac_on_a_subset_inverts_the_factors_of_exactly_those_rows(digits64) ->
     factors = {"0": (torch.cat([xs, ones], 1), g1), "2": (torch.cat([hidden.detach(), ones], 1), g2)}
     torch.manual_seed(0)
     for name, (a, g) in factors.items():
-        dense = torch.kron(g.T @ g, a.T @ a) / len(kept) ** 2 + damping * torch.eye(g.shape[1] * a.shape[1], dtype=x.dtype)
+        dense = torch.kron(g.T @ g, a.T @ a) / len(kept) ** 2 + damping * torch.eye(
+            g.shape[1] * a.shape[1], dtype=x.dtype
+        )
         vectors = torch.randn(2, g.shape[1], a.shape[1], dtype=x.dtype)
-        others = {key: torch.zeros(2, *value.eigenvalues.shape, dtype=x.dtype) for key, value in curvature.layers.items()}
+        others = {
+            key: torch.zeros(2, *value.eigenvalues.shape, dtype=x.dtype) for key, value in curvature.layers.items()
+        }
         solved = curvature.inverse_hvp({**others, name: vectors})[name]
         expected = torch.linalg.solve(dense, vectors.flatten(1).T).T.reshape(vectors.shape)
         torch.testing.assert_close(solved, expected, rtol=1e-8, atol=1e-10)

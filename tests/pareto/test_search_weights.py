@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from _pareto_cases import trade_off_influence
 
-from lightning_pareto.pareto import NOT_IMPROVED_FITNESS, search_weights
+from lightning_pareto.pareto import PRESETS, GAPreset, search_weights
+from lightning_pareto.pareto._fitness import NOT_IMPROVED_FITNESS
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +125,13 @@ def test_all_classes_as_targets_needs_no_genes(influence: np.ndarray) -> None:
 
 
 def test_overrides_change_the_ga(influence: np.ndarray) -> None:
-    result = search_weights(influence, [0], generations=1, population=3, elites=1)
+    result = search_weights(influence, [0], preset=_settings(generations=1, population=3, elites=1))
     assert result.generations == 1
     assert result.evaluations <= 3 + 2
 
 
 def test_result_serialises(influence: np.ndarray) -> None:
-    data = search_weights(influence, [0], generations=1, population=2, elites=0).to_dict()
+    data = search_weights(influence, [0], preset=_settings(generations=1, population=2, elites=0)).to_dict()
     assert data["status"] in {"improved", "no_improvement", "infeasible"}
     assert len(data["thresholds"]) == 4 and "weights" not in data
 
@@ -143,11 +145,7 @@ def test_result_serialises(influence: np.ndarray) -> None:
         ({"fitness": lambda w: np.zeros(4), "reference": np.zeros(3)}, ValueError, "reference"),
         ({"reference": np.zeros(4)}, ValueError, "reference"),
         ({"preset": "slow"}, ValueError, "preset"),
-        ({"generations": 0}, ValueError, "generations"),
-        ({"population": 1}, ValueError, "population"),
-        ({"elites": 7}, ValueError, "elites"),
-        ({"mutation_rate": 1.5}, ValueError, "mutation_rate"),
-        ({"mutation_strength": 0.0}, ValueError, "mutation_strength"),
+        ({"preset": 3}, TypeError, "preset"),
         ({"degradation_penalty": -1.0}, ValueError, "degradation_penalty"),
         ({"time_budget": 0.0}, ValueError, "time_budget"),
         ({"trust": -0.1}, ValueError, "trust"),
@@ -158,6 +156,26 @@ def test_bad_input_names_the_argument(influence: np.ndarray, kwargs: dict, error
     arguments = {"targets": [0]} | kwargs
     with pytest.raises(error, match=message):
         search_weights(influence, **arguments)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"generations": 0}, "generations"),
+        ({"population": 1}, "population"),
+        ({"elites": 7}, "elites"),
+        ({"mutation_rate": 1.5}, "mutation_rate"),
+        ({"mutation_strength": 0.0}, "mutation_strength"),
+    ],
+)
+def test_bad_ga_settings_name_the_setting(override: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _settings(**override)
+
+
+def _settings(**override: float) -> GAPreset:
+    """The fast preset with some settings replaced."""
+    return dataclasses.replace(PRESETS["fast"], **override)
 
 
 def test_a_malformed_trial_result_is_an_error(influence: np.ndarray) -> None:
@@ -171,7 +189,7 @@ def test_global_random_state_is_left_alone(influence: np.ndarray) -> None:
     expected = (np.random.rand(), random.random())
     np.random.seed(5)
     random.seed(5)
-    search_weights(influence, [0], generations=1, population=3, elites=1)
+    search_weights(influence, [0], preset=_settings(generations=1, population=3, elites=1))
     assert (np.random.rand(), random.random()) == expected
 
 
@@ -180,7 +198,7 @@ def test_the_best_candidates_weights_are_returned_after_many_evaluations(influen
     # optimum (HiGHS, not the dual simplex) at the returned thresholds and trust, and score the fitness.
     from lightning_pareto.pareto import WeightLP
 
-    result = search_weights(influence, [0, 2], preset="paper", generations=5)
+    result = search_weights(influence, [0, 2], preset=dataclasses.replace(PRESETS["paper"], generations=5))
     assert result.status == "improved" and result.evaluations > 50
     highs = WeightLP(influence, [0, 2], sifting=False).solve(result.thresholds, result.trust)
     gains = _relative_gains(influence, result.weights)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -9,11 +10,15 @@ import pytest
 from _pareto_cases import trade_off_influence
 
 from lightning_pareto.pareto import search
-from lightning_pareto.pareto._workers import SolverWorkers, WorkerFailure, fork_workers_available
+from lightning_pareto.pareto._workers import (
+    SolverWorkers,
+    WorkerFailure,
+    fork_workers_available,
+)
 
 pytestmark = pytest.mark.skipif(fork_workers_available() == 0, reason="worker processes need fork (Linux)")
 
-SETTINGS = dict(preset="paper", generations=4, seed=3, progress=False)
+SETTINGS = dict(preset=dataclasses.replace(search.PRESETS["paper"], generations=4), seed=3, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -97,11 +97,13 @@ def conv_input_gram(module: nn.Conv2d, inputs: Tensor) -> Tensor:
     skipped_cols = [[*range(left[v]), *range(right[v], width)] for v in range(kw)]
 
     full = correlation(slice(0, height), slice(0, width))
-    row_terms = {r: correlation(slice(r, r + 1), slice(0, width)) for r in sorted({r for rs in skipped_rows for r in rs})}
-    col_terms = {q: correlation(slice(0, height), slice(q, q + 1)) for q in sorted({q for qs in skipped_cols for q in qs})}
-    corner_terms = {
-        (r, q): correlation(slice(r, r + 1), slice(q, q + 1)) for r in row_terms for q in col_terms
+    row_terms = {
+        r: correlation(slice(r, r + 1), slice(0, width)) for r in sorted({r for rs in skipped_rows for r in rs})
     }
+    col_terms = {
+        q: correlation(slice(0, height), slice(q, q + 1)) for q in sorted({q for qs in skipped_cols for q in qs})
+    }
+    corner_terms = {(r, q): correlation(slice(r, r + 1), slice(q, q + 1)) for r in row_terms for q in col_terms}
     sums = inputs.sum(dim=0)  # (C, H, W): the bias column's region sums, by the same inclusion-exclusion
     full_sum = sums.sum(dim=(1, 2))
 

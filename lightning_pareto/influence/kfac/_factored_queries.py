@@ -132,7 +132,9 @@ class FactoredQuery:
         if self.has_bias:
             similarity += 1.0
         per_row = (grads @ self.weighted_grads.T) * similarity
-        low_rank = per_row.new_zeros(per_row.shape[0], self.scale.shape[0]).index_add_(1, self.groups, per_row) * self.scale
+        low_rank = (
+            per_row.new_zeros(per_row.shape[0], self.scale.shape[0]).index_add_(1, self.groups, per_row) * self.scale
+        )
         rotated = rotated_features(features, self.rotation, ones_last=self.has_bias)
         num_groups, outputs, kept = self.kept.shape
         projected = (grads @ self.kept.transpose(0, 1).reshape(outputs, num_groups * kept)).view(-1, num_groups, kept)

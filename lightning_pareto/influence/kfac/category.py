@@ -211,7 +211,9 @@ def _influence(
             scores = score(model, train_loader, tracked, preconditioned, factored, progress)
     cause = non_finite_cause(scores)
     if cause:
-        warnings.warn(f"{cause}; the scores are returned as they are, filter them before use", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{cause}; the scores are returned as they are, filter them before use", UserWarning, stacklevel=3
+        )
     return scores
 
 
@@ -234,11 +236,15 @@ def non_finite_cause(scores: Tensor) -> str:
     rows = int(bad[:, keep].any(dim=1).sum()) if keep else 0
     parts = []
     if columns:
-        parts.append(f"influence column(s) {columns} are not finite: the validation gradients of those classes are NaN/inf "
-                     "(a non-finite validation input, or a loss that overflows on one)")
+        parts.append(
+            f"influence column(s) {columns} are not finite: the validation gradients of those classes are NaN/inf "
+            "(a non-finite validation input, or a loss that overflows on one)"
+        )
     if rows:
-        parts.append(f"{rows} of {bad.shape[0]} influence rows are not finite (training samples with NaN/inf gradients, "
-                     "or rows the train loader never yielded)")
+        parts.append(
+            f"{rows} of {bad.shape[0]} influence rows are not finite (training samples with NaN/inf gradients, "
+            "or rows the train loader never yielded)"
+        )
     return "; ".join(parts)
 
 

@@ -62,7 +62,9 @@ def eigenbases(factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, Kronec
             continue
         values_a, vectors_a = leading
         values_a = values_a.clamp(min=0.0)
-        discarded = (torch.trace(inputs).double() - values_a.sum()).clamp(min=0.0) / (inputs.shape[0] - values_a.shape[0])
+        discarded = (torch.trace(inputs).double() - values_a.sum()).clamp(min=0.0) / (
+            inputs.shape[0] - values_a.shape[0]
+        )
         bases[name] = KroneckerFactors(vectors_a, vectors_g, torch.outer(values_g, values_a), values_g * discarded)
     return bases
 

@@ -62,7 +62,9 @@ def mean_gradients(
         if kept is None:
             wide = eigen.TRUNCATE_INPUTS_ABOVE
             kept = {
-                name: [] for name, module in tracked.items() if keep_rows and keeps_rows(module, batch.raw(name)[0], wide)
+                name: []
+                for name, module in tracked.items()
+                if keep_rows and keeps_rows(module, batch.raw(name)[0], wide)
             }
         # Select each group's samples once per batch (not its T-times-longer rows per layer).
         members = group_members(groups)
@@ -71,7 +73,10 @@ def mean_gradients(
                 inputs, grads = batch.raw(name)
                 held = sum(part[0].shape[0] for part in kept[name]) + batch.size
                 outputs, features = layer_shape(module)
-                if keeps_rows(module, inputs, wide) and held * (inputs[0].shape[1] + outputs) < num_groups * outputs * features:
+                if (
+                    keeps_rows(module, inputs, wide)
+                    and held * (inputs[0].shape[1] + outputs) < num_groups * outputs * features
+                ):
                     kept[name].append((inputs[0].contiguous(), grads[0].contiguous(), groups))
                     continue
                 # Too many rows to pay (or a call the rows cannot represent): dense sums from here on.
@@ -80,7 +85,10 @@ def mean_gradients(
                 del kept[name]
             a, g = batch.layers[name]
             for group, samples in members:
-                rows_a, rows_g = a.index_select(0, samples).flatten(end_dim=1), g.index_select(0, samples).flatten(end_dim=1)
+                rows_a, rows_g = (
+                    a.index_select(0, samples).flatten(end_dim=1),
+                    g.index_select(0, samples).flatten(end_dim=1),
+                )
                 sums[name][group].addmm_(rows_g.T, rows_a)
     kept = kept or {}
     # Under DDP each rank saw a shard of the validation set: sum the per-class statistics.

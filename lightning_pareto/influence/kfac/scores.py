@@ -98,7 +98,9 @@ def _contract(a: Tensor, g: Tensor, query: Tensor) -> Tensor:
     width = small.shape[1]
     chunk = max(1, _CHUNK_ELEMENTS // (num_queries * width))
     parts = [
-        torch.bmm((big[start : start + chunk] @ weights).view(-1, num_queries, width), small[start : start + chunk, :, None])
+        torch.bmm(
+            (big[start : start + chunk] @ weights).view(-1, num_queries, width), small[start : start + chunk, :, None]
+        )
         for start in range(0, big.shape[0], chunk)
     ]
     return torch.cat(parts).view(batch, positions, num_queries).sum(dim=1)

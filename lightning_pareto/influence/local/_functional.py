@@ -87,4 +87,3 @@ class FunctionalOperator:
             return vmap(push)(v_i)
 
         return vmap(one_sample)(x, y, directions)
-

@@ -52,7 +52,9 @@ def check_alpha(alpha: float | None, approximations: frozenset[str]) -> float:
     return float(alpha)
 
 
-def check_curvature(curvature: str | None, damping: float | None, svd_tol: float, approximations: frozenset[str]) -> str:
+def check_curvature(
+    curvature: str | None, damping: float | None, svd_tol: float, approximations: frozenset[str]
+) -> str:
     """The curvature to fit (``None``: ``"kfac"`` with KFSVD, else ``"exact"``), with ``damping`` and ``svd_tol`` checked."""
     if curvature is None:
         curvature = "kfac" if "kfsvd" in approximations else "exact"

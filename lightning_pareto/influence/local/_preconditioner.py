@@ -19,11 +19,11 @@ from torch import nn
 
 from lightning_pareto.influence._base import Curvature
 from lightning_pareto.influence._layout import flatten_layout, unflatten_layout
+from lightning_pareto.influence._passes import model_device
 from lightning_pareto.influence._progress import progress_bar
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.curvature import fit_curvature
 from lightning_pareto.influence.exact import MAX_EXACT_PARAMETERS, DenseInverse
-from lightning_pareto.influence._passes import model_device
 from lightning_pareto.influence.local._data import ScopeInputs, chunk_size, collect
 from lightning_pareto.influence.local._operator import FIOperator, make_operator
 from lightning_pareto.influence.local._scope import Scope

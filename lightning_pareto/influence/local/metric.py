@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lightning_pareto.influence._modes import eval_mode
+from lightning_pareto._modes import eval_mode
 from lightning_pareto.influence._passes import model_device
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.local._data import chunk_size, collect
@@ -111,7 +111,15 @@ def metric_factors(
         with timed(timings, "metric", device):
             whitened_parts, row_parts = [], []
             for x, y, jacobian, whitened in factor_chunks(
-                operator, preconditioner, train, torch.arange(len(train)), rank, seed, svd_tol, progress, "FI: metric factors"
+                operator,
+                preconditioner,
+                train,
+                torch.arange(len(train)),
+                rank,
+                seed,
+                svd_tol,
+                progress,
+                "FI: metric factors",
             ):
                 whitened_parts.append(whitened.cpu())
                 if preconditioner is not None:

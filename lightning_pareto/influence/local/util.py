@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_pareto.influence._modes import eval_mode
+from lightning_pareto._modes import eval_mode
 from lightning_pareto.influence._passes import model_device
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.local._data import ScopeInputs, chunk_size, collect
@@ -122,10 +122,20 @@ def fi_util(
         with timed(timings, "precondition", device):
             val_query = preconditioner.apply(val_gradient[None])[0]
         with timed(timings, "scores", device):
-            chosen = choose_subsample(len(train), alpha, seed) if "subsample" in approximations else np.arange(len(train))
+            chosen = (
+                choose_subsample(len(train), alpha, seed) if "subsample" in approximations else np.arange(len(train))
+            )
             parts = []
             for x, y, jacobian, whitened in factor_chunks(
-                operator, preconditioner, train, torch.as_tensor(chosen), rank, seed, svd_tol, progress, "FI^util: scores"
+                operator,
+                preconditioner,
+                train,
+                torch.as_tensor(chosen),
+                rank,
+                seed,
+                svd_tol,
+                progress,
+                "FI^util: scores",
             ):
                 sensitivity = -jacobian.jt(x, y, val_query.expand(len(x), 1, -1))[:, 0] / len(train)
                 parts.append(quadratic_form(whitened, sensitivity))

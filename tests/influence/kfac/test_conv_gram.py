@@ -76,7 +76,16 @@ def test_conv_output_gram_sums_position_outer_products() -> None:
         (nn.Conv2d(2, 3, 5, padding=0), (5, 7)),  # top and bottom strips overlap
         (nn.Linear(4, 3), None),
     ],
-    ids=["stride 2", "dilation 2", "even kernel padding same", "groups 2", "reflect", "no output", "overlapping strips", "linear"],
+    ids=[
+        "stride 2",
+        "dilation 2",
+        "even kernel padding same",
+        "groups 2",
+        "reflect",
+        "no output",
+        "overlapping strips",
+        "linear",
+    ],
 )
 def test_layers_outside_the_shifted_route_are_refused(layer: nn.Module, size: tuple[int, int] | None) -> None:
     x = torch.randn(2, 4) if size is None else torch.randn(2, layer.in_channels, *size)

@@ -91,7 +91,9 @@ def test_group_sums_are_the_summed_rank_one_gradients() -> None:
     inputs = torch.cat([features, torch.ones(9, 1, dtype=torch.float64)], dim=1)
     for group in range(4):
         members = (groups == group).nonzero().squeeze(1).tolist()
-        expected = sum((torch.outer(grads[v], inputs[v]) for v in members), torch.zeros(OUT, IN + 1, dtype=torch.float64))
+        expected = sum(
+            (torch.outer(grads[v], inputs[v]) for v in members), torch.zeros(OUT, IN + 1, dtype=torch.float64)
+        )
         torch.testing.assert_close(sums[group], expected, rtol=1e-12, atol=1e-12)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _influence_reference import loader, relative_error, single_thread, spearman  # noqa: F401
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 from lightning_pareto.influence import category_influence, fit_curvature
@@ -32,7 +32,9 @@ def test_leading_eigh_finds_the_top_eigenpairs_down_to_the_tolerance() -> None:
     torch.testing.assert_close(found_values, values[:expected], rtol=1e-8, atol=1e-10)
     residual = matrix @ found_vectors - found_vectors * found_values
     assert residual.norm() / found_values.norm() < 1e-6
-    torch.testing.assert_close(found_vectors.T @ found_vectors, torch.eye(expected, dtype=torch.float64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        found_vectors.T @ found_vectors, torch.eye(expected, dtype=torch.float64), atol=1e-10, rtol=0
+    )
 
 
 def test_leading_eigh_gives_up_on_a_flat_spectrum() -> None:
@@ -98,7 +100,9 @@ def test_truncated_ekfac_residual_is_the_mean_second_moment_outside_the_kept_dir
     torch.testing.assert_close(layer.residual, outside, rtol=1e-8, atol=1e-14)
 
 
-def test_truncation_leaves_default_damped_influence_unchanged(trained_mlp, digits400, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_truncation_leaves_default_damped_influence_unchanged(
+    trained_mlp, digits400, monkeypatch: pytest.MonkeyPatch
+) -> None:
     x, y = digits400
     train_data, val_data = loader(x[:300], y[:300]), loader(x[300:], y[300:])
     full = category_influence(trained_mlp, train_data, val_data, 10)
@@ -166,7 +170,9 @@ def test_strip_accumulation_equals_the_dense_gram(
     stacked = torch.cat(batches)
     if ones == "implied":
         stacked = torch.cat([stacked, torch.ones(stacked.shape[0], 1, dtype=torch.float64)], dim=1)
-    torch.testing.assert_close(symmetrized(total, ones_last=ones != "none"), stacked.T @ stacked, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        symmetrized(total, ones_last=ones != "none"), stacked.T @ stacked, rtol=1e-12, atol=1e-12
+    )
     # The cases do exercise strips (contiguous, covering every column), and none below _STRIPS_FROM.
     strips = _strips(width)
     if width < strips_from:

@@ -11,8 +11,8 @@ from torch import nn
 from torch.func import functional_call, grad, hessian, jacrev, vmap
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_pareto.influence._layout import flatten_layout, unflatten_layout
 from lightning_pareto.influence import InfluenceTimings
+from lightning_pareto.influence._layout import flatten_layout, unflatten_layout
 from lightning_pareto.influence.curvature import fit_curvature
 from lightning_pareto.influence.local import fi_util, metric_factors, pairwise_fi, query_gradients
 
@@ -129,7 +129,7 @@ def _naive_fi(model: nn.Module, x, y, xv, yv, *, damping: float | None = None, q
         g_v = grad(query)(theta)
     values = []
     for i in range(n):
-        jac = jacrev(lambda inputs: grad(loss)(theta, inputs, y[i]))(x[i])  # (p, d)
+        jac = jacrev(lambda inputs, label=y[i]: grad(loss)(theta, inputs, label))(x[i])  # (p, d)
         d_theta_d_omega = -h_inv @ jac / n  # appendix A, eq. A.7
         a = jacrev(log_probs, argnums=0)(theta, x[i]) @ d_theta_d_omega + jacrev(log_probs, argnums=1)(theta, x[i])
         probs = log_probs(theta, x[i]).exp()

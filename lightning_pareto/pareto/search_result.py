@@ -1,0 +1,72 @@
+"""What the Pareto-LP-GA weight search returns, and the trial function it may call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["SearchResult", "SearchStatus", "TrialFunction"]
+
+TrialFunction = Callable[[np.ndarray], Any]
+"""``trial(weights) -> per-class accuracy``: weights of shape ``(n,)``, accuracy array-like of shape ``(K,)``."""
+
+SearchStatus = Literal["improved", "no_improvement", "infeasible"]
+
+
+@dataclass(frozen=True, eq=False)
+class SearchResult:
+    """Outcome of :func:`search_weights`.
+
+    Attributes:
+        status: ``"improved"`` (a candidate improved every target with positive fitness), ``"no_improvement"`` or
+            ``"infeasible"`` (no candidate's LP gave weights).
+        reason: Why there are no weights; empty when improved.
+        weights: Best candidate's weights, float64 array of shape ``(n,)`` with mean one, or ``None``
+            unless improved (the caller keeps uniform weights).
+        thresholds: Best candidate's thresholds ``tau`` per class, float64 array of shape ``(K,)`` in
+            the influence matrix's units, NaN at targets (all NaN when nothing was evaluated).
+        trust: Best candidate's trust radius.
+        fitness: Best candidate's fitness (see :func:`search_weights`).
+        predicted_gain: Best candidate's first-order predicted gains ``(K,)`` in the influence units.
+        trial_accuracy: Best candidate's per-class accuracy ``(K,)`` from the trial, or ``None``
+            (predicted mode, or the best candidate was not trained).
+        evaluations: Distinct candidates evaluated (one LP solve each).
+        trials: Calls of the trial function.
+        generations: Generations completed.
+        seconds: Wall-clock time of the search.
+        stopped_early: Whether the time budget stopped the search.
+    """
+
+    status: SearchStatus
+    reason: str
+    weights: np.ndarray | None
+    thresholds: np.ndarray
+    trust: float
+    fitness: float
+    predicted_gain: np.ndarray
+    trial_accuracy: np.ndarray | None
+    evaluations: int
+    trials: int
+    generations: int
+    seconds: float
+    stopped_early: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns everything but the weights as JSON-serialisable builtins."""
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "thresholds": self.thresholds.tolist(),
+            "trust": self.trust,
+            "fitness": self.fitness,
+            "predicted_gain": self.predicted_gain.tolist(),
+            "trial_accuracy": None if self.trial_accuracy is None else self.trial_accuracy.tolist(),
+            "evaluations": self.evaluations,
+            "trials": self.trials,
+            "generations": self.generations,
+            "seconds": self.seconds,
+            "stopped_early": self.stopped_early,
+        }
