@@ -1,4 +1,4 @@
-"""Fitting the curvature on a seeded subset of the training set (``curvature_samples``).
+"""Fitting the curvature on a seeded subset of the training set (``curvature_samples``, ``correction_samples``).
 
 The curvature is an average over training samples; a few thousand samples estimate its factors as
 well as tens of thousands do, while the passes cost time in proportion to the samples they see
@@ -15,26 +15,49 @@ loader, and under DDP about ``samples`` over all ranks (each rank keeps ``f`` of
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 
 import torch
 
 from lightning_pareto.influence.batches import unpack_batch
 
+DEFAULT_CORRECTION_SAMPLES = 1000
+"""Samples the EKFAC eigenvalue correction sees by default (``correction_samples="auto"``).
 
-def check_curvature_samples(samples: int | None) -> None:
-    """Validate ``curvature_samples``: ``None`` (every sample) or an int >= 1.
+Chosen from the agreement-vs-time curve of ``python benchmarks/influence.py --part tradeoffs``
+(``benchmarks/RESULTS.md``): the smallest subset whose scores agree with the all-samples correction
+at a Spearman correlation of at least 0.98 (median over classes) on the MNIST CNN.
+"""
+
+
+def check_curvature_samples(samples: int | str | None, name: str = "curvature_samples") -> None:
+    """Validate a subset size: ``None`` (every sample), an int >= 1, or (``correction_samples``) ``"auto"``.
 
     Raises:
-        TypeError: If it is not an int or ``None``.
+        TypeError: If it is not an int or ``None`` (or ``"auto"`` for ``correction_samples``).
         ValueError: If it is below 1.
     """
-    if samples is None:
+    if samples is None or (samples == "auto" and name == "correction_samples"):
         return
     if isinstance(samples, bool) or not isinstance(samples, int):
-        raise TypeError(f"curvature_samples must be an int >= 1 or None (every sample), got {samples!r}")
+        raise TypeError(f"{name} must be an int >= 1 or None (every sample), got {samples!r}")
     if samples < 1:
-        raise ValueError(f"curvature_samples must be >= 1 (or None for every sample), got {samples}")
+        raise ValueError(f"{name} must be >= 1 (or None for every sample), got {samples}")
+
+
+def correction_subset(
+    curvature_samples: int | None, correction_samples: int | str | None, loader: Iterable
+) -> int | None:
+    """How many samples the EKFAC correction pass sees: at most ``curvature_samples`` (the factor pass's).
+
+    ``"auto"`` is ``DEFAULT_CORRECTION_SAMPLES`` for a loader with a sized ``dataset`` (every sample of
+    one without, whose size is unknown).
+    """
+    if correction_samples == "auto":
+        sized = isinstance(getattr(loader, "dataset", None), Sized)
+        correction_samples = DEFAULT_CORRECTION_SAMPLES if sized else None
+    sizes = [size for size in (curvature_samples, correction_samples) if size is not None]
+    return min(sizes) if sizes else None
 
 
 def curvature_batches(loader: Iterable, samples: int | None, seed: int) -> Iterable:

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_pareto.influence._base import Curvature, resolve_damping
 from lightning_pareto.influence._layout import tracked_parameter_count
 from lightning_pareto.influence._passes import FISHERS, influence_mode
-from lightning_pareto.influence._subset import check_curvature_samples, curvature_batches
+from lightning_pareto.influence._subset import check_curvature_samples, correction_subset, curvature_batches
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.capture import tracked_modules
 from lightning_pareto.influence.exact import MAX_EXACT_PARAMETERS, ExactCurvature, dense_curvature
@@ -69,6 +69,7 @@ def fit_curvature(
     fisher: str = "empirical",
     seed: int = 0,
     curvature_samples: int | None = None,
+    correction_samples: int | str | None = "auto",
     progress: bool | None = None,
     timings: InfluenceTimings | None = None,
 ) -> Curvature:
@@ -92,6 +93,9 @@ def fit_curvature(
         curvature_samples: Fit on about this many training samples, a seeded systematic subset of the
             loader's rows (see ``_subset``), or ``None`` (default) for every sample. The
             passes cost time in proportion to the samples they see.
+        correction_samples: Samples of EKFAC's eigenvalue-correction pass (a seeded subset, at most
+            ``curvature_samples``): ``"auto"`` (default) ``DEFAULT_CORRECTION_SAMPLES`` (1,000) when the
+            loader has a sized ``dataset``, an int, or ``None`` for every sample.
         progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
         timings: Filled with the seconds of the ``factors``, ``eigen`` and ``correction`` phases.
 
@@ -107,10 +111,12 @@ def fit_curvature(
     check_options(curvature, fisher)
     resolve_damping(damping, 1.0)  # validate before any pass
     check_curvature_samples(curvature_samples)
+    check_curvature_samples(correction_samples, "correction_samples")
     tracked = tracked_modules(model, modules)
     return fit_tracked_curvature(
         model, train_loader, tracked, curvature=curvature, damping=damping, fisher=fisher, seed=seed,
-        curvature_samples=curvature_samples, progress=progress, timings=timings,
+        curvature_samples=curvature_samples, correction_samples=correction_samples, progress=progress,
+        timings=timings,
     )  # fmt: skip
 
 
@@ -124,10 +130,19 @@ def fit_tracked_curvature(
     fisher: str,
     seed: int,
     curvature_samples: int | None = None,
+    correction_samples: int | str | None = "auto",
+    factors: Mapping[str, tuple[Tensor, Tensor]] | None = None,
     progress: bool | None,
     timings: InfluenceTimings | None,
 ) -> Curvature:
-    """``fit_curvature`` for layers already selected by ``tracked_modules`` and validated options."""
+    """``fit_curvature`` for layers already selected by ``tracked_modules`` and validated options.
+
+    ``factors`` (K-FAC/EKFAC): the ``(A, G)`` of every layer, already accumulated (``FactorAccumulator``),
+    in place of the factor pass.
+    """
+    correction_loader = curvature_batches(
+        train_loader, correction_subset(curvature_samples, correction_samples, train_loader), seed
+    )
     train_loader = curvature_batches(train_loader, curvature_samples, seed)
     if curvature == "exact":
         count = tracked_parameter_count(tracked)
@@ -142,13 +157,14 @@ def fit_tracked_curvature(
                 matrix = dense_curvature(model, train_loader, tracked, fisher=fisher, seed=seed, progress=progress)
             with timed(timings, "eigen", device):
                 return ExactCurvature(tracked, matrix, damping, fisher)
-        with timed(timings, "factors", device):
-            factors = kronecker_factors(model, train_loader, tracked, fisher=fisher, seed=seed, progress=progress)
+        if factors is None:
+            with timed(timings, "factors", device):
+                factors = kronecker_factors(model, train_loader, tracked, fisher=fisher, seed=seed, progress=progress)
         with timed(timings, "eigen", device):
             layers = eigenbases(factors)
         if curvature == "ekfac":
             with timed(timings, "correction", device):
                 layers = corrected_eigenvalues(
-                    model, train_loader, tracked, layers, fisher=fisher, seed=seed, progress=progress
+                    model, correction_loader, tracked, layers, fisher=fisher, seed=seed, progress=progress
                 )
         return KroneckerCurvature(curvature, tracked, layers, damping, fisher)

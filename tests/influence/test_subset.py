@@ -109,3 +109,38 @@ def test_a_loader_without_a_dataset_cannot_be_subset(digits64) -> None:
     model = nn.Sequential(nn.Linear(64, 10)).double()
     with pytest.raises(ValueError, match="sized .dataset"):
         fit_curvature(model, batches, curvature_samples=100)
+
+
+def _eigenvalues(curvature) -> dict[str, Tensor]:
+    return {name: layer.eigenvalues for name, layer in curvature.layers.items()}
+
+
+def test_the_correction_sees_its_own_subset_capped_by_the_factor_subset(digits64, monkeypatch) -> None:
+    from lightning_pareto.influence import _subset
+
+    x, y = digits64
+    model = train(mlp().double(), x, y, steps=60)
+    data = loader(x, y)
+
+    def fitted(**options) -> dict[str, Tensor]:
+        return _eigenvalues(fit_curvature(model, data, curvature="ekfac", damping=0.05, seed=7, **options))
+
+    def same(left: dict[str, Tensor], right: dict[str, Tensor]) -> bool:
+        return all(torch.allclose(left[name], right[name], rtol=1e-12, atol=0) for name in left)
+
+    everything = fitted(correction_samples=None)
+    assert not same(fitted(correction_samples=100), everything)
+    monkeypatch.setattr(_subset, "DEFAULT_CORRECTION_SAMPLES", 100)
+    assert same(fitted(), fitted(correction_samples=100))  # "auto" is the default
+    assert same(fitted(curvature_samples=200, correction_samples=400), fitted(curvature_samples=200, correction_samples=200))
+    # A loader without a sized dataset: "auto" means every sample (its size is unknown).
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(y), 64)]
+    auto = _eigenvalues(fit_curvature(model, batches, curvature="ekfac", damping=0.05))
+    assert same(auto, _eigenvalues(fit_curvature(model, batches, curvature="ekfac", damping=0.05, correction_samples=None)))
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), ("all", TypeError), (2.5, TypeError)])
+def test_bad_correction_samples_fail_before_any_pass(digits64, value, error) -> None:
+    x, y = digits64
+    with pytest.raises(error, match="correction_samples"):
+        fit_curvature(mlp().double(), [(x, "not a batch")], curvature="ekfac", correction_samples=value)

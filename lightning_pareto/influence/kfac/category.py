@@ -46,6 +46,7 @@ def category_influence(
     fisher: str = "empirical",
     seed: int = 0,
     curvature_samples: int | None = None,
+    correction_samples: int | str | None = "auto",
     progress: bool | None = None,
     timings: InfluenceTimings | None = None,
 ) -> Tensor:
@@ -71,6 +72,9 @@ def category_influence(
         curvature_samples: Fit the curvature on about this many training samples (a seeded systematic
             subset, see ``fit_curvature``) instead of all of them; every sample is still scored. ``None``
             (default): all. Not used with a fitted ``Curvature``.
+        correction_samples: Samples of EKFAC's eigenvalue-correction pass (see ``fit_curvature``):
+            ``"auto"`` (default) 1,000 for a loader with a sized ``dataset``, an int, or ``None`` for all.
+            Not used with a fitted ``Curvature``.
         progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
         timings: Filled with the seconds of each phase.
 
@@ -115,7 +119,8 @@ def category_influence(
     return _influence(
         model, train_loader, val_loader, num_classes, class_of,
         curvature=curvature, damping=damping, modules=modules, fisher=fisher, seed=seed,
-        curvature_samples=curvature_samples, progress=progress, timings=timings,
+        curvature_samples=curvature_samples, correction_samples=correction_samples, progress=progress,
+        timings=timings,
         group_names=[f"class {c}" for c in range(num_classes)],
     )  # fmt: skip
 
@@ -132,6 +137,7 @@ def influence_value(
     fisher: str = "empirical",
     seed: int = 0,
     curvature_samples: int | None = None,
+    correction_samples: int | str | None = "auto",
     progress: bool | None = None,
     timings: InfluenceTimings | None = None,
 ) -> Tensor:
@@ -157,7 +163,8 @@ def influence_value(
     scores = _influence(
         model, train_loader, val_loader, 1, whole_set,
         curvature=curvature, damping=damping, modules=modules, fisher=fisher, seed=seed,
-        curvature_samples=curvature_samples, progress=progress, timings=timings,
+        curvature_samples=curvature_samples, correction_samples=correction_samples, progress=progress,
+        timings=timings,
         group_names=["validation set"],
     )  # fmt: skip
     return scores[:, 0]
@@ -176,6 +183,7 @@ def _influence(
     fisher: str,
     seed: int,
     curvature_samples: int | None,
+    correction_samples: int | str | None,
     progress: bool | None,
     timings: InfluenceTimings | None,
     group_names: Sequence[str],
@@ -190,6 +198,7 @@ def _influence(
         check_options(curvature, fisher)
         resolve_damping(damping, 1.0)  # validate before any pass
         check_curvature_samples(curvature_samples)
+        check_curvature_samples(correction_samples, "correction_samples")
         curvature_batches(train_loader, curvature_samples, seed)  # a loader it cannot subset fails here
         tracked = tracked_modules(model, modules)
         fitted = None
@@ -202,7 +211,8 @@ def _influence(
     if fitted is None:
         fitted = fit_tracked_curvature(
             model, train_loader, tracked, curvature=curvature, damping=damping, fisher=fisher, seed=seed,
-            curvature_samples=curvature_samples, progress=progress, timings=timings,
+            curvature_samples=curvature_samples, correction_samples=correction_samples, progress=progress,
+        timings=timings,
         )  # fmt: skip
     with influence_mode(model) as device:
         with timed(timings, "precondition", device):
