@@ -21,7 +21,7 @@ import torch
 
 from lightning_pareto.influence.batches import unpack_batch
 
-DEFAULT_CORRECTION_SAMPLES = 1000
+DEFAULT_CORRECTION_SAMPLES = 2000
 """Samples the EKFAC eigenvalue correction sees by default (``correction_samples="auto"``).
 
 Chosen from the agreement-vs-time curve of ``python benchmarks/influence.py --part tradeoffs``

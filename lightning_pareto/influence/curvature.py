@@ -94,7 +94,7 @@ def fit_curvature(
             loader's rows (see ``_subset``), or ``None`` (default) for every sample. The
             passes cost time in proportion to the samples they see.
         correction_samples: Samples of EKFAC's eigenvalue-correction pass (a seeded subset, at most
-            ``curvature_samples``): ``"auto"`` (default) ``DEFAULT_CORRECTION_SAMPLES`` (1,000) when the
+            ``curvature_samples``): ``"auto"`` (default) ``DEFAULT_CORRECTION_SAMPLES`` (2,000) when the
             loader has a sized ``dataset``, an int, or ``None`` for every sample.
         progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
         timings: Filled with the seconds of the ``factors``, ``eigen`` and ``correction`` phases.

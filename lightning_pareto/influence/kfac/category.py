@@ -73,7 +73,7 @@ def category_influence(
             subset, see ``fit_curvature``) instead of all of them; every sample is still scored. ``None``
             (default): all. Not used with a fitted ``Curvature``.
         correction_samples: Samples of EKFAC's eigenvalue-correction pass (see ``fit_curvature``):
-            ``"auto"`` (default) 1,000 for a loader with a sized ``dataset``, an int, or ``None`` for all.
+            ``"auto"`` (default) 2,000 for a loader with a sized ``dataset``, an int, or ``None`` for all.
             Not used with a fitted ``Curvature``.
         progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
         timings: Filled with the seconds of each phase.
