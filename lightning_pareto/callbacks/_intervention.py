@@ -232,7 +232,7 @@ class InterventionCallback(Callback):
         store = require_sample_weights(pl_module, type(self).__name__)
         influence: np.ndarray | None = None
         try:
-            influence = self._influence_matrix(trainer, pl_module)
+            influence = self._influence_matrix(trainer, pl_module, record)
         except Exception as error:  # noqa: BLE001 - nothing an intervention does may crash the run
             record.reason = f"error: {type(error).__name__}: {error}"
         weights: np.ndarray | None = None
@@ -291,9 +291,12 @@ class InterventionCallback(Callback):
         history = [] if self._monitor is None else self._monitor.history
         return next((r for r in reversed(history) if r["epoch"] == epoch), None)
 
-    def _influence_matrix(self, trainer: Trainer, pl_module: LightningModule) -> np.ndarray:
-        """The category-wise influence matrix ``(n, K)`` (float64) of the run's training set, on every rank."""
-        from lightning_pareto.influence import category_influence
+    def _influence_matrix(self, trainer: Trainer, pl_module: LightningModule, record: InterventionRecord) -> np.ndarray:
+        """The category-wise influence matrix ``(n, K)`` (float64) of the run's training set, on every rank.
+
+        Its phases' seconds go to ``record.influence_seconds``.
+        """
+        from lightning_pareto.influence import InfluenceTimings, category_influence
 
         settings = self.settings
         train_dataset, val_dataset, _ = trainer_datasets(trainer)
@@ -304,12 +307,14 @@ class InterventionCallback(Callback):
         val_loader = DataLoader(val_dataset, batch_size=settings.influence_batch_size,
                                 sampler=rank_shard(trainer, len(val_dataset)))
         show_progress = None if trainer.progress_bar_callback is not None and trainer.is_global_zero else False
+        timings = InfluenceTimings()
         with preserved_rng(), torch.inference_mode(False), torch.enable_grad():
             influence = category_influence(
                 influence_model(pl_module), train_loader, val_loader, len(self.class_names),
                 curvature=settings.curvature, damping=settings.damping, curvature_samples=settings.curvature_samples,
-                modules=settings.module_names, seed=settings.seed, progress=show_progress,
+                modules=settings.module_names, seed=settings.seed, progress=show_progress, timings=timings,
             )
+        record.influence_seconds = {name: value for name, value in vars(timings).items() if value > 0.0}
         return influence.double().numpy()
 
     def _decide(
@@ -321,7 +326,7 @@ class InterventionCallback(Callback):
         influence: np.ndarray,
     ) -> np.ndarray | None:
         """Ceiling check, weight search and logging (rank zero); the weights, or ``None`` with a reason."""
-        from lightning_pareto.influence.category import non_finite_cause
+        from lightning_pareto.influence.kfac.category import non_finite_cause
         from lightning_pareto.pareto.ceiling import ceiling_report
         from lightning_pareto.pareto.search import search_weights
 

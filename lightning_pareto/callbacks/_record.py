@@ -37,6 +37,9 @@ class InterventionRecord:
         status: ``"applied"`` or ``"skipped"``.
         reason: Why it was skipped (empty when applied).
         seconds: Wall-clock seconds of influence, ceiling check and search.
+        influence_seconds: Seconds of each phase of the influence computation that ran (``factors``,
+            ``eigen``, ``correction``, ``queries``, ``precondition``, ``scores``; rank zero's), part of
+            ``seconds``; the search's are in ``search``.
         weighted_epochs: ``trainer.current_epoch`` of every epoch trained with the weights.
         n_weighted: Number of training samples whose weight differs from one.
         ceiling: The ceiling report's summary (``ratio``, ``verdict``, ``pca_ratio``, region counts).
@@ -72,6 +75,7 @@ class InterventionRecord:
     status: str = "skipped"
     reason: str = ""
     seconds: float = 0.0
+    influence_seconds: dict[str, float] = field(default_factory=dict)
     weighted_epochs: list[int] = field(default_factory=list)
     n_weighted: int = 0
     ceiling: dict[str, Any] | None = None

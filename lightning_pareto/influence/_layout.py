@@ -179,6 +179,4 @@ def unflatten_layout(tracked: Mapping[str, nn.Module], flat: Tensor) -> dict[str
     if flat.shape[-1] != sum(sizes):
         raise ValueError(f"flat has {flat.shape[-1]} entries per vector, the tracked layers have {sum(sizes)}")
     blocks = flat.split(sizes, dim=-1)
-    return {
-        name: block.reshape(*flat.shape[:-1], *shape) for name, block, shape in zip(tracked, blocks, shapes)
-    }
+    return {name: block.reshape(*flat.shape[:-1], *shape) for name, block, shape in zip(tracked, blocks, shapes)}

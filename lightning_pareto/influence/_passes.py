@@ -9,32 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_pareto._modes import eval_mode
 from lightning_pareto.influence._progress import progress_bar
+from lightning_pareto.influence.batches import unpack_batch
 from lightning_pareto.influence.capture import LayerCapture
 
 FISHERS = ("empirical", "sampled", "ggn")
-
-
-def unpack(batch: object) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Split a loader batch ``(x, y)`` or ``(x, y, index)``.
-
-    Args:
-        batch: A tuple or list of two or three items.
-
-    Returns:
-        ``(x, y, index)``; ``index`` is an int64 tensor of dataset indices or ``None``.
-
-    Raises:
-        TypeError: If the batch has another structure.
-    """
-    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
-        raise TypeError(
-            f"loaders must yield (x, y) or (x, y, index) batches, got {type(batch).__name__}"
-            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-        )
-    x, y = batch[0], batch[1]
-    index = torch.as_tensor(batch[2], dtype=torch.int64) if len(batch) == 3 else None
-    return x, torch.as_tensor(y), index
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -60,19 +40,20 @@ def influence_mode(model: nn.Module) -> Iterator[torch.device]:
         The model's device.
     """
     device = model_device(model)
-    training = {module: module.training for module in model.modules()}
     requires_grad = {param: param.requires_grad for param in model.parameters()}
     try:
-        model.eval()
         for param in requires_grad:
             param.requires_grad_(False)
         # The passes differentiate, whatever grad mode the caller is in (a Lightning hook runs under
         # no_grad or inference_mode); autocast would change the dtypes the statistics are taken in.
-        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
+        with (
+            eval_mode(model),
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            torch.autocast(device_type=device.type, enabled=False),
+        ):
             yield device
     finally:
-        for module, flag in training.items():
-            module.training = flag
         for param, flag in requires_grad.items():
             param.requires_grad_(flag)
 
@@ -202,8 +183,9 @@ def captured_batches(
     generator = torch.Generator().manual_seed(seed) if fisher == "sampled" else None
     with LayerCapture(tracked, reuse_buffers=reuse_buffers, probe=True) as capture:
         for batch in progress_bar(loader, desc=desc, enabled=progress):
-            x, y, index = unpack(batch)
-            x, y = x.to(device), y.to(device)
+            x, y, index = unpack_batch(batch)
+            x, y = x.to(device), torch.as_tensor(y).to(device)
+            index = None if index is None else torch.as_tensor(index, dtype=torch.int64)
             capture.clear()
             logits = model(x)
             loss = per_sample_loss(logits, fisher_labels(logits, y, fisher, generator)).sum()

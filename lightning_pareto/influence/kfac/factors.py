@@ -1,0 +1,138 @@
+"""The K-FAC phase: covariance factors ``A`` (layer inputs) and ``G`` (output gradients), one pass.
+
+Scaling (the KFC / "expand" convention of Grosse & Martens 2016 for positions ``t``): with ``n``
+samples and ``T_i`` positions of sample ``i``,
+
+    A = sum_{i,t} a_{i,t} a_{i,t}^T / sum_i T_i        G = sum_{i,t} g_{i,t} g_{i,t}^T / n,
+
+so for a layer without positions (``T = 1``) ``G (x) A`` is the usual K-FAC approximation of the mean
+per-sample Fisher ``(1/n) sum_i vec(g_i a_i^T) vec(g_i a_i^T)^T`` (row-major ``vec``), and for
+Conv2d it is KFC's ``T * E_t[g g^T] (x) E_t[a a^T]`` (spatially uncorrelated derivatives).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from lightning_pareto._distributed import all_reduce_sum
+from lightning_pareto.influence._layout import layer_shape
+from lightning_pareto.influence._passes import CapturedBatch, captured_batches
+from lightning_pareto.influence.kfac import eigen
+from lightning_pareto.influence.kfac._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram
+from lightning_pareto.influence.kfac._gram import accumulate_gram, symmetrized
+
+__all__ = ["FactorSums", "kronecker_factors", "plain_linear"]
+
+
+def plain_linear(module: nn.Module, inputs: list[Tensor]) -> bool:
+    """Whether a layer is a Linear called once on ``(batch, in_features)`` inputs (no positions)."""
+    return isinstance(module, nn.Linear) and len(inputs) == 1 and inputs[0].dim() == 2
+
+
+class FactorSums:
+    """Running sums of every tracked layer's ``A`` and ``G`` over captured batches; ``factors()`` divides them.
+
+    Args:
+        tracked: Qualified name -> tracked layer.
+    """
+
+    def __init__(self, tracked: Mapping[str, nn.Module]) -> None:
+        self.tracked = dict(tracked)
+        self._inputs, self._grads = {}, {}
+        for name, module in self.tracked.items():
+            outputs, inputs = layer_shape(module)
+            self._inputs[name] = module.weight.new_zeros(inputs, inputs)
+            self._grads[name] = module.weight.new_zeros(outputs, outputs)
+        self._has_bias = {name: module.bias is not None for name, module in self.tracked.items()}
+        self._positions = dict.fromkeys(self.tracked, 0)
+        self.samples = 0
+
+    def add(self, batch: CapturedBatch, grad_scale: float = 1.0) -> None:
+        """Add one batch; ``grad_scale`` multiplies its output gradients first (per-sample from a mean loss: the batch size)."""
+        self.samples += batch.size
+        for name, module in self.tracked.items():
+            inputs, grads = batch.raw(name)
+            if grad_scale != 1.0:
+                grads = [g * grad_scale for g in grads]
+            if all(supports_shifted_gram(module, x) for x in inputs):
+                # Stride-1 convolutions: correlations of the feature map, no patches (see _conv_gram).
+                for x, g in zip(inputs, grads):
+                    self._inputs[name] += conv_input_gram(module, x)
+                    self._grads[name] += conv_output_gram(g)
+                    self._positions[name] += g.shape[0] * g.shape[2] * g.shape[3]
+                continue
+            if plain_linear(module, inputs):
+                # The input as it is: no copy into rows, and BLAS runs faster on its even width.
+                accumulate_gram(self._inputs[name], inputs[0], ones_implied=self._has_bias[name])
+                accumulate_gram(self._grads[name], grads[0])
+                self._positions[name] += inputs[0].shape[0]
+                continue
+            a, g = batch.layers[name]
+            rows_a, rows_g = a.flatten(end_dim=1), g.flatten(end_dim=1)
+            if grad_scale != 1.0:
+                rows_g = rows_g * grad_scale
+            accumulate_gram(self._inputs[name], rows_a, ones_last=self._has_bias[name])
+            accumulate_gram(self._grads[name], rows_g)
+            self._positions[name] += rows_a.shape[0]
+
+    def factors(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Layer name -> ``(A, G)``, summed over ranks under DDP (a collective); consumes the sums.
+
+        Returns:
+            ``(A, G)`` of shapes ``(in + has_bias, in + has_bias)`` and ``(out, out)``, float64 except
+            ``A`` of a layer with more than ``eigen.TRUNCATE_INPUTS_ABOVE`` inputs: float32, as accumulated.
+
+        Raises:
+            ValueError: If no sample was added on any rank.
+        """
+        # Under DDP each rank saw a shard: sum the statistics so every rank holds the whole set's.
+        counts = all_reduce_sum(torch.tensor([self.samples, *self._positions.values()], dtype=torch.float64))
+        samples, layer_positions = int(counts[0]), dict(zip(self.tracked, counts[1:].tolist()))
+        if samples == 0:
+            raise ValueError("train_loader yielded no samples")
+        factors = {}
+        for name in self.tracked:
+            inputs = all_reduce_sum(symmetrized(self._inputs[name], ones_last=self._has_bias[name]))
+            # A wide factor stays in its float32 (the sums are not used again, so it is divided in place):
+            # leading_eigh's range finder runs in float32, and a float64 copy of a wide matrix costs more
+            # than it serves.
+            inputs = inputs.double() if inputs.shape[0] <= eigen.TRUNCATE_INPUTS_ABOVE else inputs
+            grads = all_reduce_sum(symmetrized(self._grads[name])).double()
+            factors[name] = (inputs.div_(layer_positions[name]), grads.div_(samples))
+        return factors
+
+
+def kronecker_factors(
+    model: nn.Module,
+    loader: Iterable,
+    tracked: Mapping[str, nn.Module],
+    *,
+    fisher: str,
+    seed: int,
+    progress: bool | None,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """The covariance factors ``A`` and ``G`` of every tracked layer, in one pass over ``loader``.
+
+    Args:
+        model: The classifier, in ``influence_mode``.
+        loader: Yields ``(x, y)`` or ``(x, y, index)``.
+        tracked: Qualified name -> tracked layer.
+        fisher: ``"empirical"`` or ``"sampled"``.
+        seed: Seed of the label sampler for ``"sampled"``.
+        progress: See ``progress_bar``.
+
+    Returns:
+        ``FactorSums.factors()``.
+
+    Raises:
+        ValueError: If the loader yields no samples.
+    """
+    sums = FactorSums(tracked)
+    for batch in captured_batches(
+        model, loader, tracked, fisher=fisher, seed=seed, desc="influence: factors", progress=progress
+    ):
+        sums.add(batch)
+    return sums.factors()

@@ -1,0 +1,219 @@
+"""Truncated input eigenbases of wide layers: leading eigenpairs plus one isotropic block, against dense references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _influence_reference import loader, relative_error, single_thread, spearman  # noqa: F401
+from torch import Tensor
+from torch.func import functional_call, grad, vmap
+
+from lightning_pareto.influence import category_influence, fit_curvature
+from lightning_pareto.influence.kfac import _eigensolver, _gram, eigen
+from lightning_pareto.influence.kfac._eigensolver import _next_rank, leading_eigh
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _decaying_matrix(size: int, decay: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(size, size, dtype=torch.float64, generator=generator)).Q
+    values = decay ** torch.arange(size, dtype=torch.float64)
+    return basis @ torch.diag(values) @ basis.T, values
+
+
+def test_leading_eigh_finds_the_top_eigenpairs_down_to_the_tolerance() -> None:
+    matrix, values = _decaying_matrix(1200, 0.97)
+    found_values, found_vectors = leading_eigh(matrix, tolerance=1e-4)
+    expected = int((values > 1e-4).sum())  # 0.97^k > 1e-4 for k <= 302
+    assert found_values.shape == (expected,) and found_vectors.shape == (1200, expected)
+    # float32 range finder, float64 Rayleigh-Ritz: errors far below float32's 6e-8 of the largest (1.0).
+    torch.testing.assert_close(found_values, values[:expected], rtol=1e-8, atol=1e-10)
+    residual = matrix @ found_vectors - found_vectors * found_values
+    assert residual.norm() / found_values.norm() < 1e-6
+    torch.testing.assert_close(
+        found_vectors.T @ found_vectors, torch.eye(expected, dtype=torch.float64), atol=1e-10, rtol=0
+    )
+
+
+def test_leading_eigh_gives_up_on_a_flat_spectrum() -> None:
+    matrix, _ = _decaying_matrix(600, 0.999)
+    assert leading_eigh(matrix, tolerance=1e-4) is None
+
+
+def _first_layer_inputs(x: Tensor) -> Tensor:
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+
+
+@pytest.mark.usefixtures("truncate_wide_inputs")
+def test_truncated_kfac_is_the_kronecker_product_with_the_discarded_spectrum_averaged(trained_mlp, digits400) -> None:
+    x, y = digits400
+    curvature = fit_curvature(trained_mlp, loader(x, y), curvature="kfac", damping=0.01)
+    layer = curvature.layers["0"]
+    assert layer.truncated and not curvature.layers["2"].truncated
+    kept = layer.eigvecs_inputs.shape[1]
+    assert 0 < kept < 65
+    a = _first_layer_inputs(x)
+    a = a.T @ a / len(x)
+    values, vectors = torch.linalg.eigh(a)
+    values, vectors = values.flip(0), vectors.flip(1)
+    kept_basis = layer.eigvecs_inputs
+    # The kept directions span A's leading eigenspace (randomized: up to small principal angles).
+    projector = kept_basis @ kept_basis.T
+    assert (projector - vectors[:, :kept] @ vectors[:, :kept].T).norm() < 0.05
+    # Dense reference on that basis: A's Rayleigh quotients on it, the rest of the trace spread evenly.
+    rayleigh = torch.diag(kept_basis.T @ a @ kept_basis)
+    mean_discarded = (torch.trace(a) - rayleigh.sum()) / (65 - kept)
+    identity = torch.eye(65, dtype=torch.float64)
+    a_truncated = kept_basis @ torch.diag(rayleigh) @ kept_basis.T + mean_discarded * (identity - projector)
+    z1 = (x @ trained_mlp[0].weight.T + trained_mlp[0].bias).detach().requires_grad_(True)
+    logits = trained_mlp[2](torch.relu(z1))
+    (g,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), [z1])
+    dense = torch.kron(g.T @ g / len(x), a_truncated) + 0.01 * torch.eye(32 * 65, dtype=torch.float64)
+    torch.manual_seed(0)
+    vectors_in = torch.randn(3, 32, 65, dtype=torch.float64)
+    head = torch.zeros(3, *curvature.layers["2"].eigenvalues.shape, dtype=torch.float64)
+    solved = curvature.inverse_hvp({"0": vectors_in, "2": head})["0"]
+    expected = torch.linalg.solve(dense, vectors_in.flatten(1).T).T.reshape(vectors_in.shape)
+    assert relative_error(solved, expected) < 1e-8
+
+
+@pytest.mark.usefixtures("truncate_wide_inputs")
+def test_truncated_ekfac_residual_is_the_mean_second_moment_outside_the_kept_directions(trained_mlp, digits400) -> None:
+    x, y = digits400
+    curvature = fit_curvature(trained_mlp, loader(x, y), curvature="ekfac", damping=0.01)
+    layer = curvature.layers["0"]
+    kept = layer.eigvecs_inputs.shape[1]
+    params = {name: p.detach() for name, p in trained_mlp.named_parameters()}
+
+    def loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(trained_mlp, p, (xi[None],)), yi[None])
+
+    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    per_sample = torch.cat([grads["0.weight"], grads["0.bias"][:, :, None]], 2)  # (n, 32, 65)
+    rotated = layer.eigvecs_grads.T @ per_sample  # output side rotated
+    complement = torch.eye(65, dtype=torch.float64) - layer.eigvecs_inputs @ layer.eigvecs_inputs.T
+    inner = (rotated @ layer.eigvecs_inputs).square().mean(0)
+    outside = (rotated @ complement).square().sum(2).mean(0) / (65 - kept)
+    torch.testing.assert_close(layer.eigenvalues, inner, rtol=1e-8, atol=1e-14)
+    torch.testing.assert_close(layer.residual, outside, rtol=1e-8, atol=1e-14)
+
+
+def test_truncation_leaves_default_damped_influence_unchanged(
+    trained_mlp, digits400, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, y = digits400
+    train_data, val_data = loader(x[:300], y[:300]), loader(x[300:], y[300:])
+    full = category_influence(trained_mlp, train_data, val_data, 10)
+    monkeypatch.setattr(eigen, "TRUNCATE_INPUTS_ABOVE", 48)
+    monkeypatch.setattr(_eigensolver, "_START_RANK", 16)
+    monkeypatch.setattr(_eigensolver, "_OVERSAMPLING", 4)
+    truncated = category_influence(trained_mlp, train_data, val_data, 10)
+    assert min(spearman(truncated[:, c], full[:, c]) for c in range(10)) > 0.995
+
+
+@pytest.mark.parametrize("decay", [0.97, 0.985, 0.99])
+def test_next_rank_extrapolates_an_exponential_decay_to_the_tolerance(decay: float) -> None:
+    values = decay ** torch.arange(256, dtype=torch.float64)
+    needed = int((decay ** torch.arange(4096, dtype=torch.float64) > 1e-4).sum())  # 303, 610, 917
+    rank = _next_rank(values, 1e-4, limit=2000)
+    assert rank % 32 == 0 and min(needed, 512) <= rank <= min(512, 1.25 * needed + 32)  # reaches it, or doubles
+    # Out of reach of a 1,200-row matrix's 600 - oversampling directions: give up at once.
+    assert (_next_rank(values, 1e-4, limit=568) is None) == (needed > 568)
+
+
+def test_next_rank_gives_up_on_a_tail_that_does_not_decay() -> None:
+    values = torch.cat([0.9 ** torch.arange(128.0), torch.full((128,), 0.9**128)]).double()
+    assert _next_rank(values, 1e-4, limit=2000) is None
+
+
+def test_single_threaded_lapack_restores_the_thread_count_also_on_errors() -> None:
+    from lightning_pareto.influence._threads import single_threaded_lapack
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with single_threaded_lapack(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"), single_threaded_lapack(torch.device("cpu")):
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("ones", ["none", "last", "implied"])
+@pytest.mark.parametrize(
+    ("strip_width", "strips_from", "width"),
+    [(7, 5, 14), (7, 5, 31), (800, 192, 1700), (800, 192, 289), (800, 192, 200), (800, 192, 150)],
+)
+def test_strip_accumulation_equals_the_dense_gram(
+    monkeypatch: pytest.MonkeyPatch, strip_width: int, strips_from: int, width: int, ones: str
+) -> None:
+    """Strips of the upper triangle (wide and three-strip regimes, none below ``_STRIPS_FROM``), and the
+    bias slot's Gram row from column sums and the row count (``ones_last``: a ones column in the rows;
+    ``ones_implied``: not in them)."""
+    from lightning_pareto.influence.kfac._gram import _strips, accumulate_gram, symmetrized
+
+    monkeypatch.setattr(_gram, "_STRIP_WIDTH", strip_width)
+    monkeypatch.setattr(_gram, "_STRIPS_FROM", strips_from)
+    generator = torch.Generator().manual_seed(width)
+    batches = [torch.randn(rows, width, dtype=torch.float64, generator=generator) for rows in (5, 9)]
+    if ones == "last":
+        for rows in batches:
+            rows[:, -1] = 1.0
+    total = torch.zeros(width + (ones == "implied"), width + (ones == "implied"), dtype=torch.float64)
+    for rows in batches:
+        accumulate_gram(total, rows, ones_last=ones == "last", ones_implied=ones == "implied")
+    stacked = torch.cat(batches)
+    if ones == "implied":
+        stacked = torch.cat([stacked, torch.ones(stacked.shape[0], 1, dtype=torch.float64)], dim=1)
+    torch.testing.assert_close(
+        symmetrized(total, ones_last=ones != "none"), stacked.T @ stacked, rtol=1e-12, atol=1e-12
+    )
+    # The cases do exercise strips (contiguous, covering every column), and none below _STRIPS_FROM.
+    strips = _strips(width)
+    if width < strips_from:
+        assert strips == []
+    else:
+        assert len(strips) > 1 and strips[0][0] == 0 and strips[-1][1] == width
+        assert all(stop == start for (_, stop), (start, _) in zip(strips[:-1], strips[1:]))
+
+
+@pytest.mark.parametrize("ones_last", [False, True])
+@pytest.mark.parametrize("kept", [5, 32, 33])
+def test_input_rotation_equals_the_plain_product(ones_last: bool, kept: int) -> None:
+    """Padded columns are zero and the folded-in bias row gives the same product as ``rows @ U_A``."""
+    from lightning_pareto.influence.kfac._rotation import InputRotation as _InputRotation
+
+    generator = torch.Generator().manual_seed(kept)
+    vectors = torch.randn(40, kept, dtype=torch.float64, generator=generator)
+    rows = torch.randn(6, 3, 40, dtype=torch.float64, generator=generator)
+    if ones_last:
+        rows[..., -1] = 1.0
+    rotation = _InputRotation.of(vectors, ones_last=ones_last)
+    assert rotation.padded.shape[1] % 32 == 0
+    product = rotation.inputs(rows)
+    torch.testing.assert_close(product[..., :kept], rows @ vectors, rtol=1e-12, atol=1e-12)
+    assert torch.all(product[..., kept:] == 0)
+    torch.testing.assert_close(rotation.inputs(rows[:, 0]), rows[:, 0] @ rotation.padded, rtol=1e-12, atol=1e-12)
+
+
+def test_leading_eigh_of_a_float32_matrix_matches_the_dense_float64_pairs() -> None:
+    """A wide factor reaches leading_eigh in float32: pairs still match a dense float64 eigh."""
+    generator = torch.Generator().manual_seed(3)
+    size = 600
+    basis, _ = torch.linalg.qr(torch.randn(size, size, dtype=torch.float64, generator=generator))
+    spectrum = torch.logspace(0, -12, size, dtype=torch.float64)  # 1e-4 at rank 200
+    matrix = ((basis * spectrum) @ basis.T).float()
+    found_values, found_vectors = leading_eigh(matrix, tolerance=1e-4)
+    values, vectors = torch.linalg.eigh(matrix.double())
+    values, vectors = values.flip(0), vectors.flip(1)
+    keep = found_values.shape[0]
+    assert found_values.dtype == torch.float64
+    assert keep == int((values > 1e-4 * values[0]).sum())
+    torch.testing.assert_close(found_values, values[:keep], rtol=1e-4, atol=1e-8)
+    overlap = (found_vectors.T @ vectors[:, :keep]).abs().diagonal()
+    assert overlap[: keep // 2].min() > 0.999

@@ -1,0 +1,146 @@
+"""Fitting the curvature on a subset of the training set (``curvature_samples``)."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _influence_reference import digits, loader, mlp, single_thread, spearman, train  # noqa: F401
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_pareto.influence import category_influence, fit_curvature
+from lightning_pareto.influence._subset import curvature_batches
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def digits64() -> tuple[Tensor, Tensor]:
+    x, y = digits(torch.float64)
+    return x[:600], y[:600]
+
+
+def _kept_indices(batches) -> Tensor:
+    return torch.cat([batch[2] for batch in batches])
+
+
+def test_subset_keeps_the_asked_share_spread_over_a_sorted_loader(digits64) -> None:
+    x, y = digits64
+    order = torch.argsort(y, stable=True)  # sorted by class: a first-rows subset would miss classes
+    data = DataLoader(TensorDataset(x[order], y[order], torch.arange(len(y))), batch_size=64)
+    subset = curvature_batches(data, 150, seed=3)
+    kept = _kept_indices(subset)
+    assert len(kept) in (149, 150, 151)
+    assert len(torch.unique(kept)) == len(kept)
+    counts, expected = torch.bincount(y[order][kept], minlength=10), torch.bincount(y, minlength=10) * 150 / len(y)
+    assert (counts - expected).abs().max() <= 1.0 + 1e-9  # systematic sampling: within one of proportional
+    torch.testing.assert_close(_kept_indices(subset), kept)  # every pass sees the same rows
+    assert not torch.equal(_kept_indices(curvature_batches(data, 150, seed=4)), kept)
+
+
+def test_all_samples_or_more_leaves_the_loader_alone(digits64) -> None:
+    data = loader(*digits64)
+    assert curvature_batches(data, None, seed=0) is data
+    assert curvature_batches(data, len(digits64[1]), seed=0) is data
+
+
+def test_kfac_on_a_subset_inverts_the_factors_of_exactly_those_rows(digits64) -> None:
+    x, y = digits64
+    model = train(mlp().double(), x, y, steps=60)
+    data = loader(x, y)
+    kept = _kept_indices(curvature_batches(data, 200, seed=7))
+    damping = 0.05
+    curvature = fit_curvature(model, data, curvature="kfac", damping=damping, curvature_samples=200, seed=7)
+    # Hand-written K-FAC factors of the kept rows only: A = E[a a^T], G = E[g g^T] per layer.
+    xs, ys = x[kept], y[kept]
+    first, last = model[0], model[2]
+    z1 = (xs @ first.weight.T + first.bias).detach().requires_grad_(True)
+    hidden = torch.relu(z1)
+    z2 = hidden @ last.weight.T + last.bias
+    g1, g2 = torch.autograd.grad(F.cross_entropy(z2, ys, reduction="sum"), [z1, z2])
+    ones = torch.ones(len(kept), 1, dtype=x.dtype)
+    factors = {"0": (torch.cat([xs, ones], 1), g1), "2": (torch.cat([hidden.detach(), ones], 1), g2)}
+    torch.manual_seed(0)
+    for name, (a, g) in factors.items():
+        dense = torch.kron(g.T @ g, a.T @ a) / len(kept) ** 2 + damping * torch.eye(
+            g.shape[1] * a.shape[1], dtype=x.dtype
+        )
+        vectors = torch.randn(2, g.shape[1], a.shape[1], dtype=x.dtype)
+        others = {
+            key: torch.zeros(2, *value.eigenvalues.shape, dtype=x.dtype) for key, value in curvature.layers.items()
+        }
+        solved = curvature.inverse_hvp({**others, name: vectors})[name]
+        expected = torch.linalg.solve(dense, vectors.flatten(1).T).T.reshape(vectors.shape)
+        torch.testing.assert_close(solved, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_influence_from_a_subset_approaches_the_full_fit_as_it_grows() -> None:
+    x, y = digits(torch.float64)
+    model = train(mlp().double(), x[:1400], y[:1400], steps=80)
+    train_data, val_data = loader(x[:1400], y[:1400]), loader(x[1400:], y[1400:])
+    full = category_influence(model, train_data, val_data, 10)
+
+    def agreement(samples: int) -> float:
+        subset = category_influence(model, train_data, val_data, 10, curvature_samples=samples)
+        assert subset.shape == full.shape and torch.isfinite(subset).all()
+        return statistics.median(spearman(subset[:, c], full[:, c]) for c in range(10))
+
+    half, quarter = agreement(700), agreement(350)
+    assert half > 0.9  # measured 0.94
+    assert half > quarter  # measured 0.76 at a quarter
+
+
+@pytest.mark.parametrize(
+    ("samples", "error", "match"),
+    [(0, ValueError, ">= 1"), (2.5, TypeError, "int"), (True, TypeError, "int")],
+)
+def test_bad_curvature_samples_fail_before_any_pass(digits64, samples, error, match) -> None:
+    model = nn.Sequential(nn.Linear(64, 10)).double()
+    with pytest.raises(error, match=match):
+        category_influence(model, loader(*digits64), loader(*digits64), 10, curvature_samples=samples)
+
+
+def test_a_loader_without_a_dataset_cannot_be_subset(digits64) -> None:
+    x, y = digits64
+    batches = [(x[i : i + 100], y[i : i + 100]) for i in range(0, 600, 100)]
+    model = nn.Sequential(nn.Linear(64, 10)).double()
+    with pytest.raises(ValueError, match="sized .dataset"):
+        fit_curvature(model, batches, curvature_samples=100)
+
+
+def _eigenvalues(curvature) -> dict[str, Tensor]:
+    return {name: layer.eigenvalues for name, layer in curvature.layers.items()}
+
+
+def test_the_correction_sees_its_own_subset_capped_by_the_factor_subset(digits64, monkeypatch) -> None:
+    from lightning_pareto.influence import _subset
+
+    x, y = digits64
+    model = train(mlp().double(), x, y, steps=60)
+    data = loader(x, y)
+
+    def fitted(**options) -> dict[str, Tensor]:
+        return _eigenvalues(fit_curvature(model, data, curvature="ekfac", damping=0.05, seed=7, **options))
+
+    def same(left: dict[str, Tensor], right: dict[str, Tensor]) -> bool:
+        return all(torch.allclose(left[name], right[name], rtol=1e-12, atol=0) for name in left)
+
+    everything = fitted(correction_samples=None)
+    assert not same(fitted(correction_samples=100), everything)
+    monkeypatch.setattr(_subset, "DEFAULT_CORRECTION_SAMPLES", 100)
+    assert same(fitted(), fitted(correction_samples=100))  # "auto" is the default
+    assert same(fitted(curvature_samples=200, correction_samples=400), fitted(curvature_samples=200, correction_samples=200))
+    # A loader without a sized dataset: "auto" means every sample (its size is unknown).
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(y), 64)]
+    auto = _eigenvalues(fit_curvature(model, batches, curvature="ekfac", damping=0.05))
+    assert same(auto, _eigenvalues(fit_curvature(model, batches, curvature="ekfac", damping=0.05, correction_samples=None)))
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), ("all", TypeError), (2.5, TypeError)])
+def test_bad_correction_samples_fail_before_any_pass(digits64, value, error) -> None:
+    x, y = digits64
+    with pytest.raises(error, match="correction_samples"):
+        fit_curvature(mlp().double(), [(x, "not a batch")], curvature="ekfac", correction_samples=value)
