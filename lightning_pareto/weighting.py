@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from lightning_pareto.influence.batches import unpack_batch
+
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
 
@@ -246,34 +248,6 @@ def weights_unused(store: SampleWeightStore, lookups_before: int) -> bool:
         False
     """
     return store.active and store.lookups == lookups_before
-
-
-def unpack_batch(batch: Any) -> tuple[Any, Tensor, Tensor | None]:
-    """Split a batch into inputs, targets and dataset indices.
-
-    Args:
-        batch: ``(x, y, index)`` (from :class:`~lightning_pareto.data.IndexedDataset`) or ``(x, y)``.
-
-    Returns:
-        ``(x, y, index)`` with ``index`` ``None`` for two-element batches.
-
-    Raises:
-        TypeError: If the batch is not a tuple or list of two or three elements.
-
-    Example:
-        >>> unpack_batch((torch.zeros(2, 3), torch.tensor([0, 1])))[2] is None
-        True
-    """
-    if not isinstance(batch, (tuple, list)):
-        raise TypeError(
-            f"batches must be (x, y) or (x, y, index) tuples, got a {type(batch).__name__}; "
-            "wrap the dataset in lightning_pareto.IndexedDataset."
-        )
-    if len(batch) == 3:
-        return batch[0], batch[1], batch[2]
-    if len(batch) == 2:
-        return batch[0], batch[1], None
-    raise TypeError(f"batches must be (x, y) or (x, y, index) tuples, got {len(batch)} elements.")
 
 
 def require_sample_weights(pl_module: LightningModule, who: str) -> SampleWeightStore:
