@@ -11,6 +11,11 @@ wall time (config parse + influence + CSVs, no thumbnails).
     python benchmarks/audit_flips.py                          # digits and MNIST-5k, noise 0 / 0.1 / 0.2, 3 seeds
     python benchmarks/audit_flips.py --data digits --noise 0.2 --seeds 0
 
+The rule without its floor (``min_harm=0``), as compared in RESULTS.md, with
+``OUT=benchmarks/results/audit_flips_no_floor.json``::
+
+    python benchmarks/audit_flips.py --min_harm 0 --noise 0 0.2 --seeds 0 --output $OUT
+
 Writes ``benchmarks/results/audit_flips.json``.
 """
 
@@ -60,6 +65,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data seeds (split and flips)")
     parser.add_argument("--output", default=str(RESULTS / "audit_flips.json"))
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --output, do the others")
+    parser.add_argument("--min_harm", type=float, default=None, help="the suspect rule's floor (default: audit's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     output_path = Path(args.output)
@@ -73,7 +79,8 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as scratch:
                     checkpoint = fit_checkpoint(CONFIGS[name], overrides, Path(scratch) / "fit")
                     output = Path(scratch) / "audit"
-                    summary = audit(CONFIGS[name], overrides, checkpoint, output, ["--image_shape", "none"])
+                    rule = [] if args.min_harm is None else ["--min_harm", str(args.min_harm)]
+                    summary = audit(CONFIGS[name], overrides, checkpoint, output, ["--image_shape", "none", *rule])
                     clean, flipped = _true_labels(CONFIGS[name], overrides)
                     likely = _likely_label_accuracy(output / "samples.csv", clean, flipped, summary["classes"])
                 run = {"data": name, "noise": noise, "seed": seed, "suspects": summary["suspects"],
