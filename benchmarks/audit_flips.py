@@ -5,11 +5,17 @@ datamodule's ``label_noise`` flips that share of training labels, ``flipped_indi
 audit the checkpoint, and compare the suspects with the known flips: precision, recall, and the
 loss baseline's precision and recall when it flags as many samples (the highest training loss at the
 same checkpoint). On clean data (noise 0) every suspect is a false alarm: the count is reported. Also
-recorded: how often a flip's likely label (the class it hurts most) is its true label, and the audit's
-wall time (config parse + influence + CSVs, no thumbnails).
+recorded: how often a flip's likely label (the class it hurts most) is its true label, how many flips
+hurt their own (wrong) label, help it most, or help their true class most, and the audit's wall time
+(config parse + influence + CSVs, no thumbnails).
 
     python benchmarks/audit_flips.py                          # digits and MNIST-5k, noise 0 / 0.1 / 0.2, 3 seeds
     python benchmarks/audit_flips.py --data digits --noise 0.2 --seeds 0
+
+The rule without its floor (``min_harm=0``), as compared in RESULTS.md, with
+``OUT=benchmarks/results/audit_flips_no_floor.json``::
+
+    python benchmarks/audit_flips.py --min_harm 0 --noise 0 0.2 --seeds 0 --output $OUT
 
 Writes ``benchmarks/results/audit_flips.json``.
 """
@@ -45,12 +51,23 @@ def _true_labels(config: str, overrides: list[str]) -> tuple[list[int], list[int
     return datamodule.clean_train_targets.tolist(), datamodule.flipped_indices.tolist()
 
 
-def _likely_label_accuracy(samples_csv: Path, clean: list[int], flipped: list[int], names: list[str]) -> float:
-    """Share of flipped suspects whose likely label is their true label."""
+def _flip_signature(samples_csv: Path, clean: list[int], flipped: list[int], names: list[str]) -> dict[str, float]:
+    """What the influence of the flipped samples looks like: how many hurt their own (wrong) label, how many help
+    their wrong label or their true class most, and how often a flipped suspect's likely label is its true one."""
     with samples_csv.open() as handle:
         rows = list(csv.DictReader(handle))
+    number = {name: c for c, name in enumerate(names)}
+    own_negative = helps_label_most = helps_true_most = 0
+    for i in flipped:
+        influence = [float(rows[i][f"influence_{name}"]) for name in names]
+        own_negative += influence[number[rows[i]["label"]]] < 0
+        most = max(range(len(names)), key=influence.__getitem__)
+        helps_label_most += most == number[rows[i]["label"]]
+        helps_true_most += most == clean[i]
     hits = [rows[i]["likely_label"] == names[clean[i]] for i in flipped if rows[i]["suspect"] == "1"]
-    return sum(hits) / len(hits) if hits else float("nan")
+    return {"likely_label_accuracy": sum(hits) / len(hits) if hits else float("nan"),
+            "flips_hurting_own_label": own_negative, "flips_helping_own_label_most": helps_label_most,
+            "flips_helping_true_class_most": helps_true_most}
 
 
 def main() -> None:
@@ -60,6 +77,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data seeds (split and flips)")
     parser.add_argument("--output", default=str(RESULTS / "audit_flips.json"))
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --output, do the others")
+    parser.add_argument("--min_harm", type=float, default=None, help="the suspect rule's floor (default: audit's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     output_path = Path(args.output)
@@ -73,12 +91,13 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as scratch:
                     checkpoint = fit_checkpoint(CONFIGS[name], overrides, Path(scratch) / "fit")
                     output = Path(scratch) / "audit"
-                    summary = audit(CONFIGS[name], overrides, checkpoint, output, ["--image_shape", "none"])
+                    rule = [] if args.min_harm is None else ["--min_harm", str(args.min_harm)]
+                    summary = audit(CONFIGS[name], overrides, checkpoint, output, ["--image_shape", "none", *rule])
                     clean, flipped = _true_labels(CONFIGS[name], overrides)
-                    likely = _likely_label_accuracy(output / "samples.csv", clean, flipped, summary["classes"])
+                    signature = _flip_signature(output / "samples.csv", clean, flipped, summary["classes"])
                 run = {"data": name, "noise": noise, "seed": seed, "suspects": summary["suspects"],
-                       "train_size": len(clean), "audit_seconds": summary["audit_seconds"],
-                       "likely_label_accuracy": likely, **summary.get("flip_detection", {})}
+                       "train_size": len(clean), "audit_seconds": summary["audit_seconds"], **signature,
+                       **summary.get("flip_detection", {})}
                 runs.append(run)
                 print(json.dumps(run), flush=True)
                 output_path.write_text(json.dumps({"runs": runs}, indent=1))  # kept if the run is cut short
@@ -88,7 +107,9 @@ def main() -> None:
             group = [r for r in runs if r["data"] == name and r["noise"] == noise and r["seed"] in args.seeds]
             median = {key: statistics.median(r[key] for r in group) for key in
                       ("suspects", "audit_seconds", *(("precision", "recall", "loss_precision", "loss_recall",
-                                                        "likely_label_accuracy") if noise > 0 else ()))}
+                                                        "likely_label_accuracy", "flips_hurting_own_label",
+                                                        "flips_helping_own_label_most",
+                                                        "flips_helping_true_class_most") if noise > 0 else ()))}
             table.append({"data": name, "noise": noise, "seeds": len(group), **median})
             print(f"{name} noise {noise}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                        for k, v in median.items()))

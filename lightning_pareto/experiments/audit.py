@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Category-wise influence of every training sample at a checkpoint (\"What Is The Performance "
         "Ceiling of My Classifier?\"): which samples help or hurt each class, suspected mislabels, and optionally "
         "the paper's removal check. Other arguments go to the `fit` config.",
+        allow_abbrev=False,  # an abbreviation could swallow a `fit` argument (--seed for --seeds)
     )
     parser.add_argument("--config", required=True, help="the fit config (YAML), as for `lightning-pareto fit`")
     parser.add_argument("--ckpt_path", required=True, help="checkpoint of the trained model (from `fit`)")
@@ -168,11 +169,21 @@ def _predictions(net: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.nda
     return torch.cat(predicted).numpy(), torch.cat(labels).numpy(), torch.cat(losses).numpy()
 
 
-def _image_shape(option: str, datamodule: Any, dataset: Any) -> tuple[int, ...] | None:
-    if option == "none":
-        return None
-    if option != "auto":
+def _parse_image_shape(option: str) -> str | tuple[int, ...] | None:
+    """``--image_shape``: ``"auto"``, ``None`` (for ``"none"``) or the sizes."""
+    if option in ("auto", "none"):
+        return None if option == "none" else option
+    try:
         return tuple(int(v) for v in option.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--image_shape must be 'auto', 'none' or sizes like 8,8 or 3,32,32; got {option!r}."
+        ) from None
+
+
+def _image_shape(option: str | tuple[int, ...] | None, datamodule: Any, dataset: Any) -> tuple[int, ...] | None:
+    if option != "auto":
+        return option  # type: ignore[return-value]
     if type(datamodule).__name__ in _IMAGE_SHAPES:
         return _IMAGE_SHAPES[type(datamodule).__name__]
     sample = dataset[0][0]
@@ -184,7 +195,7 @@ def _training_features(dataset: Any) -> np.ndarray:
 
 
 def retrain_accuracy(fit_argv: Sequence[str], keep: np.ndarray, seed: int, threads: int | None = None) -> np.ndarray:
-    """Train the config's model with ``seed_everything=seed`` (initialisation, shuffling) on the training samples ``keep``.
+    """Train the config's model with ``seed_everything=seed`` (initialisation, shuffling) on the samples ``keep``.
 
     The config's sample-weighting callbacks (interventions) are dropped, so every retrain is a plain run.
 
@@ -221,7 +232,8 @@ def run_audit(args: argparse.Namespace, fit_argv: Sequence[str]) -> dict[str, An
     if not 0.0 < args.removal_fraction <= 1.0:
         raise ValueError(f"--removal_fraction must be in (0, 1], got {args.removal_fraction}.")
     if not Path(args.ckpt_path).is_file():
-        raise FileNotFoundError(f"--ckpt_path {args.ckpt_path} does not exist; train first with `lightning-pareto fit`.")
+        raise FileNotFoundError(f"--ckpt_path {args.ckpt_path} does not exist; run `lightning-pareto fit` first.")
+    image_shape = _parse_image_shape(args.image_shape)
     started = time.perf_counter()
     cli = _build_cli(fit_argv)
     module, datamodule = cli.model, cli.datamodule
@@ -234,7 +246,7 @@ def run_audit(args: argparse.Namespace, fit_argv: Sequence[str]) -> dict[str, An
         net, train, val, names, margin=args.margin, min_harm=args.min_harm, curvature=args.curvature,
         damping=args.damping, modules=args.modules, fisher=args.fisher, curvature_samples=args.curvature_samples,
     )  # fmt: skip
-    shape = _image_shape(args.image_shape, datamodule, dataset)
+    shape = _image_shape(image_shape, datamodule, dataset)
     images = None if shape is None else as_images(_training_features(dataset), shape)
     from torch.utils.tensorboard import SummaryWriter
 
@@ -277,7 +289,8 @@ def _removal(table: AuditTable, fit_argv: Sequence[str], cli: Any, args: argpars
     figure.savefig(output / "removal.png", dpi=100)
     writer.add_figure("audit/removal", figure)
     for kind in KINDS:
-        print(f"Removal check, {kind}: Spearman(-cumulative influence, accuracy change) = {checks[kind].spearman:+.3f}; "
+        print(f"Removal check, {kind}: Spearman(-cumulative influence, accuracy change) = "
+              f"{checks[kind].spearman:+.3f}; "
               f"targeted class moved as predicted for {100 * checks[kind].diagonal_agreement:.0f}% of classes")
     return {kind: {"spearman": checks[kind].spearman, "diagonal_agreement": checks[kind].diagonal_agreement}
             for kind in KINDS}

@@ -50,7 +50,9 @@ def _fit(config: str, folder: Path) -> tuple[Path, Path]:
     return path, next(folder.rglob("*.ckpt"))
 
 
-def test_audit_writes_csvs_thumbnails_tensorboard_and_flip_quality(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_audit_writes_csvs_thumbnails_tensorboard_and_flip_quality(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     config, checkpoint = _fit(DIGITS, tmp_path)
     output = tmp_path / "audit"
     cli.main(["audit", "--config", str(config), "--ckpt_path", str(checkpoint), "--output_dir", str(output),
@@ -79,12 +81,19 @@ def test_audit_writes_csvs_thumbnails_tensorboard_and_flip_quality(tmp_path: Pat
     assert "Sample audit" in printed and "Known flips: 40" in printed
 
 
-def test_audit_names_a_missing_checkpoint(tmp_path: Path) -> None:
+def test_audit_names_bad_arguments_before_it_loads_anything(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(DIGITS)
+    arguments = ["audit", "--config", str(config), "--output_dir", str(tmp_path / "out")]
     with pytest.raises(FileNotFoundError, match="--ckpt_path"):
-        cli.main(["audit", "--config", str(config), "--ckpt_path", str(tmp_path / "none.ckpt"),
-                  "--output_dir", str(tmp_path / "out")])
+        cli.main([*arguments, "--ckpt_path", str(tmp_path / "none.ckpt")])
+    not_read = tmp_path / "any.ckpt"
+    not_read.write_text("the checks come before the checkpoint is read")
+    with pytest.raises(ValueError, match="--image_shape"):
+        cli.main([*arguments, "--ckpt_path", str(not_read), "--image_shape", "8x8"])
+    with pytest.raises(ValueError, match="--removal_fraction"):
+        cli.main([*arguments, "--ckpt_path", str(not_read), "--removal_fraction", "0"])
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def test_descending_ranks_put_ties_in_index_order_and_nan_last() -> None:
     assert descending_ranks(np.array([1.0, 3.0, np.nan, 3.0])).tolist() == [3, 1, 4, 2]
 
 
-def test_top_lists_are_the_extremes_with_suspects_first_among_the_harmful(table, tmp_path: Path) -> None:  # noqa: ANN001
+def test_top_lists_are_extremes_with_suspects_first_among_the_harmful(table, tmp_path: Path) -> None:  # noqa: ANN001
     column = table.influence[:, 2]
     helpful = table.top(2, 5, "helpful")
     assert helpful.tolist() == np.argsort(-column)[:5].tolist()
