@@ -126,6 +126,41 @@ class CapturedBatch:
         """Number of samples in the batch."""
         return self.labels.shape[0]
 
+    def subset(self, rows: Tensor, capture: LayerCapture) -> StoredBatch:
+        """Copies of the given rows' recorded inputs and gradients, valid after the pass moves on.
+
+        Args:
+            rows: Positions in the batch (int64).
+            capture: A ``LayerCapture`` over the same layers that writes the stored batch's ``layers``
+                (not the pass's own, whose buffers the next batch overwrites).
+        """
+        raw = {
+            name: (
+                [x.index_select(0, rows.to(x.device)) for x in inputs],
+                [g.index_select(0, rows.to(g.device)) for g in grads],
+            )
+            for name, (inputs, grads) in self._raw.items()
+        }
+        return StoredBatch(capture, raw, rows.numel())
+
+
+class StoredBatch:
+    """Recorded layer inputs and output gradients kept from a pass: ``raw``, ``layers`` and ``size`` as in ``CapturedBatch``."""
+
+    def __init__(self, capture: LayerCapture, raw: Mapping[str, tuple[list[Tensor], list[Tensor]]], size: int) -> None:
+        self._raw = dict(raw)
+        self.layers: Mapping[str, tuple[Tensor, Tensor]] = _LayerRows(capture, self._raw)
+        self.size = size
+
+    def raw(self, name: str) -> tuple[list[Tensor], list[Tensor]]:
+        """The layer's inputs and output gradients, one per call."""
+        return self._raw[name]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the recorded tensors."""
+        return sum(t.numel() * t.element_size() for inputs, grads in self._raw.values() for t in (*inputs, *grads))
+
 
 class _LayerRows(Mapping):
     """``LayerCapture.rows`` of every tracked layer, each computed once, on first lookup."""

@@ -90,20 +90,43 @@ def curvature_batches(loader: Iterable, samples: int | None, seed: int) -> Itera
     return _SystematicSubset(loader, samples / size, seed)
 
 
+def subset_rows(loader: Iterable, samples: int | None, seed: int) -> SystematicRows | None:
+    """The row chooser ``curvature_batches(loader, samples, seed)`` applies, or ``None`` when it keeps every row."""
+    subset = curvature_batches(loader, samples, seed)
+    return SystematicRows(subset.fraction, subset.seed) if isinstance(subset, _SystematicSubset) else None
+
+
+class SystematicRows:
+    """The rows a pass over the loader keeps, batch by batch (systematic sampling, see the module docstring).
+
+    Args:
+        fraction: ``f``, the share of rows kept.
+        seed: Seed of the random start ``u``.
+    """
+
+    def __init__(self, fraction: float, seed: int) -> None:
+        self.fraction = fraction
+        self._offset = float(torch.rand((), generator=torch.Generator().manual_seed(seed)))
+        self._seen = 0
+
+    def take(self, count: int) -> torch.Tensor:
+        """Positions kept among the next ``count`` rows of the stream, int64."""
+        positions = torch.arange(self._seen, self._seen + count, dtype=torch.float64) * self.fraction + self._offset
+        self._seen += count
+        return (torch.floor(positions) != torch.floor(positions - self.fraction)).nonzero().squeeze(1)
+
+
 class _SystematicSubset:
     def __init__(self, loader: Iterable, fraction: float, seed: int) -> None:
         self.loader, self.fraction, self.seed = loader, fraction, seed
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        offset = float(torch.rand((), generator=torch.Generator().manual_seed(self.seed)))
-        seen = 0
+        chooser = SystematicRows(self.fraction, self.seed)
         for batch in self.loader:
             x, y, index = unpack_batch(batch)
             y = torch.as_tensor(y)
             index = None if index is None else torch.as_tensor(index, dtype=torch.int64)
-            positions = torch.arange(seen, seen + len(y), dtype=torch.float64) * self.fraction + offset
-            seen += len(y)
-            rows = (torch.floor(positions) != torch.floor(positions - self.fraction)).nonzero().squeeze(1)
+            rows = chooser.take(len(y))
             if rows.numel() == 0:
                 continue
             kept = rows.to(x.device) if isinstance(x, torch.Tensor) else rows

@@ -31,14 +31,19 @@ from torch import Tensor, nn
 from lightning_pareto.influence._base import Curvature, resolve_damping
 from lightning_pareto.influence._layout import tracked_parameter_count
 from lightning_pareto.influence._passes import FISHERS, influence_mode
-from lightning_pareto.influence._subset import check_curvature_samples, correction_subset, curvature_batches
+from lightning_pareto.influence._subset import (
+    check_curvature_samples,
+    correction_subset,
+    curvature_batches,
+    subset_rows,
+)
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.capture import tracked_modules
 from lightning_pareto.influence.exact import MAX_EXACT_PARAMETERS, ExactCurvature, dense_curvature
 from lightning_pareto.influence.kfac.correction import corrected_eigenvalues
 from lightning_pareto.influence.kfac.curvature import KroneckerCurvature
 from lightning_pareto.influence.kfac.eigen import eigenbases
-from lightning_pareto.influence.kfac.factors import kronecker_factors
+from lightning_pareto.influence.kfac.factors import factors_keeping_rows, kronecker_factors
 
 __all__ = ["CURVATURES", "check_options", "fit_curvature"]
 
@@ -140,9 +145,11 @@ def fit_tracked_curvature(
     ``factors`` (K-FAC/EKFAC): the ``(A, G)`` of every layer, already accumulated (``FactorAccumulator``),
     in place of the factor pass.
     """
-    correction_loader = curvature_batches(
-        train_loader, correction_subset(curvature_samples, correction_samples, train_loader), seed
-    )
+    correction_samples = correction_subset(curvature_samples, correction_samples, train_loader)
+    correction_loader = curvature_batches(train_loader, correction_samples, seed)
+    # With the empirical Fisher over every row, the factor pass keeps the correction's rows (one pass fewer).
+    keep_rows = curvature == "ekfac" and factors is None and fisher == "empirical" and curvature_samples is None
+    correction_rows = subset_rows(train_loader, correction_samples, seed) if keep_rows else None
     train_loader = curvature_batches(train_loader, curvature_samples, seed)
     if curvature == "exact":
         count = tracked_parameter_count(tracked)
@@ -157,14 +164,29 @@ def fit_tracked_curvature(
                 matrix = dense_curvature(model, train_loader, tracked, fisher=fisher, seed=seed, progress=progress)
             with timed(timings, "eigen", device):
                 return ExactCurvature(tracked, matrix, damping, fisher)
+        stored = None
         if factors is None:
             with timed(timings, "factors", device):
-                factors = kronecker_factors(model, train_loader, tracked, fisher=fisher, seed=seed, progress=progress)
+                if keep_rows:
+                    factors, stored = factors_keeping_rows(
+                        model, train_loader, tracked, seed=seed, progress=progress, rows=correction_rows
+                    )
+                else:
+                    factors = kronecker_factors(
+                        model, train_loader, tracked, fisher=fisher, seed=seed, progress=progress
+                    )
         with timed(timings, "eigen", device):
             layers = eigenbases(factors)
         if curvature == "ekfac":
             with timed(timings, "correction", device):
                 layers = corrected_eigenvalues(
-                    model, correction_loader, tracked, layers, fisher=fisher, seed=seed, progress=progress
+                    model,
+                    correction_loader,
+                    tracked,
+                    layers,
+                    fisher=fisher,
+                    seed=seed,
+                    progress=progress,
+                    batches=stored,
                 )
         return KroneckerCurvature(curvature, tracked, layers, damping, fisher)

@@ -132,11 +132,15 @@ def test_the_correction_sees_its_own_subset_capped_by_the_factor_subset(digits64
     assert not same(fitted(correction_samples=100), everything)
     monkeypatch.setattr(_subset, "DEFAULT_CORRECTION_SAMPLES", 100)
     assert same(fitted(), fitted(correction_samples=100))  # "auto" is the default
-    assert same(fitted(curvature_samples=200, correction_samples=400), fitted(curvature_samples=200, correction_samples=200))
+    assert same(
+        fitted(curvature_samples=200, correction_samples=400), fitted(curvature_samples=200, correction_samples=200)
+    )
     # A loader without a sized dataset: "auto" means every sample (its size is unknown).
     batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(y), 64)]
     auto = _eigenvalues(fit_curvature(model, batches, curvature="ekfac", damping=0.05))
-    assert same(auto, _eigenvalues(fit_curvature(model, batches, curvature="ekfac", damping=0.05, correction_samples=None)))
+    assert same(
+        auto, _eigenvalues(fit_curvature(model, batches, curvature="ekfac", damping=0.05, correction_samples=None))
+    )
 
 
 @pytest.mark.parametrize(("value", "error"), [(0, ValueError), ("all", TypeError), (2.5, TypeError)])
@@ -144,3 +148,37 @@ def test_bad_correction_samples_fail_before_any_pass(digits64, value, error) -> 
     x, y = digits64
     with pytest.raises(error, match="correction_samples"):
         fit_curvature(mlp().double(), [(x, "not a batch")], curvature="ekfac", correction_samples=value)
+
+
+@pytest.mark.parametrize("correction_samples", [None, 150])
+def test_the_factor_pass_keeps_the_corrections_rows_and_gives_the_same_curvature(
+    digits64, monkeypatch, correction_samples
+) -> None:
+    from lightning_pareto.influence.kfac import correction, factors
+
+    x, y = digits64
+    model = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(64, 10)).double()  # fmt: skip
+    data = loader(x, y)
+
+    def fitted() -> dict[str, Tensor]:
+        return _eigenvalues(
+            fit_curvature(model, data, curvature="ekfac", damping=0.05, seed=2, correction_samples=correction_samples)
+        )
+
+    monkeypatch.setattr(factors, "STASH_BYTES", 0)  # nothing fits: the correction runs its own pass
+    two_passes = fitted()
+    monkeypatch.setattr(factors, "STASH_BYTES", 256 << 20)
+    passes = []
+    original = correction.captured_batches
+    monkeypatch.setattr(
+        correction, "captured_batches", lambda *args, **kwargs: passes.append(1) or original(*args, **kwargs)
+    )
+    one_pass = fitted()
+    assert passes == []  # the correction used the factor pass's rows
+    for name in two_passes:
+        torch.testing.assert_close(one_pass[name], two_passes[name], rtol=1e-10, atol=1e-14)
+    sampled = fit_curvature(
+        model, data, curvature="ekfac", damping=0.05, fisher="sampled", correction_samples=correction_samples
+    )
+    assert passes == [1] and set(_eigenvalues(sampled)) == set(two_passes)  # the sampled Fisher keeps its own pass

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lightning_pareto._distributed import all_reduce_sum
 from lightning_pareto.influence._layout import layer_shape
-from lightning_pareto.influence._passes import captured_batches
+from lightning_pareto.influence._passes import CapturedBatch, StoredBatch, captured_batches
 from lightning_pareto.influence.kfac._conv_grads import grouped_gradients_pay, per_sample_conv_gradients
 from lightning_pareto.influence.kfac._gram import aligned
 from lightning_pareto.influence.kfac._rotation import InputRotation
@@ -36,6 +36,7 @@ def corrected_eigenvalues(
     fisher: str,
     seed: int,
     progress: bool | None,
+    batches: Iterable[CapturedBatch | StoredBatch] | None = None,
 ) -> dict[str, KroneckerFactors]:
     """EKFAC: replace the K-FAC eigenvalues by per-sample gradient second moments in the eigenbasis.
 
@@ -52,6 +53,8 @@ def corrected_eigenvalues(
         fisher: ``"empirical"`` or ``"sampled"`` (the same seed gives the same labels in loader order).
         seed: Seed of the label sampler for ``"sampled"``.
         progress: See ``progress_bar``.
+        batches: Batches recorded already (the factor pass's ``StoredBatch`` copies of the correction's
+            rows), in place of a pass over ``loader``.
 
     Returns:
         Layer name -> ``KroneckerFactors`` with the corrected eigenvalues.
@@ -65,9 +68,11 @@ def corrected_eigenvalues(
     outside = {name: torch.zeros_like(basis.residual) for name, basis in bases.items() if basis.residual is not None}
     rotations: dict[str, tuple[InputRotation, Tensor]] = {}
     samples = 0
-    for batch in captured_batches(
-        model, loader, tracked, fisher=fisher, seed=seed, desc="influence: eigenvalue correction", progress=progress
-    ):
+    if batches is None:
+        batches = captured_batches(
+            model, loader, tracked, fisher=fisher, seed=seed, desc="influence: eigenvalue correction", progress=progress
+        )
+    for batch in batches:
         samples += batch.size
         for name, module in tracked.items():
             inputs, grads = batch.raw(name)

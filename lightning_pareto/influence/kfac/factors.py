@@ -19,12 +19,14 @@ from torch import Tensor, nn
 
 from lightning_pareto._distributed import all_reduce_sum
 from lightning_pareto.influence._layout import layer_shape
-from lightning_pareto.influence._passes import CapturedBatch, captured_batches
+from lightning_pareto.influence._passes import CapturedBatch, StoredBatch, captured_batches
+from lightning_pareto.influence._subset import SystematicRows
+from lightning_pareto.influence.capture import LayerCapture
 from lightning_pareto.influence.kfac import eigen
 from lightning_pareto.influence.kfac._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram
 from lightning_pareto.influence.kfac._gram import accumulate_gram, symmetrized
 
-__all__ = ["FactorSums", "kronecker_factors", "plain_linear"]
+__all__ = ["FactorSums", "factors_keeping_rows", "kronecker_factors", "plain_linear"]
 
 
 def plain_linear(module: nn.Module, inputs: list[Tensor]) -> bool:
@@ -136,3 +138,57 @@ def kronecker_factors(
     ):
         sums.add(batch)
     return sums.factors()
+
+
+STASH_BYTES = 256 << 20
+"""Most bytes of the EKFAC correction's rows the factor pass keeps; beyond it the correction runs its own pass."""
+
+
+def factors_keeping_rows(
+    model: nn.Module,
+    loader: Iterable,
+    tracked: Mapping[str, nn.Module],
+    *,
+    seed: int,
+    progress: bool | None,
+    rows: SystematicRows | None,
+) -> tuple[dict[str, tuple[Tensor, Tensor]], list[StoredBatch] | None]:
+    """``kronecker_factors`` (empirical Fisher) that also keeps copies of the rows the EKFAC correction takes.
+
+    The correction needs the eigenbases of the finished factors, so it cannot share the pass; but with
+    the empirical Fisher the per-sample inputs and gradients it needs are the ones this pass records.
+    Keeping the correction's rows (a subset, ``rows``) saves its forward and backward pass, as long as
+    they fit in ``STASH_BYTES``.
+
+    Args:
+        model: The classifier, in ``influence_mode``.
+        loader: Yields ``(x, y)`` or ``(x, y, index)``.
+        tracked: Qualified name -> tracked layer.
+        seed: Unused by the empirical Fisher; kept for the signature of ``kronecker_factors``.
+        progress: See ``progress_bar``.
+        rows: The correction's row chooser over this loader's stream (``_subset.subset_rows``), or
+            ``None`` for every row.
+
+    Returns:
+        The factors, and the kept rows batch by batch, or ``None`` when they outgrew ``STASH_BYTES``.
+    """
+    sums = FactorSums(tracked)
+    stored: list[StoredBatch] | None = []
+    held = 0
+    copier = LayerCapture(tracked)  # writes the stored batches' rows, apart from the pass's buffers
+    for batch in captured_batches(
+        model, loader, tracked, fisher="empirical", seed=seed, desc="influence: factors", progress=progress
+    ):
+        sums.add(batch)
+        if stored is None:
+            continue
+        chosen = torch.arange(batch.size) if rows is None else rows.take(batch.size)
+        if chosen.numel() == 0:
+            continue
+        kept = batch.subset(chosen, copier)
+        held += kept.nbytes
+        if held > STASH_BYTES:
+            stored = None
+        else:
+            stored.append(kept)
+    return sums.factors(), stored
