@@ -17,8 +17,16 @@ CONFIGS = {"digits": "configs/digits.yaml", "mnist5k": "configs/mnist5k.yaml"}
 
 def fit_checkpoint(config: str, overrides: list[str], folder: Path) -> Path:
     """``lightning-pareto fit --config CONFIG OVERRIDES`` writing under ``folder``; the checkpoint it saved."""
-    argv = ["fit", "--config", config, *overrides, f"--trainer.default_root_dir={folder}",
-            "--trainer.enable_progress_bar=false", "--trainer.logger=false", "--trainer.callbacks=[]"]
+    argv = [
+        "fit",
+        "--config",
+        config,
+        *overrides,
+        f"--trainer.default_root_dir={folder}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger=false",
+        "--trainer.callbacks=[]",
+    ]
     program, sys.argv[1:] = sys.argv[1:], []
     try:
         with quiet_lightning(), contextlib.redirect_stdout(io.StringIO()):

@@ -65,9 +65,12 @@ def _flip_signature(samples_csv: Path, clean: list[int], flipped: list[int], nam
         helps_label_most += most == number[rows[i]["label"]]
         helps_true_most += most == clean[i]
     hits = [rows[i]["likely_label"] == names[clean[i]] for i in flipped if rows[i]["suspect"] == "1"]
-    return {"likely_label_accuracy": sum(hits) / len(hits) if hits else float("nan"),
-            "flips_hurting_own_label": own_negative, "flips_helping_own_label_most": helps_label_most,
-            "flips_helping_true_class_most": helps_true_most}
+    return {
+        "likely_label_accuracy": sum(hits) / len(hits) if hits else float("nan"),
+        "flips_hurting_own_label": own_negative,
+        "flips_helping_own_label_most": helps_label_most,
+        "flips_helping_true_class_most": helps_true_most,
+    }
 
 
 def main() -> None:
@@ -95,9 +98,16 @@ def main() -> None:
                     summary = audit(CONFIGS[name], overrides, checkpoint, output, ["--image_shape", "none", *rule])
                     clean, flipped = _true_labels(CONFIGS[name], overrides)
                     signature = _flip_signature(output / "samples.csv", clean, flipped, summary["classes"])
-                run = {"data": name, "noise": noise, "seed": seed, "suspects": summary["suspects"],
-                       "train_size": len(clean), "audit_seconds": summary["audit_seconds"], **signature,
-                       **summary.get("flip_detection", {})}
+                run = {
+                    "data": name,
+                    "noise": noise,
+                    "seed": seed,
+                    "suspects": summary["suspects"],
+                    "train_size": len(clean),
+                    "audit_seconds": summary["audit_seconds"],
+                    **signature,
+                    **summary.get("flip_detection", {}),
+                }
                 runs.append(run)
                 print(json.dumps(run), flush=True)
                 output_path.write_text(json.dumps({"runs": runs}, indent=1))  # kept if the run is cut short
@@ -105,14 +115,32 @@ def main() -> None:
     for name in args.data:
         for noise in args.noise:
             group = [r for r in runs if r["data"] == name and r["noise"] == noise and r["seed"] in args.seeds]
-            median = {key: statistics.median(r[key] for r in group) for key in
-                      ("suspects", "audit_seconds", *(("precision", "recall", "loss_precision", "loss_recall",
-                                                        "likely_label_accuracy", "flips_hurting_own_label",
-                                                        "flips_helping_own_label_most",
-                                                        "flips_helping_true_class_most") if noise > 0 else ()))}
+            median = {
+                key: statistics.median(r[key] for r in group)
+                for key in (
+                    "suspects",
+                    "audit_seconds",
+                    *(
+                        (
+                            "precision",
+                            "recall",
+                            "loss_precision",
+                            "loss_recall",
+                            "likely_label_accuracy",
+                            "flips_hurting_own_label",
+                            "flips_helping_own_label_most",
+                            "flips_helping_true_class_most",
+                        )
+                        if noise > 0
+                        else ()
+                    ),
+                )
+            }
             table.append({"data": name, "noise": noise, "seeds": len(group), **median})
-            print(f"{name} noise {noise}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                                       for k, v in median.items()))
+            print(
+                f"{name} noise {noise}: "
+                + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in median.items())
+            )
     output_path.write_text(json.dumps({"medians": table, "runs": runs}, indent=1))
 
 

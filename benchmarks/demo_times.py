@@ -44,20 +44,38 @@ def main() -> None:
             argv = [str(ROOT / word) if word.startswith("configs/") else word for word in argv]
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "lightning_pareto", *argv], cwd=scratch, env=environment,
-                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.run(
+                    [sys.executable, "-m", "lightning_pareto", *argv],
+                    cwd=scratch,
+                    env=environment,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 times.setdefault(name, []).append(time.perf_counter() - start)
                 print(f"{name}: {times[name][-1]:.1f} s", flush=True)
-    summary = {name: {"median_s": statistics.median(values), "min_s": min(values), "max_s": max(values),
-                      "runs_s": values, "command": "lightning-pareto " + " ".join(COMMANDS[name])}
-               for name, values in times.items()}
-    result = {"benchmark": "demo_times", "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                                                     "load_average": os.getloadavg()}, "commands": summary}
+    summary = {
+        name: {
+            "median_s": statistics.median(values),
+            "min_s": min(values),
+            "max_s": max(values),
+            "runs_s": values,
+            "command": "lightning-pareto " + " ".join(COMMANDS[name]),
+        }
+        for name, values in times.items()
+    }
+    result = {
+        "benchmark": "demo_times",
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg()},
+        "commands": summary,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1))
     for name, row in summary.items():
-        print(f"{name:<14} median {row['median_s']:6.1f} s  ({row['min_s']:.1f}-{row['max_s']:.1f} s, "
-              f"{len(row['runs_s'])} runs)")
+        print(
+            f"{name:<14} median {row['median_s']:6.1f} s  ({row['min_s']:.1f}-{row['max_s']:.1f} s, "
+            f"{len(row['runs_s'])} runs)"
+        )
     print(f"-> {args.output}")
 
 

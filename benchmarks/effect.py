@@ -83,7 +83,9 @@ class Scenario:
     burst: dict[int, int] = field(default_factory=dict)  # CC: label map applied during the disturbed epoch
 
 
-def _flip_map(y: np.ndarray, mapping: dict[int, int], fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _flip_map(
+    y: np.ndarray, mapping: dict[int, int], fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """``fraction`` of each source class's labels replaced by its mapped class; new labels and flipped positions."""
     noisy, flipped = y.copy(), []
     for source, target in mapping.items():
@@ -114,9 +116,16 @@ def imbalanced(base: type, keep: dict[int, float]) -> type:
             super().setup(stage)
             x, y = self.train_arrays
             rng = np.random.default_rng(self.seed + 7)
-            drop = np.concatenate([rng.choice(np.flatnonzero(y.numpy() == c), replace=False,
-                                              size=int(np.sum(y.numpy() == c)) - round(f * int(np.sum(y.numpy() == c))))
-                                   for c, f in keep.items()])
+            drop = np.concatenate(
+                [
+                    rng.choice(
+                        np.flatnonzero(y.numpy() == c),
+                        replace=False,
+                        size=int(np.sum(y.numpy() == c)) - round(f * int(np.sum(y.numpy() == c))),
+                    )
+                    for c, f in keep.items()
+                ]
+            )
             kept = torch.from_numpy(np.setdiff1d(np.arange(y.shape[0]), drop))
             self.train_arrays = (x[kept], y[kept])
             self.clean_train_targets = self.clean_train_targets[kept]
@@ -132,22 +141,45 @@ def _mnist(cls: type = MNIST5kDataModule, noise: float = 0.0) -> Callable[[int],
 SCENARIOS: dict[str, Scenario] = {
     "digits_symmetric": Scenario(
         data=lambda seed: DigitsDataModule(batch_size=64, label_noise=0.2, seed=seed),
-        net=lambda: MLP(64, 10, hidden=(32,)), epochs=12, mode="di", at_epoch=3, targets="worst:2"),
+        net=lambda: MLP(64, 10, hidden=(32,)),
+        epochs=12,
+        mode="di",
+        at_epoch=3,
+        targets="worst:2",
+    ),
     "mnist_classdep": Scenario(
         data=_mnist(class_dependent(MNIST5kDataModule, {3: 5, 4: 9, 7: 1}, 0.45)),
-        net=lambda: MLP(784, 10, hidden=(64,)), epochs=12, mode="di", at_epoch=3, targets=[3, 4, 7]),
+        net=lambda: MLP(784, 10, hidden=(64,)),
+        epochs=12,
+        mode="di",
+        at_epoch=3,
+        targets=[3, 4, 7],
+    ),
     "mnist_imbalance": Scenario(
         data=_mnist(imbalanced(MNIST5kDataModule, {2: 0.1, 6: 0.1})),
-        net=lambda: MLP(784, 10, hidden=(64,)), epochs=12, mode="di", at_epoch=3, targets=[2, 6]),
+        net=lambda: MLP(784, 10, hidden=(64,)),
+        epochs=12,
+        mode="di",
+        at_epoch=3,
+        targets=[2, 6],
+    ),
     "digits_cnn_classdep": Scenario(
         data=lambda seed: class_dependent(DigitsDataModule, {1: 7, 3: 8, 9: 5}, 0.45)(batch_size=64, seed=seed),
-        net=lambda: SmallCNN(1, 10, image_size=8), epochs=12, mode="di", at_epoch=3, targets=[1, 3, 9]),
+        net=lambda: SmallCNN(1, 10, image_size=8),
+        epochs=12,
+        mode="di",
+        at_epoch=3,
+        targets=[1, 3, 9],
+    ),
     "mnist_lr_spike": Scenario(
-        data=_mnist(noise=0.1), net=lambda: MLP(784, 10, hidden=(64,)), epochs=12, mode="cc", at_epoch=5, spike=10.0),
+        data=_mnist(noise=0.1), net=lambda: MLP(784, 10, hidden=(64,)), epochs=12, mode="cc", at_epoch=5, spike=10.0
+    ),
     "mnist_lr_collapse": Scenario(
-        data=_mnist(noise=0.1), net=lambda: MLP(784, 10, hidden=(64,)), epochs=12, mode="cc", at_epoch=5, spike=20.0),
+        data=_mnist(noise=0.1), net=lambda: MLP(784, 10, hidden=(64,)), epochs=12, mode="cc", at_epoch=5, spike=20.0
+    ),
     "mnist_corrupt_burst": Scenario(
-        data=_mnist(), net=lambda: MLP(784, 10, hidden=(64,)), epochs=12, mode="cc", at_epoch=5, burst={3: 5, 8: 5}),
+        data=_mnist(), net=lambda: MLP(784, 10, hidden=(64,)), epochs=12, mode="cc", at_epoch=5, burst={3: 5, 8: 5}
+    ),
 }
 
 
@@ -159,7 +191,8 @@ class TestAccuracy(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.by_epoch[trainer.current_epoch] = per_class_accuracy(
-            pl_module.net, trainer.datamodule.test_dataloader(), pl_module.num_classes).tolist()
+            pl_module.net, trainer.datamodule.test_dataloader(), pl_module.num_classes
+        ).tolist()
 
 
 class BurstModule(ClassifierModule):
@@ -190,14 +223,27 @@ def _schedule(scenario: Scenario) -> Callable[[torch.optim.Optimizer], Any]:
 def _fit(scenario: Scenario, seed: int, callbacks: list[Callback]) -> tuple[PerClassAccuracy, TestAccuracy]:
     L.seed_everything(seed, verbose=False)
     monitor, test = PerClassAccuracy(log_figure_every_n_epochs=0), TestAccuracy()
-    options = {"optimizer": lambda params: torch.optim.SGD(params, lr=scenario.lr, momentum=0.9),
-               "scheduler": _schedule(scenario)}
+    options = {
+        "optimizer": lambda params: torch.optim.SGD(params, lr=scenario.lr, momentum=0.9),
+        "scheduler": _schedule(scenario),
+    }
     net = scenario.net()
-    module = (BurstModule(net, 10, burst_epoch=scenario.at_epoch, burst=scenario.burst, **options) if scenario.burst
-              else ClassifierModule(net, 10, **options))
-    trainer = L.Trainer(max_epochs=scenario.epochs, callbacks=[monitor, *callbacks, test], accelerator="cpu",
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir="/tmp/effect_benchmark")
+    module = (
+        BurstModule(net, 10, burst_epoch=scenario.at_epoch, burst=scenario.burst, **options)
+        if scenario.burst
+        else ClassifierModule(net, 10, **options)
+    )
+    trainer = L.Trainer(
+        max_epochs=scenario.epochs,
+        callbacks=[monitor, *callbacks, test],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir="/tmp/effect_benchmark",
+    )
     trainer.fit(module, scenario.data(seed))
     return monitor, test
 
@@ -208,9 +254,21 @@ def _class_search(labels: torch.Tensor, factor: float) -> Callable[..., SearchRe
     def search(influence: Any, targets: Any, **kwargs: Any) -> SearchResult:
         n, k = np.asarray(influence).shape
         weights = class_weights(labels, list(targets), factor).double().numpy()
-        return SearchResult(status="improved", reason="", weights=weights, thresholds=np.full(k, np.nan), trust=0.0,
-                            fitness=0.0, predicted_gain=np.zeros(k), trial_accuracy=None, evaluations=0, trials=0,
-                            generations=0, seconds=0.0, stopped_early=False)
+        return SearchResult(
+            status="improved",
+            reason="",
+            weights=weights,
+            thresholds=np.full(k, np.nan),
+            trust=0.0,
+            fitness=0.0,
+            predicted_gain=np.zeros(k),
+            trial_accuracy=None,
+            evaluations=0,
+            trials=0,
+            generations=0,
+            seconds=0.0,
+            stopped_early=False,
+        )
 
     return search
 
@@ -224,8 +282,9 @@ def run_arm(name: str, seed: int, arm: str, di_kwargs: dict[str, Any], cc_kwargs
     if arm == "upweight" and scenario.mode == "di":
         callbacks = [ClassUpweighting(scenario.targets, factor=UPWEIGHT_FACTOR, at_epoch=scenario.at_epoch)]
     elif arm == "di":
-        intervention = DirectImprovement(targets=scenario.targets, at_epochs=[scenario.at_epoch], log_figures=False,
-                                         **di_kwargs)
+        intervention = DirectImprovement(
+            targets=scenario.targets, at_epochs=[scenario.at_epoch], log_figures=False, **di_kwargs
+        )
     elif arm in ("cc", "upweight"):
         intervention = CourseCorrection(log_figures=False, **cc_kwargs)
         if arm == "upweight":
@@ -241,20 +300,29 @@ def run_arm(name: str, seed: int, arm: str, di_kwargs: dict[str, Any], cc_kwargs
         search_module.search_weights = original
     records = [r.to_dict() for r in getattr(intervention, "records", [])]
     targets = getattr(callbacks[0], "applied", None) if arm == "upweight" and scenario.mode == "di" else None
-    return {"scenario": name, "seed": seed, "arm": arm, "seconds": time.perf_counter() - start,
-            "test": {str(e): a for e, a in test.by_epoch.items()},
-            "val": {str(r["epoch"]): r["accuracy"] for r in monitor.history},
-            "records": records, "upweighted": targets}
+    return {
+        "scenario": name,
+        "seed": seed,
+        "arm": arm,
+        "seconds": time.perf_counter() - start,
+        "test": {str(e): a for e, a in test.by_epoch.items()},
+        "val": {str(r["epoch"]): r["accuracy"] for r in monitor.history},
+        "records": records,
+        "upweighted": targets,
+    }
 
 
 def _changes(after: list[float], reference: list[float], targets: list[int]) -> dict[str, Any]:
     delta = 100.0 * (np.asarray(after, dtype=float) - np.asarray(reference, dtype=float))
     others = [c for c in range(delta.size) if c not in targets]
-    return {"per_class_pp": [round(float(d), 2) for d in delta],
-            "targets_pp": float(np.mean(delta[targets])) if targets else math.nan,
-            "nontargets_pp": float(np.mean(delta[others])) if others else math.nan,
-            "worst_nontarget_pp": float(np.min(delta[others])) if others else math.nan,
-            "all_pp": float(np.mean(delta)), "worst_class_pp": float(np.min(delta))}
+    return {
+        "per_class_pp": [round(float(d), 2) for d in delta],
+        "targets_pp": float(np.mean(delta[targets])) if targets else math.nan,
+        "nontargets_pp": float(np.mean(delta[others])) if others else math.nan,
+        "worst_nontarget_pp": float(np.min(delta[others])) if others else math.nan,
+        "all_pp": float(np.mean(delta)),
+        "worst_class_pp": float(np.min(delta)),
+    }
 
 
 def compare(name: str, seed: int, runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -280,11 +348,19 @@ def compare(name: str, seed: int, runs: dict[str, dict[str, Any]]) -> list[dict[
         # Identical up to the intervention: DI's chosen epoch; CC's first detrimental epoch (seen at its end).
         until = scenario.at_epoch if scenario.mode == "di" else (records[0]["epoch"] if records else int(last))
         same = all(run["test"][str(e)] == plain["test"][str(e)] for e in range(until + 1))
-        row = {"scenario": name, "seed": seed, "arm": arm, "targets": targets, "same_until_intervention": same,
-               "statuses": [r["status"] for r in records], "seconds": run["seconds"],
-               "end": _changes(run["test"][last], plain["test"][plain_last], targets or []),
-               "end_val": _changes(run["val"][max(run["val"], key=int)], plain["val"][max(plain["val"], key=int)],
-                                   targets or [])}
+        row = {
+            "scenario": name,
+            "seed": seed,
+            "arm": arm,
+            "targets": targets,
+            "same_until_intervention": same,
+            "statuses": [r["status"] for r in records],
+            "seconds": run["seconds"],
+            "end": _changes(run["test"][last], plain["test"][plain_last], targets or []),
+            "end_val": _changes(
+                run["val"][max(run["val"], key=int)], plain["val"][max(plain["val"], key=int)], targets or []
+            ),
+        }
         if next_epoch is not None and reference_next is not None:
             # DI: the first weighted epoch against the plain run's same epoch; CC: the redo against the
             # detrimental epoch it replaced (the plain run's epoch of the same number).
@@ -300,29 +376,44 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         groups.setdefault((row["scenario"], row["arm"]), []).append(row)
     summary: dict[str, Any] = {}
     for (name, arm), members in sorted(groups.items()):
-        entry: dict[str, Any] = {"seeds": len(members),
-                                 "same_until_intervention": all(r["same_until_intervention"] for r in members),
-                                 "seconds_median": statistics.median(r["seconds"] for r in members)}
+        entry: dict[str, Any] = {
+            "seeds": len(members),
+            "same_until_intervention": all(r["same_until_intervention"] for r in members),
+            "seconds_median": statistics.median(r["seconds"] for r in members),
+        }
         for when in ("next", "end"):
             present = [r[when] for r in members if when in r]
             if present:
-                entry[when] = {key: float(np.nanmedian([p[key] for p in present]))
-                               for key in ("targets_pp", "nontargets_pp", "worst_nontarget_pp", "all_pp", "worst_class_pp")}
-                entry[when]["per_class_median_pp"] = np.median([p["per_class_pp"] for p in present], axis=0).round(2).tolist()
+                entry[when] = {
+                    key: float(np.nanmedian([p[key] for p in present]))
+                    for key in ("targets_pp", "nontargets_pp", "worst_nontarget_pp", "all_pp", "worst_class_pp")
+                }
+                entry[when]["per_class_median_pp"] = (
+                    np.median([p["per_class_pp"] for p in present], axis=0).round(2).tolist()
+                )
         summary.setdefault(name, {})[arm] = entry
     return summary
 
 
 def table(summary: dict[str, Any]) -> str:
     """The summary as a markdown table (end of training, then the epoch after the intervention)."""
-    lines = ["| scenario | arm | end: targets | non-targets | worst non-target | all classes | worst class "
-             "| next epoch: targets | non-targets | worst non-target |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| scenario | arm | end: targets | non-targets | worst non-target | all classes | worst class "
+        "| next epoch: targets | non-targets | worst non-target |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, arms in summary.items():
         for arm, entry in arms.items():
             end, nxt = entry.get("end", {}), entry.get("next", {})
-            cells = [end.get(k) for k in ("targets_pp", "nontargets_pp", "worst_nontarget_pp", "all_pp", "worst_class_pp")]
+            cells = [
+                end.get(k) for k in ("targets_pp", "nontargets_pp", "worst_nontarget_pp", "all_pp", "worst_class_pp")
+            ]
             cells += [nxt.get(k) for k in ("targets_pp", "nontargets_pp", "worst_nontarget_pp")]
-            lines.append(f"| {name} | {arm} | " + " | ".join("-" if c is None or math.isnan(c) else f"{c:+.1f}" for c in cells) + " |")
+            lines.append(
+                f"| {name} | {arm} | "
+                + " | ".join("-" if c is None or math.isnan(c) else f"{c:+.1f}" for c in cells)
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -341,31 +432,54 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=sorted(SCENARIOS))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--arms", nargs="+", default=["none", "upweight", "intervention"],
-                        choices=["none", "upweight", "intervention"])
+    parser.add_argument(
+        "--arms", nargs="+", default=["none", "upweight", "intervention"], choices=["none", "upweight", "intervention"]
+    )
     parser.add_argument("--di", type=json.loads, default={}, help="DirectImprovement keyword arguments (JSON)")
     parser.add_argument("--cc", type=json.loads, default={}, help="CourseCorrection keyword arguments (JSON)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     start = time.perf_counter()
-    tasks = [(name, seed, ("di" if SCENARIOS[name].mode == "di" else "cc") if arm == "intervention" else arm,
-              args.di, args.cc)
-             for name in args.scenarios for seed in range(args.seeds) for arm in args.arms]
+    tasks = [
+        (
+            name,
+            seed,
+            ("di" if SCENARIOS[name].mode == "di" else "cc") if arm == "intervention" else arm,
+            args.di,
+            args.cc,
+        )
+        for name in args.scenarios
+        for seed in range(args.seeds)
+        for arm in args.arms
+    ]
     runs: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
     context = multiprocessing.get_context("fork")
     with context.Pool(args.jobs, maxtasksperchild=4) as pool:
         for done, run in enumerate(pool.imap_unordered(_task, tasks), start=1):
             runs.setdefault((run["scenario"], run["seed"]), {})[run["arm"]] = run
-            print(f"[{done}/{len(tasks)}] {run['scenario']} seed {run['seed']} {run['arm']}: {run['seconds']:.1f} s "
-                  f"{[r['status'] for r in run['records']]}", flush=True)
+            print(
+                f"[{done}/{len(tasks)}] {run['scenario']} seed {run['seed']} {run['arm']}: {run['seconds']:.1f} s "
+                f"{[r['status'] for r in run['records']]}",
+                flush=True,
+            )
     rows = [row for (name, seed), arms in sorted(runs.items()) if "none" in arms for row in compare(name, seed, arms)]
     summary = summarise(rows)
     result = {
         "benchmark": "effect",
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "jobs": args.jobs, "torch_threads_per_job": 1},
-        "settings": {"scenarios": args.scenarios, "seeds": args.seeds, "di_kwargs": args.di, "cc_kwargs": args.cc,
-                     "upweight_factor": UPWEIGHT_FACTOR},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "jobs": args.jobs,
+            "torch_threads_per_job": 1,
+        },
+        "settings": {
+            "scenarios": args.scenarios,
+            "seeds": args.seeds,
+            "di_kwargs": args.di,
+            "cc_kwargs": args.cc,
+            "upweight_factor": UPWEIGHT_FACTOR,
+        },
         "summary": summary,
         "rows": rows,
         "runs": [run for arms in runs.values() for run in arms.values()],

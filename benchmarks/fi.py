@@ -161,10 +161,15 @@ def main() -> None:
         "kfsvd": lambda: fi_util(trained, train_loader, val_loader, approx="kfsvd", rank=args.rank, curvature="kfac"),
         "subsample": lambda: fi_util(trained, train_loader, val_loader, approx="subsample", alpha=args.alpha),
         "kfsvd+subsample": lambda: fi_util(
-            trained, train_loader, val_loader, approx=["kfsvd", "subsample"], rank=args.rank, alpha=args.alpha,
+            trained,
+            train_loader,
+            val_loader,
+            approx=["kfsvd", "subsample"],
+            rank=args.rank,
+            alpha=args.alpha,
             curvature="kfac",
         ),
-    }  # fmt: skip
+    }
     load_before = os.getloadavg()[0]
     results: dict[str, dict] = {}
     outputs: dict[str, torch.Tensor] = {}
@@ -180,8 +185,13 @@ def main() -> None:
     summary = {
         "benchmark": "FI^util at Adult scale (synthetic, Adult-shaped data)",
         "data": {
-            "n_train": args.n, "n_val": args.n_val, "d": x.shape[1], "num_classes": 2, "p": 206, "synthetic": True,
-        },  # fmt: skip
+            "n_train": args.n,
+            "n_val": args.n_val,
+            "d": x.shape[1],
+            "num_classes": 2,
+            "p": 206,
+            "synthetic": True,
+        },
         "model": "LogisticRegression(102, 2), L-BFGS",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
@@ -195,8 +205,10 @@ def main() -> None:
         "paper_table_8": _PAPER_TABLE_8,
         "command": "python benchmarks/fi.py",
     }
-    print(f"exact vs naive: {summary['speedup_exact_vs_naive']:.1f}x faster, max relative difference "
-          f"{summary['naive_vs_exact_max_relative_error']:.2e}")  # fmt: skip
+    print(
+        f"exact vs naive: {summary['speedup_exact_vs_naive']:.1f}x faster, max relative difference "
+        f"{summary['naive_vs_exact_max_relative_error']:.2e}"
+    )
     for name in methods:
         print(f"{name:>16}: Spearman to exact {results[name]['spearman_to_exact']:.4f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -182,12 +182,23 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
                 scores = category_influence(model, train_loader, val_loader, 10, timings=timings, **options)
                 seconds = time.perf_counter() - start
             last_scores[name] = scores
-            runs[name].append({"seconds": seconds, "epochs": seconds / epochs[-1], "phases": asdict(timings),
-                               "peak_rss_over_start_mib": rss["peak_over_start_mib"], "peak_rss_mib": rss["peak_mib"],
-                               "finite": bool(torch.isfinite(scores).all()), "load_average": os.getloadavg()[0]})  # fmt: skip
-            print(f"  repeat {repeat} {name}: epoch {epochs[-1]:.2f} s, influence {seconds:.2f} s = "
-                  f"{seconds / epochs[-1]:.1f} epochs, phases { {k: round(v, 2) for k, v in asdict(timings).items()} }, "
-                  f"peak +{rss['peak_over_start_mib']:.0f} MiB, load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+            runs[name].append(
+                {
+                    "seconds": seconds,
+                    "epochs": seconds / epochs[-1],
+                    "phases": asdict(timings),
+                    "peak_rss_over_start_mib": rss["peak_over_start_mib"],
+                    "peak_rss_mib": rss["peak_mib"],
+                    "finite": bool(torch.isfinite(scores).all()),
+                    "load_average": os.getloadavg()[0],
+                }
+            )
+            print(
+                f"  repeat {repeat} {name}: epoch {epochs[-1]:.2f} s, influence {seconds:.2f} s = "
+                f"{seconds / epochs[-1]:.1f} epochs, phases { {k: round(v, 2) for k, v in asdict(timings).items()} }, "
+                f"peak +{rss['peak_over_start_mib']:.0f} MiB, load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
     with torch.no_grad():
         model.eval()
         accuracy = float((model(val_x).argmax(1) == val_y).float().mean())
@@ -207,11 +218,13 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
             "influence_in_epochs_median_of_ratios": statistics.median(record["epochs"] for record in records),
             "influence_in_epochs_ratio_of_medians": statistics.median(seconds) / statistics.median(epochs),
             "influence_in_epochs_ratio_of_minima": min(seconds) / min(epochs),
-            "phase_seconds_median": {key: statistics.median(r["phases"][key] for r in records) for key in records[0]["phases"]},
+            "phase_seconds_median": {
+                key: statistics.median(r["phases"][key] for r in records) for key in records[0]["phases"]
+            },
             "phase_seconds_min": {key: min(r["phases"][key] for r in records) for key in records[0]["phases"]},
             "peak_rss_over_start_mib_max": max(record["peak_rss_over_start_mib"] for record in records),
             "runs": records,
-        }  # fmt: skip
+        }
     return {
         "model": "MnistCNN (Table 6 of the FI paper)",
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -260,9 +273,18 @@ def tradeoffs(args: argparse.Namespace) -> dict[str, Any]:
     def in_training(correction_samples: int | str | None, timings: InfluenceTimings) -> Tensor:
         factors = {name: (a.clone(), g.clone()) for name, (a, g) in in_training_factors.items()}
         fitted = fit_tracked_curvature(
-            model, train_loader, tracked, curvature="ekfac", damping=None, fisher="empirical", seed=0,
-            correction_samples=correction_samples, factors=factors, progress=False, timings=timings,
-        )  # fmt: skip
+            model,
+            train_loader,
+            tracked,
+            curvature="ekfac",
+            damping=None,
+            fisher="empirical",
+            seed=0,
+            correction_samples=correction_samples,
+            factors=factors,
+            progress=False,
+            timings=timings,
+        )
         return category_influence(model, train_loader, val_loader, 10, curvature=fitted, timings=timings)
 
     variants: dict[str, Callable[[InfluenceTimings], Tensor]] = {
@@ -300,12 +322,17 @@ def tradeoffs(args: argparse.Namespace) -> dict[str, Any]:
             "spearman_min": min(float(spearmanr(scores[name][:, c], reference[:, c])[0]) for c in range(10)),
             "seconds_median": seconds,
             "epochs": seconds / epoch,
-            "phase_seconds_median": {key: statistics.median(r["phases"][key] for r in records) for key in records[0]["phases"]},
+            "phase_seconds_median": {
+                key: statistics.median(r["phases"][key] for r in records) for key in records[0]["phases"]
+            },
             "runs": records,
-        }  # fmt: skip
-        print(f"  {name}: Spearman median {summary[name]['spearman_median']:.4f} (min {summary[name]['spearman_min']:.4f}), "
-              f"{seconds:.2f} s = {seconds / epoch:.2f} epochs, correction "
-              f"{summary[name]['phase_seconds_median']['correction']:.2f} s", flush=True)  # fmt: skip
+        }
+        print(
+            f"  {name}: Spearman median {summary[name]['spearman_median']:.4f} (min {summary[name]['spearman_min']:.4f}), "
+            f"{seconds:.2f} s = {seconds / epoch:.2f} epochs, correction "
+            f"{summary[name]['phase_seconds_median']['correction']:.2f} s",
+            flush=True,
+        )
     return {
         "case": "MnistCNN on MNIST-5k (as --part speed); in-training factors from the last warm-up epoch",
         "reference": "EKFAC, every sample in the factor and correction passes, factors on the final model",
@@ -405,11 +432,13 @@ def agreement(args: argparse.Namespace) -> dict[str, Any]:
                 "mean_eigenvalue_rule": correlations(0.1 * float(torch.diagonal(fitted["exact"].matrix).mean())),
             }
             runs.append(run)
-            print(f"  {name} seed {seed}: largest eigenvalue {largest:.2f}, "
-                  f"EKFAC at 0.1: {run['absolute']['0.1']['ekfac']:.3f} (block-diagonal exact "
-                  f"{run['absolute']['0.1']['block_diagonal_exact']:.3f}), at 0.1 x largest: "
-                  f"{run['relative']['0.1']['ekfac']:.3f}, at 0.1 x mean: {run['mean_eigenvalue_rule']['ekfac']:.3f}",
-                  flush=True)  # fmt: skip
+            print(
+                f"  {name} seed {seed}: largest eigenvalue {largest:.2f}, "
+                f"EKFAC at 0.1: {run['absolute']['0.1']['ekfac']:.3f} (block-diagonal exact "
+                f"{run['absolute']['0.1']['block_diagonal_exact']:.3f}), at 0.1 x largest: "
+                f"{run['relative']['0.1']['ekfac']:.3f}, at 0.1 x mean: {run['mean_eigenvalue_rule']['ekfac']:.3f}",
+                flush=True,
+            )
         results[name] = {"runs": runs, "summary": _summarise(runs)}
     return results
 
@@ -469,15 +498,20 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         for round_ in range(args.repeats):
             round_seconds = {}
             for name in list(roots)[:: 1 if round_ % 2 == 0 else -1]:
-                script = (f"ROOT = {roots[name]!r}\nBENCHMARKS = {str(Path(__file__).parent)!r}\nARGS = {options!r}\n"
-                          f"TIMED = 2\nSCORES = {str(Path(folder) / name)!r}\n") + _INFLUENCE_IN_PROCESS  # fmt: skip
+                script = (
+                    f"ROOT = {roots[name]!r}\nBENCHMARKS = {str(Path(__file__).parent)!r}\nARGS = {options!r}\n"
+                    f"TIMED = 2\nSCORES = {str(Path(folder) / name)!r}\n"
+                ) + _INFLUENCE_IN_PROCESS
                 output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
                 times = json.loads(output.stdout.strip().splitlines()[-1])
                 seconds[name] += times
                 round_seconds[name] = statistics.median(times)
             ratios.append(round_seconds["new"] / round_seconds["old"])
-            print(f"  round {round_}: old {round_seconds['old']:.2f} s, new {round_seconds['new']:.2f} s, "
-                  f"new / old {ratios[-1]:.3f}, load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+            print(
+                f"  round {round_}: old {round_seconds['old']:.2f} s, new {round_seconds['new']:.2f} s, "
+                f"new / old {ratios[-1]:.3f}, load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
         old, new = torch.load(Path(folder) / "old"), torch.load(Path(folder) / "new")
     result = {
         "old_root": roots["old"],
@@ -487,9 +521,11 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "new_over_old_median": statistics.median(ratios),
         "max_abs_difference_over_max_abs": float((new - old).abs().max() / old.abs().max()),
     }
-    print(f"median old {result['median_seconds']['old']:.2f} s, new {result['median_seconds']['new']:.2f} s; "
-          f"new / old per round, median {result['new_over_old_median']:.3f}; scores differ by "
-          f"{result['max_abs_difference_over_max_abs']:.1e} of the largest")  # fmt: skip
+    print(
+        f"median old {result['median_seconds']['old']:.2f} s, new {result['median_seconds']['new']:.2f} s; "
+        f"new / old per round, median {result['new_over_old_median']:.3f}; scores differ by "
+        f"{result['max_abs_difference_over_max_abs']:.1e} of the largest"
+    )
     return result
 
 
@@ -513,8 +549,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {out}")
         return
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result = {**previous, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
-              f"(shared), torch {torch.__version__}, python {sys.version.split()[0]}"}  # fmt: skip
+    result = {
+        **previous,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
+        f"(shared), torch {torch.__version__}, python {sys.version.split()[0]}",
+    }
     if args.part in ("speed", "all"):
         print("speed: MNIST CNN on MNIST-5k", flush=True)
         load_before = os.getloadavg()[0]

@@ -61,7 +61,9 @@ def prepare(args: argparse.Namespace) -> None:
     from lightning_pareto.influence import InfluenceTimings, category_influence, fit_curvature
     from lightning_pareto.nets import MnistCNN
 
-    model, (train_x, train_y, val_x, val_y), train_loader, val_loader = bench._speed_case(args)  # threads, seed, warm-up
+    model, (train_x, train_y, val_x, val_y), train_loader, val_loader = bench._speed_case(
+        args
+    )  # threads, seed, warm-up
     damping = float(fit_curvature(model, train_loader).damping)
     print(f"resolved default damping D = {damping:.6g}", flush=True)
 
@@ -76,13 +78,22 @@ def prepare(args: argparse.Namespace) -> None:
         timings = InfluenceTimings()
         start = time.perf_counter()
         scores = category_influence(
-            model, train_loader, val_loader, NUM_CLASSES, curvature="ekfac", damping=damping, timings=timings,
+            model,
+            train_loader,
+            val_loader,
+            NUM_CLASSES,
+            curvature="ekfac",
+            damping=damping,
+            timings=timings,
             progress=False,
-        )  # fmt: skip
+        )
         ours.append(time.perf_counter() - start)
         phases.append({k: round(v, 3) for k, v in vars(timings).items()})
-        print(f"  repeat {repeat}: epoch {epochs[-1]:.2f} s, ours {ours[-1]:.2f} s, phases {phases[-1]}, "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+        print(
+            f"  repeat {repeat}: epoch {epochs[-1]:.2f} s, ours {ours[-1]:.2f} s, phases {phases[-1]}, "
+            f"load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
     with torch.no_grad():
         model.eval()
         accuracy = float((model(val_x).argmax(1) == val_y).float().mean())
@@ -103,8 +114,10 @@ def prepare(args: argparse.Namespace) -> None:
         "load_average_after": os.getloadavg(),
     }
     (args.out / "ours.json").write_text(json.dumps(meta, indent=1) + "\n")
-    print(f"epoch median {statistics.median(epochs):.2f} s, ours median {statistics.median(ours):.2f} s "
-          f"= {statistics.median(ours) / statistics.median(epochs):.1f} epochs; val accuracy {accuracy:.3f}")  # fmt: skip
+    print(
+        f"epoch median {statistics.median(epochs):.2f} s, ours median {statistics.median(ours):.2f} s "
+        f"= {statistics.median(ours) / statistics.median(epochs):.1f} epochs; val accuracy {accuracy:.3f}"
+    )
 
 
 # ----------------------------------------------------------------------------------------- kronfluence
@@ -196,9 +209,14 @@ def run_kronfluence(args: argparse.Namespace) -> None:
     for repeat in range(args.kf_repeats):
         work = args.out / f"kronfluence_run{repeat}"
         analyzer = Analyzer(
-            analysis_name="mnist_cnn", model=model, task=task, cpu=True, disable_tqdm=True,
-            disable_model_save=True, output_dir=str(work),
-        )  # fmt: skip
+            analysis_name="mnist_cnn",
+            model=model,
+            task=task,
+            cpu=True,
+            disable_tqdm=True,
+            disable_model_save=True,
+            output_dir=str(work),
+        )
         # fit_all_factors, phase by phase: covariance, eigendecomposition, eigenvalue correction (lambda).
         common = {"factors_name": "ekfac", "factor_args": factor_args, "overwrite_output_dir": True}
         phases = {}
@@ -215,17 +233,32 @@ def run_kronfluence(args: argparse.Namespace) -> None:
         for c in range(NUM_CLASSES):
             mask = val_y == c
             analyzer.compute_pairwise_scores(
-                scores_name=f"class{c}", factors_name="ekfac", query_dataset=_Pairs(val_x[mask], val_y[mask]),
-                train_dataset=train, per_device_query_batch_size=int(counts[c]), per_device_train_batch_size=batch,
-                score_args=score_args, overwrite_output_dir=True,
-            )  # fmt: skip
+                scores_name=f"class{c}",
+                factors_name="ekfac",
+                query_dataset=_Pairs(val_x[mask], val_y[mask]),
+                train_dataset=train,
+                per_device_query_batch_size=int(counts[c]),
+                per_device_train_batch_size=batch,
+                score_args=score_args,
+                overwrite_output_dir=True,
+            )
             result = analyzer.load_pairwise_scores(scores_name=f"class{c}")["all_modules"]  # (1, n_train)
             columns.append(result.reshape(-1).double() / float(counts[c]))
         seconds = time.perf_counter() - start
         scores = torch.stack(columns, dim=1).float()  # (n_train, K)
-        runs.append({"factors_seconds": factors, "factor_phases": phases, "scores_seconds": seconds, "load_average": os.getloadavg()[0]})
-        print(f"  repeat {repeat}: factors {factors:.2f} s {({k: round(v, 1) for k, v in phases.items()})}, 10 class score runs {seconds:.2f} s, "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+        runs.append(
+            {
+                "factors_seconds": factors,
+                "factor_phases": phases,
+                "scores_seconds": seconds,
+                "load_average": os.getloadavg()[0],
+            }
+        )
+        print(
+            f"  repeat {repeat}: factors {factors:.2f} s { ({k: round(v, 1) for k, v in phases.items()}) }, 10 class score runs {seconds:.2f} s, "
+            f"load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
         # Saved after every repeat: a run stopped part-way keeps the repeats it finished.
         torch.save(scores, args.out / "kronfluence_scores.pt")
         out = {
@@ -317,12 +350,16 @@ def compare(args: argparse.Namespace) -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"epoch {epoch:.2f} s; ours {our_seconds:.2f} s = {our_seconds / epoch:.1f} epochs; kronfluence "
-          f"{kf_seconds:.2f} s (factors {factors:.2f} s, scores {scores:.2f} s) = {kf_seconds / epoch:.1f} epochs; "
-          f"ratio {kf_seconds / our_seconds:.1f}x")  # fmt: skip
-    print(f"Spearman per class: median {statistics.median(per_class):.4f}, min {min(per_class):.4f}; "
-          f"flattened {flat:.4f}; Pearson min {min(pearson):.6f}; max |diff| / max |score| {relative:.2e}; "
-          f"median ratio {scale:.6f}; wrote {RESULTS}")  # fmt: skip
+    print(
+        f"epoch {epoch:.2f} s; ours {our_seconds:.2f} s = {our_seconds / epoch:.1f} epochs; kronfluence "
+        f"{kf_seconds:.2f} s (factors {factors:.2f} s, scores {scores:.2f} s) = {kf_seconds / epoch:.1f} epochs; "
+        f"ratio {kf_seconds / our_seconds:.1f}x"
+    )
+    print(
+        f"Spearman per class: median {statistics.median(per_class):.4f}, min {min(per_class):.4f}; "
+        f"flattened {flat:.4f}; Pearson min {min(pearson):.6f}; max |diff| / max |score| {relative:.2e}; "
+        f"median ratio {scale:.6f}; wrote {RESULTS}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

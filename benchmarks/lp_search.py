@@ -90,7 +90,7 @@ def benchmark_size(num_samples: int, repeats: int, search: bool) -> dict[str, An
         seconds, solution = _timed(lambda: solve_weights(influence, TARGETS, thresholds, trust=TRUST))
         solve_times.append(seconds)
         plain_lp = WeightLP(influence, TARGETS, sifting=False)
-        seconds, plain = _timed(lambda: plain_lp.solve(thresholds, TRUST))
+        seconds, plain = _timed(lambda lp=plain_lp: lp.solve(thresholds, TRUST))
         plain_times.append(seconds)
         objectives.append((solution.objective, plain.objective))
     row: dict[str, Any] = {
@@ -130,7 +130,9 @@ def benchmark_size(num_samples: int, repeats: int, search: bool) -> dict[str, An
             "search_fitness_one_process": one_process_results[0].fitness,
             "search_weights_max_difference_to_one_process": float(
                 np.abs(results[0].weights - one_process_results[0].weights).max()
-            ) if results[0].weights is not None and one_process_results[0].weights is not None else None,
+            )
+            if results[0].weights is not None and one_process_results[0].weights is not None
+            else None,
             "load_average_after": os.getloadavg(),
             "search_evaluations": results[0].evaluations,
             "search_seconds_per_evaluation": statistics.median(search_times) / results[0].evaluations,
@@ -238,7 +240,7 @@ def warm_start_comparison(num_samples: int, repeats: int, lps: int = 20) -> dict
             times["ours"].append(seconds)
             bounds = rhs(thresholds)[: len(non_targets)]
 
-            def warm(bounds: np.ndarray = bounds) -> float:
+            def warm(bounds: np.ndarray = bounds, solver: Any = solver) -> float:
                 solver.changeRowsBounds(len(rows), rows, np.full(len(rows), -highspy.kHighsInf), bounds)
                 solver.run()
                 return solver.getInfo().objective_function_value
@@ -269,8 +271,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-search", action="store_true", help="time the LP only")
     parser.add_argument("--compare-with", type=Path, help="root of older code: interleaved A/B of the search instead")
-    parser.add_argument("--warm-start", action="store_true",
-                        help="ours vs HiGHS warm-started through highspy vs linprog, per LP of a GA-like sequence")
+    parser.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="ours vs HiGHS warm-started through highspy vs linprog, per LP of a GA-like sequence",
+    )
     arguments = parser.parse_args()
     if arguments.compare_with is not None:
         compare(arguments.compare_with, arguments.repeats)
@@ -279,10 +284,12 @@ def main() -> None:
         rows = [warm_start_comparison(size, arguments.repeats) for size in arguments.sizes]
         for row in rows:
             medians = row["seconds_per_lp_median"]
-            print(f"n={row['num_samples']:>6}  per LP: ours {medians['ours']:.4f}s  highspy warm "
-                  f"{medians['highspy_warm']:.4f}s ({row['highspy_warm_over_ours']:.1f}x)  linprog cold "
-                  f"{medians['linprog_cold']:.3f}s ({row['linprog_cold_over_ours']:.0f}x)  "
-                  f"|objective diff| {row['objective_ours_minus_highspy_max']:.1e}")
+            print(
+                f"n={row['num_samples']:>6}  per LP: ours {medians['ours']:.4f}s  highspy warm "
+                f"{medians['highspy_warm']:.4f}s ({row['highspy_warm_over_ours']:.1f}x)  linprog cold "
+                f"{medians['linprog_cold']:.3f}s ({row['linprog_cold_over_ours']:.0f}x)  "
+                f"|objective diff| {row['objective_ours_minus_highspy_max']:.1e}"
+            )
         path = REPOSITORY / "benchmarks" / "results" / "lp_warm_start.json"
         path.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2))
         print(f"wrote {path}")

@@ -86,9 +86,11 @@ def _timed_calls(record: dict[str, Any]):
         record["search"].append(time.perf_counter() - start)
         return result
 
-    patched = [(lightning_pareto.influence, "category_influence", timed_influence),
-               (lightning_pareto.pareto.search, "search_weights", timed_search),
-               (lightning_pareto.pareto, "search_weights", timed_search)]  # fmt: skip
+    patched = [
+        (lightning_pareto.influence, "category_influence", timed_influence),
+        (lightning_pareto.pareto.search, "search_weights", timed_search),
+        (lightning_pareto.pareto, "search_weights", timed_search),
+    ]
     originals = [(module, name, getattr(module, name)) for module, name, _ in patched]
     try:
         for module, name, replacement in patched:
@@ -107,9 +109,17 @@ def fit(arm: str, args: argparse.Namespace, di_kwargs: dict[str, Any], folder: s
     if arm == "di":
         callbacks.append(DirectImprovement(targets="worst:2", at_epochs=[args.at_epoch], **di_kwargs))
     module = ClassifierModule(MnistCNN(10), 10, optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9))
-    trainer = L.Trainer(max_epochs=args.epochs, callbacks=callbacks, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, default_root_dir=folder)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        callbacks=callbacks,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=folder,
+    )
     record: dict[str, Any] = {"influence": [], "search": []}
     with _timed_calls(record), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -148,9 +158,14 @@ def breakdown(plain: dict[str, Any], di: dict[str, Any], args: argparse.Namespac
         "extra_training_epochs": extra_seconds / epoch,
         "rest": (total - influence - search - extra_seconds) / epoch,
     }
-    return {"epoch_seconds": epoch, "plain_seconds": plain["seconds"], "di_seconds": di["seconds"],
-            "extra_epochs_trained": extra, "seconds": {"influence": influence, "search": search,
-            "extra_training_epochs": extra_seconds, "total": total}, "epochs": in_epochs}  # fmt: skip
+    return {
+        "epoch_seconds": epoch,
+        "plain_seconds": plain["seconds"],
+        "di_seconds": di["seconds"],
+        "extra_epochs_trained": extra,
+        "seconds": {"influence": influence, "search": search, "extra_training_epochs": extra_seconds, "total": total},
+        "epochs": in_epochs,
+    }
 
 
 def _median_tree(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -182,13 +197,21 @@ def main(argv: list[str] | None = None) -> None:
             runs = {}
             for arm in ("plain", "di")[:: 1 if pair % 2 == 0 else -1]:
                 runs[arm] = fit(arm, args, args.di, folder)
-            pairs.append({"breakdown": breakdown(runs["plain"], runs["di"], args), "runs": runs,
-                          "load_average": os.getloadavg()[0]})  # fmt: skip
+            pairs.append(
+                {
+                    "breakdown": breakdown(runs["plain"], runs["di"], args),
+                    "runs": runs,
+                    "load_average": os.getloadavg()[0],
+                }
+            )
             b = pairs[-1]["breakdown"]
-            print(f"pair {pair}: plain {b['plain_seconds']:.1f} s, di {b['di_seconds']:.1f} s, epoch {b['epoch_seconds']:.2f} s; "
-                  f"overhead {b['epochs']['total']:.2f} epochs (influence {b['epochs']['influence']:.2f}, search "
-                  f"{b['epochs']['search']:.2f}, extra epochs {b['epochs']['extra_training_epochs']:.2f}, rest "
-                  f"{b['epochs']['rest']:.2f}); load {pairs[-1]['load_average']:.1f}", flush=True)  # fmt: skip
+            print(
+                f"pair {pair}: plain {b['plain_seconds']:.1f} s, di {b['di_seconds']:.1f} s, epoch {b['epoch_seconds']:.2f} s; "
+                f"overhead {b['epochs']['total']:.2f} epochs (influence {b['epochs']['influence']:.2f}, search "
+                f"{b['epochs']['search']:.2f}, extra epochs {b['epochs']['extra_training_epochs']:.2f}, rest "
+                f"{b['epochs']['rest']:.2f}); load {pairs[-1]['load_average']:.1f}",
+                flush=True,
+            )
     result = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
@@ -199,9 +222,11 @@ def main(argv: list[str] | None = None) -> None:
         "pairs": pairs,
     }
     median = result["median"]["epochs"]
-    print(f"median over {args.pairs} pairs: {median['total']:.2f} epochs per intervention (influence "
-          f"{median['influence']:.2f}, search {median['search']:.2f}, extra epochs {median['extra_training_epochs']:.2f}, "
-          f"rest {median['rest']:.2f})")  # fmt: skip
+    print(
+        f"median over {args.pairs} pairs: {median['total']:.2f} epochs per intervention (influence "
+        f"{median['influence']:.2f}, search {median['search']:.2f}, extra epochs {median['extra_training_epochs']:.2f}, "
+        f"rest {median['rest']:.2f})"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -62,10 +62,16 @@ PAPER = {
 }
 
 DATASETS: dict[str, dict[str, Any]] = {
-    "digits": {"make": lambda seed, noise: DigitsDataModule(batch_size=64, label_noise=noise, seed=seed),
-               "in_features": 64, "hidden": (32,)},
-    "mnist5k": {"make": lambda seed, noise: MNIST5kDataModule(batch_size=64, label_noise=noise, seed=seed),
-                "in_features": 784, "hidden": (64,)},
+    "digits": {
+        "make": lambda seed, noise: DigitsDataModule(batch_size=64, label_noise=noise, seed=seed),
+        "in_features": 64,
+        "hidden": (32,),
+    },
+    "mnist5k": {
+        "make": lambda seed, noise: MNIST5kDataModule(batch_size=64, label_noise=noise, seed=seed),
+        "in_features": 784,
+        "hidden": (64,),
+    },
 }
 
 
@@ -80,19 +86,34 @@ class TestAccuracy(Callback):
         self.by_epoch[trainer.current_epoch] = per_class_accuracy(pl_module.net, loader, pl_module.num_classes).tolist()
 
 
-def _fit(dataset: str, seed: int, noise: float, callbacks: list[Callback], max_epochs: int, lr: float,
-         spike: bool) -> tuple[PerClassAccuracy, TestAccuracy, Trainer]:
+def _fit(
+    dataset: str, seed: int, noise: float, callbacks: list[Callback], max_epochs: int, lr: float, spike: bool
+) -> tuple[PerClassAccuracy, TestAccuracy, Trainer]:
     spec = DATASETS[dataset]
     L.seed_everything(seed, verbose=False)
     monitor, test = PerClassAccuracy(log_figure_every_n_epochs=0), TestAccuracy()
     scheduler = (
-        (lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[CC_SPIKE_EPOCH], gamma=15.0)) if spike else None
+        (lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[CC_SPIKE_EPOCH], gamma=15.0))
+        if spike
+        else None
     )
-    module = ClassifierModule(MLP(spec["in_features"], 10, hidden=spec["hidden"]), 10,
-                              optimizer=lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9), scheduler=scheduler)
-    trainer = L.Trainer(max_epochs=max_epochs, callbacks=[monitor, *callbacks, test], accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, default_root_dir="/tmp/pareto_benchmark")
+    module = ClassifierModule(
+        MLP(spec["in_features"], 10, hidden=spec["hidden"]),
+        10,
+        optimizer=lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9),
+        scheduler=scheduler,
+    )
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        callbacks=[monitor, *callbacks, test],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir="/tmp/pareto_benchmark",
+    )
     trainer.fit(module, spec["make"](seed, noise))
     return monitor, test, trainer
 
@@ -116,15 +137,26 @@ def direct_improvement(dataset: str, seed: int, fitness_modes: list[str], trust:
     plain_val = {r["epoch"]: r["accuracy"] for r in plain.history}
     rows = []
     for fitness in fitness_modes:
-        callback = DirectImprovement(targets=DI_TARGETS, at_epochs=[DI_EPOCH], fitness=fitness, trust=trust,
-                                     log_figures=False)
+        callback = DirectImprovement(
+            targets=DI_TARGETS, at_epochs=[DI_EPOCH], fitness=fitness, trust=trust, log_figures=False
+        )
         monitor, test, _ = _fit(dataset, seed, 0.2, [callback], epochs, lr=0.05, spike=False)
         val = {r["epoch"]: r["accuracy"] for r in monitor.history}
         (record,) = callback.records
-        row = {"dataset": dataset, "seed": seed, "mode": "direct_improvement", "fitness": fitness,
-               "epoch": record.epoch, "targets": record.targets, "status": record.status, "reason": record.reason,
-               "seconds": record.seconds, "n_weighted": record.n_weighted, "search": record.search,
-               "same_state_as_counterfactual": val[DI_EPOCH] == plain_val[DI_EPOCH]}
+        row = {
+            "dataset": dataset,
+            "seed": seed,
+            "mode": "direct_improvement",
+            "fitness": fitness,
+            "epoch": record.epoch,
+            "targets": record.targets,
+            "status": record.status,
+            "reason": record.reason,
+            "seconds": record.seconds,
+            "n_weighted": record.n_weighted,
+            "search": record.search,
+            "same_state_as_counterfactual": val[DI_EPOCH] == plain_val[DI_EPOCH],
+        }
         if record.status == "applied":
             row["val"] = _changes(val[DI_EPOCH + 1], plain_val[DI_EPOCH + 1], record.targets)
             row["test"] = _changes(test.by_epoch[DI_EPOCH + 1], plain_test.by_epoch[DI_EPOCH + 1], record.targets)
@@ -137,13 +169,24 @@ def course_correction(dataset: str, seed: int, fitness_modes: list[str], trust: 
     """Every CC redo vs the detrimental epoch it replaced (its exact counterfactual), for each fitness mode."""
     rows = []
     for fitness in fitness_modes:
-        callback = CourseCorrection(drop_threshold=0.25, max_corrections=2, fitness=fitness, trust=trust,
-                                    log_figures=False)
+        callback = CourseCorrection(
+            drop_threshold=0.25, max_corrections=2, fitness=fitness, trust=trust, log_figures=False
+        )
         _, test, _ = _fit(dataset, seed, 0.1, [callback], CC_EPOCHS, lr=0.02, spike=True)
         for record in callback.records:
-            row = {"dataset": dataset, "seed": seed, "mode": "course_correction", "fitness": fitness,
-                   "epoch": record.epoch, "targets": record.targets, "status": record.status, "reason": record.reason,
-                   "seconds": record.seconds, "n_weighted": record.n_weighted, "search": record.search}
+            row = {
+                "dataset": dataset,
+                "seed": seed,
+                "mode": "course_correction",
+                "fitness": fitness,
+                "epoch": record.epoch,
+                "targets": record.targets,
+                "status": record.status,
+                "reason": record.reason,
+                "seconds": record.seconds,
+                "n_weighted": record.n_weighted,
+                "search": record.search,
+            }
             if record.status == "applied" and record.after is not None:
                 redo = record.weighted_epochs[0]
                 row["val"] = _changes(record.after, record.bad, record.targets)
@@ -157,9 +200,21 @@ def cc_counterfactual_check(dataset: str, seed: int) -> dict[str, Any]:
 
     def uniform(influence: Any, targets: Any, **kwargs: Any) -> SearchResult:
         n, k = np.asarray(influence).shape
-        return SearchResult(status="improved", reason="", weights=np.ones(n), thresholds=np.full(k, np.nan), trust=0.0,
-                            fitness=0.0, predicted_gain=np.zeros(k), trial_accuracy=None, evaluations=1, trials=0,
-                            generations=0, seconds=0.0, stopped_early=False)
+        return SearchResult(
+            status="improved",
+            reason="",
+            weights=np.ones(n),
+            thresholds=np.full(k, np.nan),
+            trust=0.0,
+            fitness=0.0,
+            predicted_gain=np.zeros(k),
+            trial_accuracy=None,
+            evaluations=1,
+            trials=0,
+            generations=0,
+            seconds=0.0,
+            stopped_early=False,
+        )
 
     original = search_module.search_weights
     search_module.search_weights = uniform
@@ -168,9 +223,15 @@ def cc_counterfactual_check(dataset: str, seed: int) -> dict[str, Any]:
         _, test, _ = _fit(dataset, seed, 0.1, [callback], CC_EPOCHS, lr=0.02, spike=True)
     finally:
         search_module.search_weights = original
-    checks = [{"epoch": r.epoch, "val_redo_equals_bad": r.after == r.bad,
-               "test_redo_equals_bad": test.by_epoch[r.weighted_epochs[0]] == test.by_epoch[r.epoch]}
-              for r in callback.records if r.status == "applied"]
+    checks = [
+        {
+            "epoch": r.epoch,
+            "val_redo_equals_bad": r.after == r.bad,
+            "test_redo_equals_bad": test.by_epoch[r.weighted_epochs[0]] == test.by_epoch[r.epoch],
+        }
+        for r in callback.records
+        if r.status == "applied"
+    ]
     return {"dataset": dataset, "seed": seed, "corrections": checks}
 
 
@@ -189,12 +250,16 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         }
         for split in ("val", "test"):
             if applied:
-                values = {name: [r[split][name] for r in applied]
-                          for name in ("targets_mean_pp", "nontargets_mean_pp", "nontargets_min_pp")}
+                values = {
+                    name: [r[split][name] for r in applied]
+                    for name in ("targets_mean_pp", "nontargets_mean_pp", "nontargets_min_pp")
+                }
                 entry[split] = {
                     **{f"{name}_median": float(np.median(v)) for name, v in values.items()},
                     **{f"{name}_mean": float(np.mean(v)) for name, v in values.items()},
-                    "all_targets_improved_fraction": float(np.mean([r[split]["all_targets_improved"] for r in applied])),
+                    "all_targets_improved_fraction": float(
+                        np.mean([r[split]["all_targets_improved"] for r in applied])
+                    ),
                 }
         summary[key] = entry
     return summary
@@ -205,10 +270,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist5k"], choices=sorted(DATASETS))
     parser.add_argument("--fitness", nargs="+", default=["predicted", "trial"], choices=["predicted", "trial"])
-    parser.add_argument("--modes", nargs="+", default=["direct_improvement", "course_correction"],
-                        choices=["direct_improvement", "course_correction"])
-    parser.add_argument("--trust", type=float, default=0.5,
-                        help="trust radius of the LP (0.5: results/pareto.json; the callbacks' default is 0.2)")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["direct_improvement", "course_correction"],
+        choices=["direct_improvement", "course_correction"],
+    )
+    parser.add_argument(
+        "--trust",
+        type=float,
+        default=0.5,
+        help="trust radius of the LP (0.5: results/pareto.json; the callbacks' default is 0.2)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -226,27 +299,57 @@ def main() -> None:
                 rows += course_correction(dataset, seed, args.fitness, args.trust)
             # Written after every seed, so an interrupted run keeps what it measured.
             _write(args, rows, checks, time.perf_counter() - start, complete=False)
-            print(f"{dataset} seed {seed}: {len(rows)} interventions so far, {time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"{dataset} seed {seed}: {len(rows)} interventions so far, {time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
     result = _write(args, rows, checks, time.perf_counter() - start, complete=True)
     print(json.dumps(result["summary"], indent=1))
     print(json.dumps(checks))
 
 
-def _write(args: argparse.Namespace, rows: list[dict[str, Any]], checks: list[dict[str, Any]], seconds: float,
-           complete: bool) -> dict[str, Any]:
+def _write(
+    args: argparse.Namespace, rows: list[dict[str, Any]], checks: list[dict[str, Any]], seconds: float, complete: bool
+) -> dict[str, Any]:
     result = {
         "benchmark": "pareto",
         "complete": complete,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-        "settings": {"seeds": args.seeds, "datasets": args.datasets, "fitness": args.fitness, "modes": args.modes,
-                     "trust": args.trust, "w_min": 0.0, "w_max": 3.0,
-                     "direct_improvement": {"label_noise": 0.2, "lr": 0.05, "momentum": 0.9, "at_epoch": DI_EPOCH,
-                                            "targets": DI_TARGETS, "preset": "fast", "curvature": "ekfac"},
-                     "course_correction": {"label_noise": 0.1, "lr": 0.02, "lr_x15_at_epoch": CC_SPIKE_EPOCH,
-                                           "drop_threshold": 0.25, "max_corrections": 2, "epochs": CC_EPOCHS,
-                                           "preset": "fast", "curvature": "ekfac"},
-                     "model": "MLP (digits 64-32-10, MNIST-5k 784-64-10), SGD momentum 0.9, batch 64"},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "settings": {
+            "seeds": args.seeds,
+            "datasets": args.datasets,
+            "fitness": args.fitness,
+            "modes": args.modes,
+            "trust": args.trust,
+            "w_min": 0.0,
+            "w_max": 3.0,
+            "direct_improvement": {
+                "label_noise": 0.2,
+                "lr": 0.05,
+                "momentum": 0.9,
+                "at_epoch": DI_EPOCH,
+                "targets": DI_TARGETS,
+                "preset": "fast",
+                "curvature": "ekfac",
+            },
+            "course_correction": {
+                "label_noise": 0.1,
+                "lr": 0.02,
+                "lr_x15_at_epoch": CC_SPIKE_EPOCH,
+                "drop_threshold": 0.25,
+                "max_corrections": 2,
+                "epochs": CC_EPOCHS,
+                "preset": "fast",
+                "curvature": "ekfac",
+            },
+            "model": "MLP (digits 64-32-10, MNIST-5k 784-64-10), SGD momentum 0.9, batch 64",
+        },
         "paper_table_1": PAPER,
         "counterfactual_checks": checks,
         "summary": _summary(rows),
@@ -256,6 +359,7 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], checks: list[di
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1))
     return result
+
 
 if __name__ == "__main__":
     main()

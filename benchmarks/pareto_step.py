@@ -219,9 +219,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.curvature_samples:
             seconds, subset_influence = timed_influence(curvature_samples=args.curvature_samples)
             subset_seconds.append(seconds)
-            subset_spearman.append([
-                float(spearmanr(subset_influence[:, c], influence[:, c])[0]) for c in range(NUM_CLASSES)
-            ])  # fmt: skip
+            subset_spearman.append(
+                [float(spearmanr(subset_influence[:, c], influence[:, c])[0]) for c in range(NUM_CLASSES)]
+            )
 
         start = time.perf_counter()
         result = search_weights(influence, targets, preset="paper", seed=repeat, progress=False)
@@ -241,8 +241,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
         if subset_seconds:
-            _log(f"repeat {repeat}: influence with the curvature on {args.curvature_samples} samples "
-                 f"{subset_seconds[-1]:.1f} s ({subset_seconds[-1] / epoch_seconds[-1]:.2f} epochs)")  # fmt: skip
+            _log(
+                f"repeat {repeat}: influence with the curvature on {args.curvature_samples} samples "
+                f"{subset_seconds[-1]:.1f} s ({subset_seconds[-1] / epoch_seconds[-1]:.2f} epochs)"
+            )
         _log(
             f"repeat {repeat}: epoch {epoch_seconds[-1]:.1f} s, influence {influence_seconds[-1]:.1f} s "
             f"({influence_seconds[-1] / epoch_seconds[-1]:.2f} epochs), search {search_seconds[-1]:.1f} s "
@@ -259,8 +261,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "search_s": search_s,
         "influence_in_epochs": influence_s / epoch_s,
         "search_in_epochs": search_s / epoch_s,
-        "targets_met": {"influence_s <= 5 epoch_s": influence_s <= 5 * epoch_s,
-                        "search_s <= 0.25 epoch_s": search_s <= 0.25 * epoch_s},  # fmt: skip
+        "targets_met": {
+            "influence_s <= 5 epoch_s": influence_s <= 5 * epoch_s,
+            "search_s <= 0.25 epoch_s": search_s <= 0.25 * epoch_s,
+        },
         "curvature_samples": args.curvature_samples,
         "influence_subset_s": statistics.median(subset_seconds) if subset_seconds else None,
         "influence_subset_in_epochs": statistics.median(subset_seconds) / epoch_s if subset_seconds else None,
@@ -313,15 +317,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
-        "--influence-batch", type=int, default=256,
+        "--influence-batch",
+        type=int,
+        default=256,
         help="batch of the influence passes: 256, the callbacks' influence_batch_size default (at n = 5,000 "
         "on 2 CPU cores, 512 made the influence about 12%% slower: a batch's conv patches no longer fit the cache)",
-    )  # fmt: skip
+    )
     parser.add_argument("--warmup-epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--curvature-samples", type=int, default=10_000,
-                        help="also time the influence with the curvature fitted on this many samples (0: skip)")
+    parser.add_argument(
+        "--curvature-samples",
+        type=int,
+        default=10_000,
+        help="also time the influence with the curvature fitted on this many samples (0: skip)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line on stdout")
     parser.add_argument("--output", type=Path, default=REPOSITORY / "benchmarks" / "results" / "pareto_step.json")
     args = parser.parse_args()

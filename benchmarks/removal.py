@@ -42,31 +42,60 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     # Other data sets' entries of an earlier run are kept (each entry records its own seeds).
     previous = RESULTS / "removal.json"
-    summary = {"paper": PAPER, "fraction": args.fraction, "label_noise": args.label_noise,
-               "data": json.loads(previous.read_text())["data"] if previous.is_file() else {}}
+    summary = {
+        "paper": PAPER,
+        "fraction": args.fraction,
+        "label_noise": args.label_noise,
+        "data": json.loads(previous.read_text())["data"] if previous.is_file() else {},
+    }
     for name in args.data:
         overrides = [f"--data.init_args.label_noise={args.label_noise}"]
         with tempfile.TemporaryDirectory() as scratch:
             started = time.perf_counter()
             checkpoint = fit_checkpoint(CONFIGS[name], overrides, Path(scratch) / "fit")
             output = Path(scratch) / "audit"
-            result = audit(CONFIGS[name], overrides, checkpoint, output,
-                           ["--image_shape", "none", "--removal-check", "--removal_fraction", str(args.fraction),
-                            "--workers", str(args.workers), "--seeds", *map(str, args.seeds)])
+            result = audit(
+                CONFIGS[name],
+                overrides,
+                checkpoint,
+                output,
+                [
+                    "--image_shape",
+                    "none",
+                    "--removal-check",
+                    "--removal_fraction",
+                    str(args.fraction),
+                    "--workers",
+                    str(args.workers),
+                    "--seeds",
+                    *map(str, args.seeds),
+                ],
+            )
             shutil.copy(output / "removal.png", RESULTS / f"removal_{name}.png")
             shutil.copy(output / "removal.json", RESULTS / f"removal_{name}.json")
             detail = json.loads((output / "removal.json").read_text())
         summary["data"][name] = {
-            **result["removal"], "seeds": args.seeds, "seconds": time.perf_counter() - started,
+            **result["removal"],
+            "seeds": args.seeds,
+            "seconds": time.perf_counter() - started,
             "removed_per_class": {kind: detail[kind]["removed_counts"] for kind in ("beneficial", "detrimental")},
-            "diagonal_change": {kind: [detail[kind]["change"][t][t] for t in range(len(detail["baseline"]))]
-                                for kind in ("beneficial", "detrimental")},
+            "diagonal_change": {
+                kind: [detail[kind]["change"][t][t] for t in range(len(detail["baseline"]))]
+                for kind in ("beneficial", "detrimental")
+            },
             "baseline": detail["baseline"],
-        }  # fmt: skip
+        }
         (RESULTS / "removal.json").write_text(json.dumps(summary, indent=1))
-        print(f"{name}: " + ", ".join(f"{kind} Spearman {v['spearman']:+.3f} (targeted class as predicted "
-                                      f"{100 * v['diagonal_agreement']:.0f}%)"
-                                      for kind, v in result["removal"].items()) + f"  [{PAPER}]", flush=True)
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{kind} Spearman {v['spearman']:+.3f} (targeted class as predicted "
+                f"{100 * v['diagonal_agreement']:.0f}%)"
+                for kind, v in result["removal"].items()
+            )
+            + f"  [{PAPER}]",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

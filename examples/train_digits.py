@@ -15,8 +15,9 @@ def main() -> None:
     data = DigitsDataModule(batch_size=64, label_noise=0.1, seed=0)  # 10% of training labels flipped
     model = ClassifierModule(MLP(64, 10, hidden=(32,)), num_classes=data.num_classes, class_names=data.class_names)
     monitor = PerClassAccuracy(log_figure_every_n_epochs=10)
-    trainer = L.Trainer(max_epochs=30, default_root_dir="runs/example_digits", log_every_n_steps=5,
-                        callbacks=[monitor])  # 17 batches an epoch
+    trainer = L.Trainer(
+        max_epochs=30, default_root_dir="runs/example_digits", log_every_n_steps=5, callbacks=[monitor]
+    )  # 17 batches an epoch
     trainer.fit(model, data)
     print(monitor.summary_table())
     print(f"{len(data.flipped_indices)} training labels were flipped (data.flipped_indices).")

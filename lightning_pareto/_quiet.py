@@ -68,9 +68,14 @@ def fit_quietly(
 
     options = {"accelerator": "cpu", "devices": 1, **(trainer_kwargs or {})}
     options.update(
-        max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-    )  # fmt: skip
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     with quiet_lightning():
         seed_everything(seed, verbose=False)
         trainer = Trainer(**options)

@@ -42,9 +42,9 @@ EXPERIMENTS = {
 
 DESCRIPTION = (
     "Training-time course correction of classifiers through influence functions: per-class monitoring, "
-    "Direct Improvement and Course Correction (\"What Is The Performance Ceiling of My Classifier?\"), data "
-    "trimming and active learning with the FI measure (\"Enhancing Prediction Performance through Influence "
-    "Measure\")."
+    'Direct Improvement and Course Correction ("What Is The Performance Ceiling of My Classifier?"), data '
+    'trimming and active learning with the FI measure ("Enhancing Prediction Performance through Influence '
+    'Measure").'
 )
 EPILOG = (
     "'lightning-pareto COMMAND --help' shows a command's options, e.g. 'lightning-pareto fit --help'; "
@@ -59,7 +59,8 @@ LIGHTNING_COMMANDS = {
     "predict": "Run the model on the predict data (--ckpt_path).",
 }
 NET_CHOICES = (
-    "one of the package's networks by short name (" + ", ".join(lightning_pareto.nets.__all__)
+    "one of the package's networks by short name ("
+    + ", ".join(lightning_pareto.nets.__all__)
     + ") or any torch.nn.Module by its class_path, e.g. {class_path: my_package.MyNet, init_args: {...}}"
 )
 
@@ -125,13 +126,15 @@ class ParetoCLI(LightningCLI):
 def commands() -> dict[str, str]:
     """Every ``lightning-pareto`` command with its one-line description, from where it is registered: LightningCLI's
     subcommands (the ``Trainer`` method's docstring) and :data:`EXPERIMENTS` (the module's docstring)."""
-    lines = {name: LIGHTNING_COMMANDS.get(name) or _first_sentence(inspect.getdoc(getattr(Trainer, name)) or "")
-             for name in ParetoCLI.subcommands()}
+    lines = {
+        name: LIGHTNING_COMMANDS.get(name) or _first_sentence(inspect.getdoc(getattr(Trainer, name)) or "")
+        for name in ParetoCLI.subcommands()
+    }
     for name, module_name in EXPERIMENTS.items():
         docstring = _module_docstring(module_name)
         prefix = f"``{PROG} {name}``:"
         first = docstring.strip().splitlines()[0] if docstring.strip() else module_name
-        line = first[len(prefix):].strip() if first.startswith(prefix) else first
+        line = first[len(prefix) :].strip() if first.startswith(prefix) else first
         lines[name] = line[:1].upper() + line[1:]
     return lines
 
@@ -140,10 +143,14 @@ def print_help() -> None:
     """The top-level ``--help``: what the tool is and every command, one line each."""
     listed = commands()
     width = max(len(name) for name in listed)
-    body = "\n".join(textwrap.fill(line, 100, initial_indent=f"  {name:<{width}}  ", subsequent_indent=" " * (width + 4))
-                     for name, line in listed.items())
-    print(f"usage: {PROG} COMMAND [options]\n\n{textwrap.fill(DESCRIPTION, 100)}\n\ncommands:\n{body}\n\n"
-          f"{textwrap.fill(EPILOG, 100)}")
+    body = "\n".join(
+        textwrap.fill(line, 100, initial_indent=f"  {name:<{width}}  ", subsequent_indent=" " * (width + 4))
+        for name, line in listed.items()
+    )
+    print(
+        f"usage: {PROG} COMMAND [options]\n\n{textwrap.fill(DESCRIPTION, 100)}\n\ncommands:\n{body}\n\n"
+        f"{textwrap.fill(EPILOG, 100)}"
+    )
 
 
 def _first_sentence(text: str) -> str:

@@ -174,7 +174,9 @@ class ClassifierModule(SampleWeightedMixin, LightningModule):
         """Log ``test_acc/<class name>`` for every class with test samples; keep them in :attr:`test_per_class`."""
         stats = self.test_class_stats.compute()  # synced over ranks
         correct, support = stats[:, 0].double(), stats[:, -1].double()
-        self.test_per_class = [float(c / n) if n > 0 else float("nan") for c, n in zip(correct.tolist(), support.tolist())]
+        self.test_per_class = [
+            float(c / n) if n > 0 else float("nan") for c, n in zip(correct.tolist(), support.tolist())
+        ]
         for name, value in zip(self.class_names, self.test_per_class):
             if value == value:  # not NaN
                 self.log(f"test_acc/{name}", value)

@@ -25,8 +25,9 @@ __all__ = [
 ]
 
 
-def accuracy_heatmap(accuracy: np.ndarray, class_names: Sequence[str], epochs: Sequence[int] | None = None,
-                     discarded: Sequence[int] = ()) -> Figure:
+def accuracy_heatmap(
+    accuracy: np.ndarray, class_names: Sequence[str], epochs: Sequence[int] | None = None, discarded: Sequence[int] = ()
+) -> Figure:
     """Per-class accuracy over epochs as a heatmap (rows: epochs, columns: classes).
 
     Args:
@@ -54,23 +55,32 @@ def accuracy_heatmap(accuracy: np.ndarray, class_names: Sequence[str], epochs: S
     figure = Figure(figsize=size, layout="constrained")
     axes = figure.add_subplot()
     axes.set_facecolor("0.8")  # the colour of missing (NaN) cells
-    image = axes.imshow(np.ma.masked_invalid(accuracy), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto",
-                        interpolation="nearest")
+    image = axes.imshow(
+        np.ma.masked_invalid(accuracy), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", interpolation="nearest"
+    )
     figure.colorbar(image, ax=axes, label="validation accuracy")
     axes.set_xticks(range(num_classes), [str(n) for n in class_names], rotation=45 if num_classes > 10 else 0)
     dropped = {row for row, epoch in enumerate(epochs) if epoch in set(discarded)}
     tick_rows = sorted(set(range(0, num_epochs, max(1, num_epochs // 20))) | dropped)
     axes.set_yticks(tick_rows, [f"{epochs[i]} discarded" if i in dropped else str(epochs[i]) for i in tick_rows])
     for row in dropped:
-        axes.add_patch(Rectangle((-0.5, row - 0.5), num_classes, 1.0, fill=False, hatch="//", edgecolor="white",
-                                 linewidth=0.0))
+        axes.add_patch(
+            Rectangle((-0.5, row - 0.5), num_classes, 1.0, fill=False, hatch="//", edgecolor="white", linewidth=0.0)
+        )
     axes.set_xlabel("class")
     axes.set_ylabel("epoch" + (" (discarded: rolled back by an intervention)" if dropped else ""))
     if num_epochs * num_classes <= 200:
         for (row, col), value in np.ndenumerate(accuracy):
             if np.isfinite(value):
-                axes.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                          color="black" if value > 0.6 else "white")
+                axes.text(
+                    col,
+                    row,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if value > 0.6 else "white",
+                )
     return figure
 
 
@@ -115,14 +125,31 @@ def per_class_curves(
         axes.axvspan(epoch - 0.5, epoch + 0.5, facecolor="0.92", hatch="//", edgecolor="0.75", linewidth=0.0)
     for c, name in enumerate(class_names):
         kept = ~dropped & np.isfinite(accuracy[:, c])
-        axes.plot(epochs[kept], accuracy[kept, c], color=colours[c], marker="o", markersize=3, linewidth=1.5,
-                  label=str(name))
-        axes.plot(epochs[dropped], accuracy[dropped, c], linestyle="none", marker="o", markersize=5,
-                  markerfacecolor="none", markeredgecolor=colours[c])
+        axes.plot(
+            epochs[kept], accuracy[kept, c], color=colours[c], marker="o", markersize=3, linewidth=1.5, label=str(name)
+        )
+        axes.plot(
+            epochs[dropped],
+            accuracy[dropped, c],
+            linestyle="none",
+            marker="o",
+            markersize=5,
+            markerfacecolor="none",
+            markeredgecolor=colours[c],
+        )
     for x, label in interventions:
         axes.axvline(x, color="black", linestyle="--", linewidth=1.0)
-        axes.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -2), textcoords="offset points",
-                      rotation=90, va="top", ha="left", fontsize=8)
+        axes.annotate(
+            label,
+            (x, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(2, -2),
+            textcoords="offset points",
+            rotation=90,
+            va="top",
+            ha="left",
+            fontsize=8,
+        )
     handles, labels = axes.get_legend_handles_labels()
     if interventions:
         handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1.0))
@@ -167,23 +194,29 @@ def predicted_vs_realised(
     predicted, realised = np.asarray(predicted, dtype=np.float64), np.asarray(realised, dtype=np.float64)
     rows, num_classes = len(labels), len(class_names)
     if predicted.shape != (rows, num_classes) or realised.shape != (rows, num_classes) or len(targets) != rows:
-        raise ValueError(f"predicted and realised must have shape ({rows}, {num_classes}) and targets {rows} entries, "
-                         f"got {predicted.shape}, {realised.shape} and {len(targets)}.")
+        raise ValueError(
+            f"predicted and realised must have shape ({rows}, {num_classes}) and targets {rows} entries, "
+            f"got {predicted.shape}, {realised.shape} and {len(targets)}."
+        )
     figure = Figure(figsize=(9.0, 0.6 + 2.2 * max(rows, 1)), layout="constrained")
     grid = figure.subplots(max(rows, 1), 2, squeeze=False)
     positions = np.arange(num_classes)
     for row, label in enumerate(labels):
         shades = ["tab:blue" if c in set(targets[row]) else "lightsteelblue" for c in range(num_classes)]
-        for axes, values, unit in ((grid[row, 0], predicted[row], "predicted gain (nats)"),
-                                   (grid[row, 1], 100 * realised[row], "realised change (points)")):
+        for axes, values, unit in (
+            (grid[row, 0], predicted[row], "predicted gain (nats)"),
+            (grid[row, 1], 100 * realised[row], "realised change (points)"),
+        ):
             axes.bar(positions, np.nan_to_num(values), color=shades)
             axes.axhline(0.0, color="0.3", linewidth=0.8)
-            axes.set_xticks(positions, [str(n) for n in class_names], rotation=45 if num_classes > 10 else 0,
-                            fontsize=8)
+            axes.set_xticks(
+                positions, [str(n) for n in class_names], rotation=45 if num_classes > 10 else 0, fontsize=8
+            )
             axes.set_ylabel(unit, fontsize=8)
         grid[row, 0].set_title(label, fontsize=9, loc="left")
-    figure.suptitle("Predicted (first order, validation loss) vs realised (validation accuracy); dark = target",
-                    fontsize=9)
+    figure.suptitle(
+        "Predicted (first order, validation loss) vs realised (validation accuracy); dark = target", fontsize=9
+    )
     return figure
 
 
@@ -240,15 +273,30 @@ def influence_scatter(
         weights = np.asarray(weights, dtype=np.float64)
         if weights.shape != x.shape:
             raise ValueError(f"weights must have shape ({x.shape[0]},), got {weights.shape}.")
-        norm = TwoSlopeNorm(vmin=min(float(weights.min()), 1.0 - 1e-6), vcenter=1.0, vmax=max(float(weights.max()), 1.0 + 1e-6))
+        norm = TwoSlopeNorm(
+            vmin=min(float(weights.min()), 1.0 - 1e-6), vcenter=1.0, vmax=max(float(weights.max()), 1.0 + 1e-6)
+        )
         points = axes.scatter(x, y, c=weights, cmap="coolwarm", norm=norm, s=8, alpha=0.8, linewidths=0)
         figure.colorbar(points, ax=axes, label="sample weight")
     axes.axhline(0.0, color="0.4", linewidth=0.8)
     axes.axvline(0.0, color="0.4", linewidth=0.8)
-    for sign_x, sign_y, (h, v) in ((1, 1, (0.98, 0.98)), (-1, 1, (0.02, 0.98)), (-1, -1, (0.02, 0.02)), (1, -1, (0.98, 0.02))):
+    for sign_x, sign_y, (h, v) in (
+        (1, 1, (0.98, 0.98)),
+        (-1, 1, (0.02, 0.98)),
+        (-1, -1, (0.02, 0.02)),
+        (1, -1, (0.98, 0.02)),
+    ):
         count = int(np.sum((sign_x * x > 0) & (sign_y * y > 0)))
-        axes.text(h, v, str(count), transform=axes.transAxes, ha="right" if h > 0.5 else "left",
-                  va="top" if v > 0.5 else "bottom", fontsize=9, color="0.2")
+        axes.text(
+            h,
+            v,
+            str(count),
+            transform=axes.transAxes,
+            ha="right" if h > 0.5 else "left",
+            va="top" if v > 0.5 else "bottom",
+            fontsize=9,
+            color="0.2",
+        )
     axes.set_xlabel("influence on " + _joined(class_names, targets))
     axes.set_ylabel("mean influence on " + _joined(class_names, others))
     return figure
@@ -279,8 +327,9 @@ def weights_histogram(weights: np.ndarray, w_min: float | None = None, w_max: fl
         if bound is not None:
             axes.axvline(bound, color="0.5", linestyle=":", linewidth=1.0)
     down, up = int(np.sum(weights < 1.0 - 1e-9)), int(np.sum(weights > 1.0 + 1e-9))
-    axes.set_title(f"{down} down-weighted ({int(np.sum(weights <= 1e-9))} at 0), {up} up-weighted of {weights.size}",
-                   fontsize=9)
+    axes.set_title(
+        f"{down} down-weighted ({int(np.sum(weights <= 1e-9))} at 0), {up} up-weighted of {weights.size}", fontsize=9
+    )
     axes.set_xlabel("sample weight")
     axes.set_ylabel("samples")
     return figure
@@ -321,13 +370,15 @@ def ceiling_figure(report: CeilingReport, class_names: Sequence[str]) -> Figure:
     counts_axes.set_ylabel("training samples")
     counts_axes.legend(fontsize=8)
     weights_axes.bar(range(report.num_classes), report.simplex_weights, color="tab:gray")
-    weights_axes.set_xticks(range(report.num_classes), [str(n) for n in class_names],
-                            rotation=45 if report.num_classes > 10 else 0)
+    weights_axes.set_xticks(
+        range(report.num_classes), [str(n) for n in class_names], rotation=45 if report.num_classes > 10 else 0
+    )
     weights_axes.set_ylim(0.0, 1.0)
     # lambda: the non-negative class weights (summing to one) of the hyperplane the influence vectors lie closest to.
     weights_axes.set_ylabel("lambda: class weight in the trade-off normal", fontsize=8)
-    figure.suptitle(f"{report.verdict}: min ||C lambda||/||C|| = {report.ratio:.2e}, PCA ratio {report.pca_ratio:.2f}",
-                    fontsize=10)
+    figure.suptitle(
+        f"{report.verdict}: min ||C lambda||/||C|| = {report.ratio:.2e}, PCA ratio {report.pca_ratio:.2f}", fontsize=10
+    )
     return figure
 
 

@@ -219,8 +219,11 @@ def require_single_weight_writer(trainer: Trainer, callback: Any, who: str) -> N
     Raises:
         ValueError: Naming both callbacks.
     """
-    others = [type(cb).__name__ for cb in trainer.callbacks
-              if cb is not callback and getattr(cb, "writes_sample_weights", False)]
+    others = [
+        type(cb).__name__
+        for cb in trainer.callbacks
+        if cb is not callback and getattr(cb, "writes_sample_weights", False)
+    ]
     if others:
         raise ValueError(
             f"{who} and {others} would overwrite each other's sample weights; use one of DirectImprovement, "

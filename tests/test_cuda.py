@@ -23,7 +23,9 @@ from lightning_pareto.nets import MLP, SmallCNN
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)"
+    ),
 ]
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -68,10 +70,18 @@ def test_direct_improvement_trains_on_a_gpu(tmp_path: Path, precision: str) -> N
     module = ClassifierModule(MLP(64, 10, hidden=(32,)), 10)
     callback = DirectImprovement(targets="worst:2", at_epochs=[1], log_figures=False)
     trainer = L.Trainer(
-        accelerator="gpu", devices=1, precision=precision, max_epochs=3, default_root_dir=str(tmp_path),
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=[PerClassAccuracy(log_figure_every_n_epochs=0), callback],
-    )  # fmt: skip
+        accelerator="gpu",
+        devices=1,
+        precision=precision,
+        max_epochs=3,
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[PerClassAccuracy(log_figure_every_n_epochs=0), callback],
+    )
     trainer.fit(module, datamodule)
     (record,) = callback.records
     assert record.status == "applied", record.reason
@@ -81,10 +91,16 @@ def test_direct_improvement_trains_on_a_gpu(tmp_path: Path, precision: str) -> N
 
 def test_fsdp_is_refused_at_setup_with_the_fix(tmp_path: Path) -> None:
     trainer = L.Trainer(
-        accelerator="gpu", devices=1, strategy="fsdp", max_epochs=2, default_root_dir=str(tmp_path), logger=False,
-        enable_checkpointing=False, enable_progress_bar=False,
+        accelerator="gpu",
+        devices=1,
+        strategy="fsdp",
+        max_epochs=2,
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
         callbacks=[PerClassAccuracy(), DirectImprovement(targets="worst:1", at_epochs=[0])],
-    )  # fmt: skip
+    )
     with pytest.raises(ValueError, match="strategy='ddp'"):
         trainer.fit(ClassifierModule(MLP(64, 10), 10), DigitsDataModule(batch_size=64, seed=0))
 
@@ -93,10 +109,28 @@ def test_fsdp_is_refused_at_setup_with_the_fix(tmp_path: Path) -> None:
 def test_pareto_step_benchmark_runs_on_cuda(tmp_path: Path) -> None:
     output = tmp_path / "pareto_step.json"
     completed = subprocess.run(
-        [sys.executable, str(REPOSITORY / "benchmarks" / "pareto_step.py"), "--device", "cuda", "--n", "2000",
-         "--val", "500", "--repeats", "1", "--warmup-epochs", "1", "--json", "--output", str(output)],
-        capture_output=True, text=True, timeout=600, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPOSITORY / "benchmarks" / "pareto_step.py"),
+            "--device",
+            "cuda",
+            "--n",
+            "2000",
+            "--val",
+            "500",
+            "--repeats",
+            "1",
+            "--warmup-epochs",
+            "1",
+            "--json",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     (line,) = completed.stdout.strip().splitlines()
     result = json.loads(line)
     assert result["n"] == 2000

@@ -118,8 +118,12 @@ class _Probe(Callback):
 @pytest.mark.parametrize(
     ("net", "labels", "error", "message"),
     [
-        (torch.nn.Sequential(torch.nn.Linear(3, 5)), torch.arange(40) % 2, ValueError,  # last layer not named head
-         r"logits of shape \(8, 5\) but num_classes=2"),
+        (
+            torch.nn.Sequential(torch.nn.Linear(3, 5)),
+            torch.arange(40) % 2,
+            ValueError,  # last layer not named head
+            r"logits of shape \(8, 5\) but num_classes=2",
+        ),
         (MLP(3, 2), (torch.arange(40) % 2).float(), TypeError, "integer class indices"),
     ],
 )
@@ -128,19 +132,35 @@ def test_wrong_output_width_or_float_labels_fail_before_training_with_a_clear_me
 ) -> None:
     data = IndexedDataset(TensorDataset(torch.randn(40, 3), labels))
     probe = _Probe()
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        callbacks=[probe])
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[probe],
+    )
     with pytest.raises(error, match=message):
-        trainer.fit(ClassifierModule(net, num_classes=2), DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+        trainer.fit(
+            ClassifierModule(net, num_classes=2), DataLoader(data, batch_size=8), DataLoader(data, batch_size=8)
+        )
     assert not probe.started  # the sanity check's validation batch caught it
 
 
 def test_test_logs_every_class_accuracy_against_a_direct_count(tmp_path: Path) -> None:
     train, test = _loaders(48)
     module = ClassifierModule(MLP(3, 2), num_classes=2, class_names=["no", "yes"])
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, train)
     metrics = trainer.test(module, test, verbose=False)[0]
     x, y = test.dataset.dataset.tensors

@@ -40,7 +40,11 @@ def test_curves_give_each_class_its_own_colour_and_keep_discarded_epochs_off_the
     for c, line in enumerate(lines):
         assert line.get_xdata().tolist() == [0, 1, 3, 4]  # the discarded epoch 2 is not on the line ...
         np.testing.assert_allclose(line.get_ydata(), accuracy[[0, 1, 3, 4], c])
-    hollow = [line for line in axes.get_lines() if line.get_linestyle() == "None" and list(np.asarray(line.get_xdata())) == [2]]
+    hollow = [
+        line
+        for line in axes.get_lines()
+        if line.get_linestyle() == "None" and list(np.asarray(line.get_xdata())) == [2]
+    ]
     assert len(hollow) == 10  # ... but drawn as a marker of its own
     verticals = [line for line in axes.get_lines() if list(np.asarray(line.get_xdata(), dtype=float)) == [1.5, 1.5]]
     assert len(verticals) == 1 and [t.get_text() for t in axes.texts] == ["#1 x"]

@@ -83,9 +83,7 @@ def test_training_step_loss_is_weighted_cross_entropy() -> None:
     module.sample_weights.set(torch.tensor([0.5, 2.0, 0.0, 1.0, 3.0]))
     x, y, index = torch.randn(3, 3), torch.tensor([1, 3, 0]), torch.tensor([4, 0, 1])
     logits = module.net(x)
-    hand = sum(
-        w * -torch.log_softmax(logits[i], dim=0)[y[i]] for i, w in enumerate([3.0, 0.5, 2.0])
-    ) / 3
+    hand = sum(w * -torch.log_softmax(logits[i], dim=0)[y[i]] for i, w in enumerate([3.0, 0.5, 2.0])) / 3
     assert module.training_step((x, y, index), 0).item() == pytest.approx(hand.item(), rel=1e-6)
 
 

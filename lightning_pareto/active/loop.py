@@ -184,18 +184,24 @@ def run_active_learning(
             module.load_state_dict(initial_state)
         started = time.perf_counter()
         loader = DataLoader(
-            IndexedDataset(TensorDataset(pool[labeled], labels)), batch_size=batch_size, shuffle=True,
+            IndexedDataset(TensorDataset(pool[labeled], labels)),
+            batch_size=batch_size,
+            shuffle=True,
             generator=torch.Generator().manual_seed(seed + round_number),
-        )  # fmt: skip
+        )
         device = fit_quietly(
             module, loader, max_epochs=max_epochs, seed=seed + round_number, trainer_kwargs=trainer_kwargs
         )
         train_seconds = time.perf_counter() - started
         module.to(device)  # score and test where the Trainer trained
         result = RoundResult(
-            round_number, len(labeled), accuracy(module, x_test, y_test, pool_batch_size), seconds, train_seconds,
+            round_number,
+            len(labeled),
+            accuracy(module, x_test, y_test, pool_batch_size),
+            seconds,
+            train_seconds,
             queried,
-        )  # fmt: skip
+        )
         results.append(result)
         if on_round is not None:
             on_round(result)

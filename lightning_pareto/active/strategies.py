@@ -164,9 +164,12 @@ class FIActive(Strategy):
 
     def _options(self) -> dict[str, Any]:
         return {
-            "curvature": self.curvature, "damping": self.damping, "modules": self.modules,
-            "quantile_range": self.quantile_range, "chunk_size": self.chunk_size,
-        }  # fmt: skip
+            "curvature": self.curvature,
+            "damping": self.damping,
+            "modules": self.modules,
+            "quantile_range": self.quantile_range,
+            "chunk_size": self.chunk_size,
+        }
 
     def score(
         self,
@@ -273,9 +276,16 @@ class InfluenceValueSampling(Strategy):
         fisher = self.fisher or ("ggn" if self.curvature == "exact" else "sampled")
         with scoring_mode(model, seed=seed):
             values = influence_value(
-                model, labeled_loader, val_loader, curvature=self.curvature, damping=self.damping,
-                modules=self.modules, fisher=fisher, seed=seed, progress=False,
-            )  # fmt: skip
+                model,
+                labeled_loader,
+                val_loader,
+                curvature=self.curvature,
+                damping=self.damping,
+                modules=self.modules,
+                fisher=fisher,
+                seed=seed,
+                progress=False,
+            )
         inputs, index = _labeled_inputs(labeled_loader)
         targets = values[index].double().numpy()
         finite = np.isfinite(targets)

@@ -35,8 +35,9 @@ def as_images(features: np.ndarray, image_shape: Sequence[int] | None = None) ->
         try:
             images = images.reshape(images.shape[0], *image_shape)
         except ValueError:
-            raise ValueError(f"features of shape {images.shape[1:]} cannot be shown as images of shape "
-                             f"{tuple(image_shape)}.") from None
+            raise ValueError(
+                f"features of shape {images.shape[1:]} cannot be shown as images of shape {tuple(image_shape)}."
+            ) from None
     if images.ndim == 4 and images.shape[1] in (1, 3):
         images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
     if images.ndim not in (3, 4):
@@ -70,22 +71,24 @@ def top_samples_figure(table: AuditTable, images: np.ndarray, c: int, k: int) ->
     # The axes fill 94% of the width and 86% of the height (the rest: row labels, title); the image sets the height.
     figure = Figure(figsize=(fig_width, 0.94 * fig_width * canvas.shape[0] / canvas.shape[1] / 0.86))
     axes = figure.add_axes((0.05, 0.02, 0.94, 0.86))
-    figure.suptitle(f"class {table.class_names[c]}: samples that help it most (top) and hurt it most (bottom)",
-                    fontsize=9)
+    figure.suptitle(
+        f"class {table.class_names[c]}: samples that help it most (top) and hurt it most (bottom)", fontsize=9
+    )
     labels = []
     for row, (kind, indices) in enumerate(rows):
         top = row * cell_h + band
         labels.append((top + height / 2, kind))
         for place, i in enumerate(indices[:k].tolist()):
             left = place * cell_w
-            canvas[top: top + height, left: left + width] = images[i]
+            canvas[top : top + height, left : left + width] = images[i]
             title = f"#{i} y={table.class_names[table.labels[i]]}\nI={table.influence[i, c]:+.2g}"
             colour = "black"
             if table.suspect[i]:
                 title += f" -> {table.class_names[table.likely[i]]}"
                 colour = "red"
-                axes.add_patch(Rectangle((left - 0.5, top - 0.5), width, height, fill=False, edgecolor="red",
-                                         linewidth=2.0))
+                axes.add_patch(
+                    Rectangle((left - 0.5, top - 0.5), width, height, fill=False, edgecolor="red", linewidth=2.0)
+                )
             axes.text(left + width / 2, top - 0.8, title, ha="center", va="bottom", fontsize=6, color=colour)
     cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
     shown = np.where(np.isnan(canvas), 1.0, canvas) if canvas.ndim == 3 else np.ma.masked_invalid(canvas)
@@ -133,10 +136,16 @@ def removal_figure(checks: dict[str, RemovalCheck], class_names: Sequence[str], 
         figure.suptitle(title)
     grid = figure.subplots(len(checks), 3, squeeze=False)
     for row, check in enumerate(checks.values()):
-        _heatmap(grid[row, 0], check.cumulative, class_names, f"{check.kind}: cumulative influence of removed",
-                 "sum of I[i, c]")
-        _heatmap(grid[row, 1], 100 * check.change, class_names, f"{check.kind}: test accuracy change",
-                 "percentage points")
+        _heatmap(
+            grid[row, 0],
+            check.cumulative,
+            class_names,
+            f"{check.kind}: cumulative influence of removed",
+            "sum of I[i, c]",
+        )
+        _heatmap(
+            grid[row, 1], 100 * check.change, class_names, f"{check.kind}: test accuracy change", "percentage points"
+        )
         axes = grid[row, 2]
         off = ~np.eye(len(class_names), dtype=bool)
         axes.scatter(-check.cumulative[off], 100 * check.change[off], s=10, color="0.5", label="other classes")

@@ -43,8 +43,14 @@ def flip_detection(suspect: np.ndarray, flipped_indices: np.ndarray, training_lo
     by_loss[np.argsort(-loss, kind="stable")[:count]] = True
     precision, recall = _precision_recall(suspect, flipped)
     loss_precision, loss_recall = _precision_recall(by_loss, flipped)
-    return {"suspects": count, "flips": int(flipped.sum()), "precision": precision, "recall": recall,
-            "loss_precision": loss_precision, "loss_recall": loss_recall}
+    return {
+        "suspects": count,
+        "flips": int(flipped.sum()),
+        "precision": precision,
+        "recall": recall,
+        "loss_precision": loss_precision,
+        "loss_recall": loss_recall,
+    }
 
 
 def class_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

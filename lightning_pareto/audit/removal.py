@@ -109,15 +109,22 @@ class RemovalCheck:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (removed indices as lists)."""
         return {
-            "kind": self.kind, "spearman": self.spearman, "diagonal_agreement": self.diagonal_agreement,
-            "removed_counts": [int(s.size) for s in self.removed], "cumulative": self.cumulative.tolist(),
-            "change": self.change.tolist(), "removed": [s.tolist() for s in self.removed],
-        }  # fmt: skip
+            "kind": self.kind,
+            "spearman": self.spearman,
+            "diagonal_agreement": self.diagonal_agreement,
+            "removed_counts": [int(s.size) for s in self.removed],
+            "cumulative": self.cumulative.tolist(),
+            "change": self.change.tolist(),
+            "removed": [s.tolist() for s in self.removed],
+        }
 
 
 def _run_all(
-    retrain: Callable[[np.ndarray, int], np.ndarray], jobs: Sequence[tuple[np.ndarray, int]], labels: Sequence[str],
-    workers: int, progress: bool,
+    retrain: Callable[[np.ndarray, int], np.ndarray],
+    jobs: Sequence[tuple[np.ndarray, int]],
+    labels: Sequence[str],
+    workers: int,
+    progress: bool,
 ) -> list[np.ndarray]:
     """``retrain(keep, seed)`` for every job, in ``workers`` spawned processes (1: in this process), with progress."""
     results: list[np.ndarray | None] = [None] * len(jobs)
@@ -188,7 +195,7 @@ def run_removal_check(
     changes = accuracies[:, 1:] - accuracies[:, :1]  # each seed against its own baseline
     checks = {}
     for number, kind in enumerate(KINDS):
-        change = changes[:, number * num_classes: (number + 1) * num_classes].mean(axis=0)
+        change = changes[:, number * num_classes : (number + 1) * num_classes].mean(axis=0)
         cumulative = np.stack([influence[removed].sum(axis=0) for removed in sets[kind]])
         checks[kind] = RemovalCheck(kind, sets[kind], cumulative, change)
     return accuracies[:, 0].mean(axis=0), checks

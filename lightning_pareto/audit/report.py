@@ -9,9 +9,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch import nn
-
 from matplotlib.image import imsave
+from torch import nn
 
 from lightning_pareto.audit.figures import figure_pixels, top_samples_figure
 from lightning_pareto.audit.table import AuditTable, audit_table
@@ -24,8 +23,9 @@ class ImageWriter(Protocol):
     """What :func:`write_audit` logs images to: a ``torch.utils.tensorboard.SummaryWriter`` or Lightning's
     ``TensorBoardLogger.experiment``."""
 
-    def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None, dataformats: str = "CHW") -> None:
-        ...
+    def add_image(
+        self, tag: str, img_tensor: Any, global_step: int | None = None, dataformats: str = "CHW"
+    ) -> None: ...
 
 
 def training_labels(train_loader: Iterable, n: int | None = None) -> np.ndarray:
@@ -91,9 +91,17 @@ def audit_samples(
         ((40, 3), dtype('bool'))
     """
     influence = category_influence(
-        model, train_loader, val_loader, len(class_names), curvature=curvature, damping=damping, modules=modules,
-        fisher=fisher, curvature_samples=curvature_samples, progress=progress,
-    )  # fmt: skip
+        model,
+        train_loader,
+        val_loader,
+        len(class_names),
+        curvature=curvature,
+        damping=damping,
+        modules=modules,
+        fisher=fisher,
+        curvature_samples=curvature_samples,
+        progress=progress,
+    )
     labels = training_labels(train_loader, influence.shape[0])
     return audit_table(influence.numpy(), labels, class_names, margin, min_harm)
 
@@ -125,8 +133,10 @@ def write_audit(
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    written = {"samples": table.write_samples_csv(output / "samples.csv"),
-               "top_samples": table.write_top_csv(output / "top_samples.csv", top_k)}
+    written = {
+        "samples": table.write_samples_csv(output / "samples.csv"),
+        "top_samples": table.write_top_csv(output / "top_samples.csv", top_k),
+    }
     if images is None:
         return written
     for c, name in enumerate(table.class_names):

@@ -60,9 +60,7 @@ def _normalised(influence: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     return scaled, own, others
 
 
-def suspect_scores(
-    influence: np.ndarray, labels: np.ndarray, margin: float = 1.0, min_harm: float = 3.0
-) -> np.ndarray:
+def suspect_scores(influence: np.ndarray, labels: np.ndarray, margin: float = 1.0, min_harm: float = 3.0) -> np.ndarray:
     """How far each sample's largest harm to another class clears ``margin`` x its own-class help and ``min_harm``.
 
     ``score_i = min(harm_i - margin * help_i, harm_i - min_harm)`` with ``harm_i = -min_{c != y_i} Ĩ[i, c]``,

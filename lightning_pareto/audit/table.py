@@ -63,8 +63,16 @@ class AuditTable:
     def columns(self) -> list[str]:
         """Header of ``samples.csv``."""
         names = self.class_names
-        return ["index", "label", *(f"influence_{n}" for n in names), "suspect", "suspect_score", "likely_label",
-                *(f"rank_{n}" for n in names), "suspect_rank"]
+        return [
+            "index",
+            "label",
+            *(f"influence_{n}" for n in names),
+            "suspect",
+            "suspect_score",
+            "likely_label",
+            *(f"rank_{n}" for n in names),
+            "suspect_rank",
+        ]
 
     def ranks(self) -> np.ndarray:
         """``(n, K)`` int64: rank of each sample among all for each class, 1 = most helpful to that class."""
@@ -95,11 +103,18 @@ class AuditTable:
             writer = csv.writer(handle)
             writer.writerow(self.columns())
             for i in range(self.labels.size):
-                writer.writerow([
-                    i, names[self.labels[i]], *(f"{v:.6g}" for v in self.influence[i]), int(self.suspect[i]),
-                    f"{self.scores[i]:.6g}", names[self.likely[i]] if self.suspect[i] else "", *ranks[i],
-                    suspect_ranks[i],
-                ])  # fmt: skip
+                writer.writerow(
+                    [
+                        i,
+                        names[self.labels[i]],
+                        *(f"{v:.6g}" for v in self.influence[i]),
+                        int(self.suspect[i]),
+                        f"{self.scores[i]:.6g}",
+                        names[self.likely[i]] if self.suspect[i] else "",
+                        *ranks[i],
+                        suspect_ranks[i],
+                    ]
+                )
         return path
 
     def top_rows(self, k: int) -> list[dict[str, object]]:
@@ -108,11 +123,18 @@ class AuditTable:
         for c, name in enumerate(names):
             for kind in ("helpful", "harmful"):
                 for place, i in enumerate(self.top(c, k, kind), start=1):  # type: ignore[arg-type]
-                    rows.append({
-                        "class": name, "kind": kind, "place": place, "index": int(i), "label": names[self.labels[i]],
-                        "influence": f"{self.influence[i, c]:.6g}", "suspect": int(self.suspect[i]),
-                        "likely_label": names[self.likely[i]] if self.suspect[i] else "",
-                    })  # fmt: skip
+                    rows.append(
+                        {
+                            "class": name,
+                            "kind": kind,
+                            "place": place,
+                            "index": int(i),
+                            "label": names[self.labels[i]],
+                            "influence": f"{self.influence[i, c]:.6g}",
+                            "suspect": int(self.suspect[i]),
+                            "likely_label": names[self.likely[i]] if self.suspect[i] else "",
+                        }
+                    )
         return rows
 
     def write_top_csv(self, path: str | Path, k: int) -> Path:
@@ -174,5 +196,6 @@ def audit_table(
         raise ValueError(f"class_names has {len(names)} entries but influence has {influence.shape[1]} columns.")
     with np.errstate(invalid="ignore"):
         suspect = scores > 0
-    return AuditTable(influence, labels, names, scores, suspect, likely_labels(influence, labels), float(margin),
-                      float(min_harm))
+    return AuditTable(
+        influence, labels, names, scores, suspect, likely_labels(influence, labels), float(margin), float(min_harm)
+    )

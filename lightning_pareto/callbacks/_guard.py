@@ -20,8 +20,12 @@ def accuracy_change(before: Sequence[float | None], after: Sequence[float | None
     return [None if _missing(b) or _missing(a) else float(a) - float(b) for b, a in zip(before, after)]
 
 
-def violations(before: Sequence[float | None], after: Sequence[float | None], targets: Sequence[int],
-               tolerance: float | Sequence[float]) -> list[int]:
+def violations(
+    before: Sequence[float | None],
+    after: Sequence[float | None],
+    targets: Sequence[int],
+    tolerance: float | Sequence[float],
+) -> list[int]:
     """Non-target classes whose accuracy fell by more than ``tolerance`` (one, or one per class) from ``before`` to ``after``.
 
     Example:
@@ -35,8 +39,9 @@ def violations(before: Sequence[float | None], after: Sequence[float | None], ta
     return [c for c, d in enumerate(change) if c not in targets and d is not None and d < -limits[c]]
 
 
-def noise_tolerance(accuracy: Sequence[float | None], support: Sequence[int], tolerance: float,
-                    z: float = 2.0) -> list[float]:
+def noise_tolerance(
+    accuracy: Sequence[float | None], support: Sequence[int], tolerance: float, z: float = 2.0
+) -> list[float]:
     """Per-class tolerance no smaller than the validation noise of an epoch-to-epoch accuracy change.
 
     A class with ``n`` validation samples at accuracy ``p`` moves by about ``sqrt(2 p (1 - p) / n)``
@@ -54,8 +59,13 @@ def noise_tolerance(accuracy: Sequence[float | None], support: Sequence[int], to
     return limits
 
 
-def redo_verdict(before: Sequence[float | None], bad: Sequence[float | None], redo: Sequence[float | None],
-                 dropped: Sequence[int], tolerance: float | Sequence[float]) -> str:
+def redo_verdict(
+    before: Sequence[float | None],
+    bad: Sequence[float | None],
+    redo: Sequence[float | None],
+    dropped: Sequence[int],
+    tolerance: float | Sequence[float],
+) -> str:
     """Why a Course Correction redo is rejected ("" = accepted).
 
     A redo is kept only if it beats the detrimental epoch on the dropped classes (mean change > 0) and
@@ -76,8 +86,10 @@ def redo_verdict(before: Sequence[float | None], bad: Sequence[float | None], re
     if hurt:
         change = accuracy_change(before, redo)
         worst = min(hurt, key=lambda c: change[c])  # type: ignore[arg-type, return-value]
-        return (f"the redo lowered class {worst} by {-100 * change[worst]:.1f} points against the epoch before the "  # type: ignore[operator]
-                "detrimental one")
+        return (
+            f"the redo lowered class {worst} by {-100 * change[worst]:.1f} points against the epoch before the "  # type: ignore[operator]
+            "detrimental one"
+        )
     return ""
 
 

@@ -127,9 +127,11 @@ class InterventionCallback(Callback):
         if extra and trainer.max_epochs is not None and trainer.max_epochs >= 0:
             added = sum(epochs for _, epochs in extra)
             parts = ", ".join(f"#{r.number}: {epochs}" for r, epochs in extra)
-            print(f"\n{type(self).__name__} trained {added} redone epoch(s) on top of max_epochs="
-                  f"{trainer.max_epochs - self.budget.extra_epochs} ({parts}): rolled-back epochs are trained again as "
-                  f"extra epochs, hence max_epochs={trainer.max_epochs} at the end.")
+            print(
+                f"\n{type(self).__name__} trained {added} redone epoch(s) on top of max_epochs="
+                f"{trainer.max_epochs - self.budget.extra_epochs} ({parts}): rolled-back epochs are trained again as "
+                f"extra epochs, hence max_epochs={trainer.max_epochs} at the end."
+            )
         print("\n" + intervention_table(self.records, self.class_names))
         figure = outcome_figure(self.records, self.class_names) if log_dir is not None else None
         if figure is not None:
@@ -140,8 +142,11 @@ class InterventionCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The records so far and the epoch budget's extension (subclasses add their counters)."""
-        return {"records": [record.to_dict() for record in self.records], "class_names": list(self.class_names),
-                **self.budget.state_dict()}
+        return {
+            "records": [record.to_dict() for record in self.records],
+            "class_names": list(self.class_names),
+            **self.budget.state_dict(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved."""
@@ -150,11 +155,13 @@ class InterventionCallback(Callback):
         self.budget.load_state_dict(state_dict)
 
     # ---------------------------------------------------------------- helpers for subclasses
-    def new_record(self, epoch: int, targets: list[int], before: list[float] | None,
-                   bad: list[float] | None = None) -> InterventionRecord:
+    def new_record(
+        self, epoch: int, targets: list[int], before: list[float] | None, bad: list[float] | None = None
+    ) -> InterventionRecord:
         """The record of the next intervention, numbered in the run's order (one is open at a time)."""
-        return InterventionRecord(epoch=epoch, mode=self.mode, targets=targets, before=before, bad=bad,
-                                  number=len(self.records) + 1)
+        return InterventionRecord(
+            epoch=epoch, mode=self.mode, targets=targets, before=before, bad=bad, number=len(self.records) + 1
+        )
 
     def notify(self, trainer: Trainer, message: str) -> None:
         """Tell the user what an intervention does, on its own console line (rank zero)."""
@@ -284,7 +291,9 @@ class InterventionCallback(Callback):
             try:
                 log_start(trainer, record, self.class_names)
             except Exception as error:  # noqa: BLE001 - a logging failure must not cost the intervention
-                rank_zero_warn(f"{type(self).__name__}: could not log the intervention: {type(error).__name__}: {error}")
+                rank_zero_warn(
+                    f"{type(self).__name__}: could not log the intervention: {type(error).__name__}: {error}"
+                )
 
     def _validation_of(self, epoch: int) -> dict[str, Any] | None:
         """The monitor's latest history record of ``epoch`` (a redone epoch validates twice), or ``None``."""
@@ -302,17 +311,27 @@ class InterventionCallback(Callback):
         train_dataset, val_dataset, _ = trainer_datasets(trainer)
         # Each rank scores a disjoint, unpadded shard (samples rank, rank + world, ...): the engine sums
         # the curvature and query statistics over ranks and joins the rows, as one process would.
-        train_loader = DataLoader(train_dataset, batch_size=settings.influence_batch_size,
-                                  sampler=rank_shard(trainer, len(train_dataset)))
-        val_loader = DataLoader(val_dataset, batch_size=settings.influence_batch_size,
-                                sampler=rank_shard(trainer, len(val_dataset)))
+        train_loader = DataLoader(
+            train_dataset, batch_size=settings.influence_batch_size, sampler=rank_shard(trainer, len(train_dataset))
+        )
+        val_loader = DataLoader(
+            val_dataset, batch_size=settings.influence_batch_size, sampler=rank_shard(trainer, len(val_dataset))
+        )
         show_progress = None if trainer.progress_bar_callback is not None and trainer.is_global_zero else False
         timings = InfluenceTimings()
         with preserved_rng(), torch.inference_mode(False), torch.enable_grad():
             influence = category_influence(
-                influence_model(pl_module), train_loader, val_loader, len(self.class_names),
-                curvature=settings.curvature, damping=settings.damping, curvature_samples=settings.curvature_samples,
-                modules=settings.module_names, seed=settings.seed, progress=show_progress, timings=timings,
+                influence_model(pl_module),
+                train_loader,
+                val_loader,
+                len(self.class_names),
+                curvature=settings.curvature,
+                damping=settings.damping,
+                curvature_samples=settings.curvature_samples,
+                modules=settings.module_names,
+                seed=settings.seed,
+                progress=show_progress,
+                timings=timings,
             )
         record.influence_seconds = {name: value for name, value in vars(timings).items() if value > 0.0}
         return influence.double().numpy()
@@ -348,27 +367,50 @@ class InterventionCallback(Callback):
             train_dataset, val_dataset, train_batch_size = trainer_datasets(trainer)
             val_loader = DataLoader(val_dataset, batch_size=settings.influence_batch_size, shuffle=False)
             fitness = TrialFitness(
-                influence_model(pl_module), trainer.optimizers[0], loss_function(pl_module), train_dataset,
-                val_loader, len(self.class_names), batch_size=train_batch_size, num_batches=settings.trial_batches,
+                influence_model(pl_module),
+                trainer.optimizers[0],
+                loss_function(pl_module),
+                train_dataset,
+                val_loader,
+                len(self.class_names),
+                batch_size=train_batch_size,
+                num_batches=settings.trial_batches,
                 seed=settings.seed,
-            )  # fmt: skip
+            )
         show_progress = None if trainer.progress_bar_callback is not None else False
         with preserved_rng(), torch.inference_mode(False), torch.enable_grad():
             result = search_weights(
-                influence, record.targets, fitness=fitness,
+                influence,
+                record.targets,
+                fitness=fitness,
                 reference=finite_accuracy(reference) if settings.fitness == "trial" else None,
-                preset=settings.preset, seed=settings.seed, time_budget=settings.time_budget, progress=show_progress,
-                w_min=settings.w_min, w_max=settings.w_max, trust=settings.trust,
-            )  # fmt: skip
+                preset=settings.preset,
+                seed=settings.seed,
+                time_budget=settings.time_budget,
+                progress=show_progress,
+                w_min=settings.w_min,
+                w_max=settings.w_max,
+                trust=settings.trust,
+            )
         try:
-            log_search(trainer, self.class_names, record, report, influence, result, log_figures=settings.log_figures,
-                       w_min=settings.w_min, w_max=settings.w_max)
+            log_search(
+                trainer,
+                self.class_names,
+                record,
+                report,
+                influence,
+                result,
+                log_figures=settings.log_figures,
+                w_min=settings.w_min,
+                w_max=settings.w_max,
+            )
         except Exception as error:  # noqa: BLE001 - a logging failure must not cost the intervention
             rank_zero_warn(f"{type(self).__name__}: could not log the intervention: {type(error).__name__}: {error}")
         return _search_weights_or_reason(result, record)
 
-    def _save_weights(self, log_dir: Path, record: InterventionRecord, weights: np.ndarray,
-                      influence: np.ndarray) -> str | None:
+    def _save_weights(
+        self, log_dir: Path, record: InterventionRecord, weights: np.ndarray, influence: np.ndarray
+    ) -> str | None:
         """Save the searched weights and the influence matrix by dataset index; the file's name, or ``None``."""
         try:
             return save_weights(log_dir, record, weights, influence, self.class_names)
@@ -382,7 +424,9 @@ class InterventionCallback(Callback):
             write_records(log_dir / RECORDS_FILE, self.records)
             log_outcome(trainer, record, self.records, self.class_names)
         except Exception as error:  # noqa: BLE001 - a logging failure must not stop training
-            rank_zero_warn(f"{type(self).__name__}: could not write the intervention record: {type(error).__name__}: {error}")
+            rank_zero_warn(
+                f"{type(self).__name__}: could not write the intervention record: {type(error).__name__}: {error}"
+            )
 
 
 def _search_weights_or_reason(result: SearchResult, record: InterventionRecord) -> np.ndarray | None:
@@ -391,8 +435,11 @@ def _search_weights_or_reason(result: SearchResult, record: InterventionRecord) 
     record.trust = float(result.trust)
     record.predicted_gain = [float(g) for g in result.predicted_gain]
     record.fitness = float(result.fitness)
-    record.search = {key: value for key, value in result.to_dict().items()
-                     if key not in ("thresholds", "trust", "predicted_gain", "fitness", "reason")}
+    record.search = {
+        key: value
+        for key, value in result.to_dict().items()
+        if key not in ("thresholds", "trust", "predicted_gain", "fitness", "reason")
+    }
     if result.status != "improved" or result.weights is None:
         record.reason = f"{result.status}: {result.reason}"
         return None

@@ -105,8 +105,10 @@ class InterventionRecord:
         if self.after is None or reference is None:
             self.realised_change = None
             return
-        self.realised_change = [None if a is None or r is None or math.isnan(a) or math.isnan(r) else a - r
-                                for a, r in zip(self.after, reference)]
+        self.realised_change = [
+            None if a is None or r is None or math.isnan(a) or math.isnan(r) else a - r
+            for a, r in zip(self.after, reference)
+        ]
 
     def update_from(self, state: dict[str, Any]) -> None:
         """Take over every field of another record's :meth:`to_dict` (rank zero's decision on every rank)."""
@@ -123,8 +125,9 @@ def write_records(path: Path, records: Sequence[InterventionRecord]) -> None:
     os.replace(partial, path)
 
 
-def save_weights(log_dir: Path, record: InterventionRecord, weights: np.ndarray, influence: np.ndarray,
-                 class_names: Sequence[str]) -> str:
+def save_weights(
+    log_dir: Path, record: InterventionRecord, weights: np.ndarray, influence: np.ndarray, class_names: Sequence[str]
+) -> str:
     """Save one intervention's weights and influence matrix by dataset index; the file's name relative to ``log_dir``.
 
     Args:
@@ -136,9 +139,14 @@ def save_weights(log_dir: Path, record: InterventionRecord, weights: np.ndarray,
     """
     name = f"{WEIGHTS_FOLDER}/{record.number:03d}_{record.mode}_epoch{record.epoch}.npz"
     (log_dir / WEIGHTS_FOLDER).mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(log_dir / name, index=np.arange(weights.shape[0]), weights=weights.astype(np.float32),
-                        influence=influence.astype(np.float32), targets=np.asarray(record.targets, dtype=np.int64),
-                        class_names=np.asarray(class_names))
+    np.savez_compressed(
+        log_dir / name,
+        index=np.arange(weights.shape[0]),
+        weights=weights.astype(np.float32),
+        influence=influence.astype(np.float32),
+        targets=np.asarray(record.targets, dtype=np.int64),
+        class_names=np.asarray(class_names),
+    )
     return name
 
 

@@ -54,22 +54,37 @@ def intervention_table(records: Sequence[InterventionRecord], class_names: Seque
         epochs = ",".join(str(e) for e in record.weighted_epochs)
         has_bad = record.bad is not None
         columns = ["before", *(["bad"] if has_bad else []), f"after{' ' + epochs if epochs else ''}", "change"]
-        lines = [f"{header} ({record.seconds:.1f} s, {record.n_weighted} samples reweighted)",
-                 f"{'class':<{width}}" + "".join(f"  {c:>10}" for c in columns)]
+        lines = [
+            f"{header} ({record.seconds:.1f} s, {record.n_weighted} samples reweighted)",
+            f"{'class':<{width}}" + "".join(f"  {c:>10}" for c in columns),
+        ]
         reference = record.bad if has_bad else record.before
         rows = [(f"{'*' if c in record.targets else ' '} {name}", c) for c, name in enumerate(class_names)]
         for label, c in rows:
             values = [_at(record.before, c), *([_at(record.bad, c)] if has_bad else []), _at(record.after, c)]
             change = _at(record.after, c) - _at(reference, c)
-            lines.append(f"{label:<{width}}" + "".join(f"  {_percent(v):>10}" for v in values)
-                         + f"  {_percent(change, signed=True):>10}")
-        for label, group in (("targets", record.targets), ("others", [c for c in range(len(class_names)) if c not in record.targets])):
+            lines.append(
+                f"{label:<{width}}"
+                + "".join(f"  {_percent(v):>10}" for v in values)
+                + f"  {_percent(change, signed=True):>10}"
+            )
+        for label, group in (
+            ("targets", record.targets),
+            ("others", [c for c in range(len(class_names)) if c not in record.targets]),
+        ):
             if not group:
                 continue
-            values = [_mean(record.before, group), *([_mean(record.bad, group)] if has_bad else []), _mean(record.after, group)]
+            values = [
+                _mean(record.before, group),
+                *([_mean(record.bad, group)] if has_bad else []),
+                _mean(record.after, group),
+            ]
             change = _mean(record.after, group) - _mean(reference, group)
-            lines.append(f"{'mean ' + label:<{width}}" + "".join(f"  {_percent(v):>10}" for v in values)
-                         + f"  {_percent(change, signed=True):>10}")
+            lines.append(
+                f"{'mean ' + label:<{width}}"
+                + "".join(f"  {_percent(v):>10}" for v in values)
+                + f"  {_percent(change, signed=True):>10}"
+            )
         if has_bad:
             lines.append("(change: after the weighted redo minus the detrimental epoch it replaced)")
         blocks.append("\n".join(lines))
@@ -109,8 +124,18 @@ def outcome_figure(records: Sequence[InterventionRecord], class_names: Sequence[
     )
 
 
-def log_search(trainer: Trainer, class_names: Sequence[str], record: InterventionRecord, report: CeilingReport,
-               influence: np.ndarray, result: SearchResult, *, log_figures: bool, w_min: float, w_max: float) -> None:
+def log_search(
+    trainer: Trainer,
+    class_names: Sequence[str],
+    record: InterventionRecord,
+    report: CeilingReport,
+    influence: np.ndarray,
+    result: SearchResult,
+    *,
+    log_figures: bool,
+    w_min: float,
+    w_max: float,
+) -> None:
     """Log one search (rank zero): predicted gains to every logger; ceiling text and figures to TensorBoard.
 
     ``pareto/predicted_gain/<class>`` is in nats (the first-order predicted decrease of the class's mean
@@ -119,8 +144,11 @@ def log_search(trainer: Trainer, class_names: Sequence[str], record: Interventio
     if not trainer.is_global_zero:
         return
     step = trainer.global_step
-    scalars = {f"{TAG}/predicted_gain/{name}": float(g)
-               for name, g in zip(class_names, result.predicted_gain) if np.isfinite(g)}
+    scalars = {
+        f"{TAG}/predicted_gain/{name}": float(g)
+        for name, g in zip(class_names, result.predicted_gain)
+        if np.isfinite(g)
+    }
     for logger in trainer.loggers:
         logger.log_metrics(scalars, step=record.number)
     for experiment in _tensorboards(trainer):
@@ -131,11 +159,16 @@ def log_search(trainer: Trainer, class_names: Sequence[str], record: Interventio
 
         weights = result.weights
         experiment.add_figure(f"{TAG}/ceiling", ceiling_figure(report, class_names), global_step=step)
-        experiment.add_figure(f"{TAG}/influence_scatter",
-                              influence_scatter(influence, record.targets, class_names, weights), global_step=step)
+        experiment.add_figure(
+            f"{TAG}/influence_scatter",
+            influence_scatter(influence, record.targets, class_names, weights),
+            global_step=step,
+        )
         if weights is not None:
             experiment.add_histogram(f"{TAG}/weights", np.asarray(weights), global_step=step)
-            experiment.add_figure(f"{TAG}/weights_histogram", weights_histogram(weights, w_min, w_max), global_step=step)
+            experiment.add_figure(
+                f"{TAG}/weights_histogram", weights_histogram(weights, w_min, w_max), global_step=step
+            )
 
 
 def log_start(trainer: Trainer, record: InterventionRecord, class_names: Sequence[str]) -> None:
@@ -146,18 +179,24 @@ def log_start(trainer: Trainer, record: InterventionRecord, class_names: Sequenc
         logger.log_metrics({f"{TAG}/interventions": float(record.number)}, step=trainer.global_step)
     names = [class_names[t] for t in record.targets if t < len(class_names)]
     for experiment in _tensorboards(trainer):
-        experiment.add_text(f"{TAG}/interventions",
-                            f"{intervention_label(record)} from the state after epoch {record.epoch}, targets {names}",
-                            global_step=trainer.global_step)
+        experiment.add_text(
+            f"{TAG}/interventions",
+            f"{intervention_label(record)} from the state after epoch {record.epoch}, targets {names}",
+            global_step=trainer.global_step,
+        )
 
 
-def log_outcome(trainer: Trainer, record: InterventionRecord, records: Sequence[InterventionRecord],
-                class_names: Sequence[str]) -> None:
+def log_outcome(
+    trainer: Trainer, record: InterventionRecord, records: Sequence[InterventionRecord], class_names: Sequence[str]
+) -> None:
     """A finished intervention (rank zero): its table as text, ``pareto/realised_change/<class>`` (accuracy points,
     step = its number) and the predicted-vs-realised figure of every intervention so far."""
     if record.realised_change is not None:
-        scalars = {f"{TAG}/realised_change/{name}": 100.0 * float(change)
-                   for name, change in zip(class_names, record.realised_change) if change is not None}
+        scalars = {
+            f"{TAG}/realised_change/{name}": 100.0 * float(change)
+            for name, change in zip(class_names, record.realised_change)
+            if change is not None
+        }
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=record.number)
     experiments = _tensorboards(trainer)

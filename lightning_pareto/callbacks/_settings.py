@@ -69,24 +69,34 @@ class InterventionSettings:
     def __post_init__(self) -> None:
         if self.curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}.")
-        if self.damping is not None and not (_is_number(self.damping) and math.isfinite(self.damping) and self.damping >= 0):
+        if self.damping is not None and not (
+            _is_number(self.damping) and math.isfinite(self.damping) and self.damping >= 0
+        ):
             raise ValueError(f"damping must be None (automatic) or a finite number >= 0, got {self.damping!r}.")
         if self.curvature_samples is not None and not (_is_int(self.curvature_samples) and self.curvature_samples >= 1):
-            raise ValueError(f"curvature_samples must be None (every sample) or a positive integer, got {self.curvature_samples!r}.")
+            raise ValueError(
+                f"curvature_samples must be None (every sample) or a positive integer, got {self.curvature_samples!r}."
+            )
         if self.modules is not None:
             if isinstance(self.modules, str) or not all(isinstance(m, str) for m in self.modules) or not self.modules:
-                raise TypeError(f"modules must be None or a non-empty list of layer names such as ['head'], got {self.modules!r}.")
+                raise TypeError(
+                    f"modules must be None or a non-empty list of layer names such as ['head'], got {self.modules!r}."
+                )
             object.__setattr__(self, "modules", tuple(self.modules))  # frozen: a list would stay mutable
         if self.fitness not in FITNESS_MODES:
             raise ValueError(f"fitness must be one of {FITNESS_MODES}, got {self.fitness!r}.")
         if self.trial_batches is not None and not (_is_int(self.trial_batches) and self.trial_batches >= 1):
-            raise ValueError(f"trial_batches must be None (a full epoch) or a positive integer, got {self.trial_batches!r}.")
+            raise ValueError(
+                f"trial_batches must be None (a full epoch) or a positive integer, got {self.trial_batches!r}."
+            )
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}.")
         if not (_is_number(self.w_min) and 0.0 <= self.w_min <= 1.0):
             raise ValueError(f"w_min must lie in [0, 1] so that uniform weights stay allowed, got {self.w_min!r}.")
         if not (_is_number(self.w_max) and math.isfinite(self.w_max) and self.w_max >= 1.0):
-            raise ValueError(f"w_max must be a finite number >= 1 so that uniform weights stay allowed, got {self.w_max!r}.")
+            raise ValueError(
+                f"w_max must be a finite number >= 1 so that uniform weights stay allowed, got {self.w_max!r}."
+            )
         if not (_is_number(self.trust) and math.isfinite(self.trust) and self.trust > 0):
             raise ValueError(f"trust must be a finite number > 0 (the allowed mean |w - 1|), got {self.trust!r}.")
         if self.time_budget is not None and not (_is_number(self.time_budget) and self.time_budget > 0):

@@ -23,8 +23,14 @@ if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
 
 __all__ = [
-    "TrainingSnapshot", "capture_rng_state", "cpu_copy", "follow_restored_rng", "preserved_rng", "restore_rng_state",
-    "train_samplers"]
+    "TrainingSnapshot",
+    "capture_rng_state",
+    "cpu_copy",
+    "follow_restored_rng",
+    "preserved_rng",
+    "restore_rng_state",
+    "train_samplers",
+]
 
 
 def cpu_copy(value: Any) -> Any:
@@ -105,7 +111,10 @@ def train_samplers(trainer: Trainer) -> list[Any]:
     combined = getattr(trainer.fit_loop, "_combined_loader", None)
     samplers = []
     for loader in [] if combined is None else combined.flattened:
-        for sampler in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        for sampler in (
+            getattr(loader, "sampler", None),
+            getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+        ):
             if sampler is not None and callable(getattr(sampler, "set_epoch", None)) and sampler not in samplers:
                 samplers.append(sampler)
     return samplers
@@ -221,5 +230,7 @@ class TrainingSnapshot:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> TrainingSnapshot:
         """Rebuild a snapshot saved with :meth:`state_dict`."""
-        return cls(**{key: state[key] for key in ("epoch", "model", "optimizers", "schedulers", "precision", "rng")},
-                   sampler_epoch=state.get("sampler_epoch"))
+        return cls(
+            **{key: state[key] for key in ("epoch", "model", "optimizers", "schedulers", "precision", "rng")},
+            sampler_epoch=state.get("sampler_epoch"),
+        )

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_pareto.callbacks._accuracy import finite_accuracy, per_class_accuracy
 from lightning_pareto._modes import training_mode
+from lightning_pareto.callbacks._accuracy import finite_accuracy, per_class_accuracy
 from lightning_pareto.callbacks._snapshot import cpu_copy, preserved_rng
 from lightning_pareto.weighting import unpack_batch
 
@@ -75,8 +75,12 @@ class TrialFitness:
             optimizer = self._optimizer_copy()
             device = next(self.model.parameters()).device
             weight_table = torch.as_tensor(np.asarray(weights), dtype=torch.float32, device=device)
-            loader = DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True,
-                                generator=torch.Generator().manual_seed(self.seed))
+            loader = DataLoader(
+                self.train_dataset,
+                batch_size=self.batch_size,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(self.seed),
+            )
             for step, batch in enumerate(loader):
                 if self.num_batches is not None and step >= self.num_batches:
                     break

@@ -76,8 +76,10 @@ class InfluenceAudit(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Audit the trained model; warn instead of raising on any failure."""
         if trainer.world_size > 1:
-            rank_zero_warn("InfluenceAudit runs in single-process training only; audit the checkpoint with "
-                           "`lightning-pareto audit` instead.")
+            rank_zero_warn(
+                "InfluenceAudit runs in single-process training only; audit the checkpoint with "
+                "`lightning-pareto audit` instead."
+            )
             return
         try:
             self._audit(trainer, pl_module)
@@ -97,18 +99,34 @@ class InfluenceAudit(Callback):
         net.eval()
         try:
             self.table = audit_samples(
-                net, unshuffled, val, resolve_class_names(trainer, pl_module), margin=self.margin,
-                min_harm=self.min_harm, curvature=self.curvature, damping=self.damping, modules=self.modules,
-            )  # fmt: skip
+                net,
+                unshuffled,
+                val,
+                resolve_class_names(trainer, pl_module),
+                margin=self.margin,
+                min_harm=self.min_harm,
+                curvature=self.curvature,
+                damping=self.damping,
+                modules=self.modules,
+            )
         finally:
             net.train(training)
         output = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "audit")
         writer = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
-        written = write_audit(self.table, output, top_k=self.top_k, images=self._images(dataset),
-                              writer=writer if hasattr(writer, "add_image") else None,
-                              global_step=trainer.global_step)
-        rank_zero_info("\nSample audit\n" + self.table.summary() + f"\nWritten to {output}: "
-                       + ", ".join(sorted(p.name for p in written.values())))
+        written = write_audit(
+            self.table,
+            output,
+            top_k=self.top_k,
+            images=self._images(dataset),
+            writer=writer if hasattr(writer, "add_image") else None,
+            global_step=trainer.global_step,
+        )
+        rank_zero_info(
+            "\nSample audit\n"
+            + self.table.summary()
+            + f"\nWritten to {output}: "
+            + ", ".join(sorted(p.name for p in written.values()))
+        )
 
     def _images(self, dataset: Any) -> np.ndarray | None:
         sample = torch.as_tensor(dataset[0][0])

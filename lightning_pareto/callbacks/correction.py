@@ -87,8 +87,14 @@ class CourseCorrection(InterventionCallback):
         **settings: Any,
     ) -> None:
         super().__init__(InterventionSettings(**settings))
-        if isinstance(drop_threshold, bool) or not isinstance(drop_threshold, (int, float)) or not 0 < drop_threshold < 1:
-            raise ValueError(f"drop_threshold must be a fraction in (0, 1) (0.03 = 3 accuracy points), got {drop_threshold!r}.")
+        if (
+            isinstance(drop_threshold, bool)
+            or not isinstance(drop_threshold, (int, float))
+            or not 0 < drop_threshold < 1
+        ):
+            raise ValueError(
+                f"drop_threshold must be a fraction in (0, 1) (0.03 = 3 accuracy points), got {drop_threshold!r}."
+            )
         if isinstance(classes, str):
             if classes != "any":
                 raise ValueError(f"classes must be 'any' or a list of class names/indices, got {classes!r}.")
@@ -116,7 +122,9 @@ class CourseCorrection(InterventionCallback):
         if stage != "fit":
             return
         every = list(range(len(self.class_names)))
-        self._watched = every if self.classes == "any" else class_indices(list(self.classes), self.class_names, "classes")
+        self._watched = (
+            every if self.classes == "any" else class_indices(list(self.classes), self.class_names, "classes")
+        )
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Undo a rejected redo, or roll back and reweight if the last epoch was detrimental; else snapshot."""
@@ -149,9 +157,12 @@ class CourseCorrection(InterventionCallback):
             self._pending = self.new_record(epoch, dropped, list(previous), bad=list(accuracy))
             self.add_epochs(trainer, self._pending, 1)  # now, so that even the last epoch gets its redo
             names = [self.class_names[c] for c in dropped]
-            self.notify(trainer, f"#{self._pending.number}: epoch {epoch} lowered {names} by more than "
-                                 f"{self.drop_threshold:.3f}; epoch {epoch + 1} is its redo, trained from epoch {epoch}'s "
-                                 f"start with sample weights (an extra epoch: max_epochs is now {trainer.max_epochs}).")
+            self.notify(
+                trainer,
+                f"#{self._pending.number}: epoch {epoch} lowered {names} by more than "
+                f"{self.drop_threshold:.3f}; epoch {epoch + 1} is its redo, trained from epoch {epoch}'s "
+                f"start with sample weights (an extra epoch: max_epochs is now {trainer.max_epochs}).",
+            )
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """A redo rejected in the last epoch: end with the state after the detrimental epoch, as without the correction."""
@@ -220,8 +231,10 @@ class CourseCorrection(InterventionCallback):
             # The detrimental epoch left NaN/inf parameters: go on from the finite state it started from
             # (this epoch trains it again without weights) rather than train a broken model.
             record.reason += "; the detrimental epoch left non-finite parameters: restored the state before it"
-            rank_zero_warn(f"CourseCorrection: epoch {record.epoch} left non-finite parameters and the correction was "
-                           "skipped; training goes on from the state before that epoch.")
+            rank_zero_warn(
+                f"CourseCorrection: epoch {record.epoch} left non-finite parameters and the correction was "
+                "skipped; training goes on from the state before that epoch."
+            )
             self.discard(trainer, record.epoch, "non-finite parameters: rolled back")
             follow_restored_rng(trainer, self._snapshot.sampler_epoch)
             self._snapshot.epoch = trainer.current_epoch  # this epoch starts from it: a drop rolls back to it
@@ -235,7 +248,9 @@ class CourseCorrection(InterventionCallback):
             trainer.should_stop = True  # the detrimental epoch was the last one budgeted: end as after it
         self.finish(trainer, record)
 
-    def _judge_redo(self, trainer: Trainer, pl_module: LightningModule, epoch: int, accuracy: list[float] | None) -> None:
+    def _judge_redo(
+        self, trainer: Trainer, pl_module: LightningModule, epoch: int, accuracy: list[float] | None
+    ) -> None:
         """Keep the redo if it beats the detrimental epoch without hurting another class; else undo it next epoch."""
         record, self._redo = self._redo, None
         assert record is not None
@@ -244,11 +259,22 @@ class CourseCorrection(InterventionCallback):
         record.after = accuracy
         record.weighted_epochs.append(epoch)
         before = record.before or []
-        verdict = "no validation result for the redo" if accuracy is None else redo_verdict(
-            before, record.bad or [], accuracy, record.targets,
-            noise_tolerance(before, self.support_at(epoch), self.drop_threshold))
+        verdict = (
+            "no validation result for the redo"
+            if accuracy is None
+            else redo_verdict(
+                before,
+                record.bad or [],
+                accuracy,
+                record.targets,
+                noise_tolerance(before, self.support_at(epoch), self.drop_threshold),
+            )
+        )
         if verdict and self._after_bad is None:  # resumed from a checkpoint without that state: nothing to go back to
-            record.reason, verdict = f"{verdict}; kept: the state after the detrimental epoch is not in the checkpoint", ""
+            record.reason, verdict = (
+                f"{verdict}; kept: the state after the detrimental epoch is not in the checkpoint",
+                "",
+            )
         record.guard.append({"epoch": epoch, "action": "rejected" if verdict else "accepted", "reason": verdict})
         if verdict:
             # The redo's epoch is spent, the detrimental epoch's result stands: the budget keeps its extra epoch.
@@ -256,9 +282,12 @@ class CourseCorrection(InterventionCallback):
             self._restore = True
             self._previous = record.bad
             self.discard(trainer, epoch, f"redo of epoch {record.epoch} rejected")
-            self.notify(trainer, f"#{record.number}: the redo (epoch {epoch}) of epoch {record.epoch} is rejected "
-                                 f"({verdict}); training goes on from the state after epoch {record.epoch}, as without "
-                                 "the correction.")
+            self.notify(
+                trainer,
+                f"#{record.number}: the redo (epoch {epoch}) of epoch {record.epoch} is rejected "
+                f"({verdict}); training goes on from the state after epoch {record.epoch}, as without "
+                "the correction.",
+            )
         else:
             self._after_bad = None
             self._previous = accuracy

@@ -115,8 +115,12 @@ class DirectImprovement(InterventionCallback):
     ) -> None:
         super().__init__(InterventionSettings(trust=trust, **settings))
         self.worst_k = check_targets(targets)
-        if apply_epochs is not None and (not isinstance(apply_epochs, int) or isinstance(apply_epochs, bool) or apply_epochs < 1):
-            raise ValueError(f"apply_epochs must be None (until the next intervention) or a positive integer, got {apply_epochs!r}.")
+        if apply_epochs is not None and (
+            not isinstance(apply_epochs, int) or isinstance(apply_epochs, bool) or apply_epochs < 1
+        ):
+            raise ValueError(
+                f"apply_epochs must be None (until the next intervention) or a positive integer, got {apply_epochs!r}."
+            )
         if guard not in GUARD_MODES:
             raise ValueError(f"guard must be one of {GUARD_MODES}, got {guard!r}.")
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
@@ -261,8 +265,9 @@ class DirectImprovement(InterventionCallback):
             scale=self._scale,
             retries=self._retries,
             rollback=self._rollback,
-            snapshot=self._snapshot.state_dict() if keep_snapshot or (
-                self._snapshot is not None and self._phase in ("plain", "weighted")) else None,
+            snapshot=self._snapshot.state_dict()
+            if keep_snapshot or (self._snapshot is not None and self._phase in ("plain", "weighted"))
+            else None,
             phase=self._phase,
             next=self._next,
             held=self._held,
@@ -316,12 +321,18 @@ class DirectImprovement(InterventionCallback):
                     self._held, self._phase, self._plain, self._plain_end = store.weights.clone(), "plain", None, None
                     store.clear()
                     self.add_epochs(trainer, record, 1)
-                    self.notify(trainer, f"#{record.number} after epoch {epoch}: weights found for {self._names(record)}; "
-                                         f"epoch {epoch + 1} is trained without them and then redone with them (the "
-                                         f"paired guard; an extra epoch: max_epochs is now {trainer.max_epochs}).")
+                    self.notify(
+                        trainer,
+                        f"#{record.number} after epoch {epoch}: weights found for {self._names(record)}; "
+                        f"epoch {epoch + 1} is trained without them and then redone with them (the "
+                        f"paired guard; an extra epoch: max_epochs is now {trainer.max_epochs}).",
+                    )
                 else:
-                    self.notify(trainer, f"#{record.number} after epoch {epoch}: weights found for {self._names(record)} "
-                                         "are in force from the next epoch on.")
+                    self.notify(
+                        trainer,
+                        f"#{record.number} after epoch {epoch}: weights found for {self._names(record)} "
+                        "are in force from the next epoch on.",
+                    )
                 return
         self.finish(trainer, record)
 
@@ -354,7 +365,8 @@ class DirectImprovement(InterventionCallback):
             self.notify(
                 trainer,
                 f"#{record.number}: weighted epoch {epoch} lowered {names} by more than {self.tolerance:.3f}; epoch "
-                f"{epoch + 1} is its redo " + ("without the weights" if give_up else f"with |w - 1| x{self._scale:g}")
+                f"{epoch + 1} is its redo "
+                + ("without the weights" if give_up else f"with |w - 1| x{self._scale:g}")
                 + f" (an extra epoch: max_epochs is now {trainer.max_epochs}).",
             )
             return False
@@ -369,12 +381,20 @@ class DirectImprovement(InterventionCallback):
             store.set(shrink_weights(store.weights, self.shrink))
         return True
 
-    def _judge(self, record: InterventionRecord, epoch: int, reference: list[float], accuracy: list[float]) -> dict[str, Any]:
+    def _judge(
+        self, record: InterventionRecord, epoch: int, reference: list[float], accuracy: list[float]
+    ) -> dict[str, Any]:
         """The guard's entry for a weighted epoch against ``reference``: change, violations, action ``"kept"`` so far."""
-        hurt = violations(reference, accuracy, record.targets,
-                          noise_tolerance(reference, self.support_at(epoch), self.tolerance))
-        entry = {"epoch": epoch, "scale": self._scale, "change": accuracy_change(reference, accuracy),
-                 "violations": hurt, "action": "kept"}
+        hurt = violations(
+            reference, accuracy, record.targets, noise_tolerance(reference, self.support_at(epoch), self.tolerance)
+        )
+        entry = {
+            "epoch": epoch,
+            "scale": self._scale,
+            "change": accuracy_change(reference, accuracy),
+            "violations": hurt,
+            "action": "kept",
+        }
         record.guard.append(entry)
         return entry
 
@@ -398,24 +418,33 @@ class DirectImprovement(InterventionCallback):
             self._phase, self._plain_end, self._held = "done", None, None
             self._reference = list(accuracy)
             self._discard_counterfactual(trainer, plain_epoch)
-            self.notify(trainer, f"#{record.number}: weighted epoch {epoch} kept (no other class below the same epoch "
-                                 f"trained without the weights, epoch {plain_epoch}, past the tolerance).")
+            self.notify(
+                trainer,
+                f"#{record.number}: weighted epoch {epoch} kept (no other class below the same epoch "
+                f"trained without the weights, epoch {plain_epoch}, past the tolerance).",
+            )
             return True
         self._retries += 1
         names = [self.class_names[c] for c in hurt]
         self.discard(trainer, epoch, "guard: weighted try rejected")
         if self._retries > self.max_retries:  # the counterfactual epoch counts instead of this try: no extra epoch
             entry["action"], self._next = "dropped", "keep_plain"
-            self.notify(trainer, f"#{record.number}: weighted epoch {epoch} lowered {names} against the same epoch "
-                                 f"without the weights (epoch {plain_epoch}); keeping that epoch and dropping the weights.")
+            self.notify(
+                trainer,
+                f"#{record.number}: weighted epoch {epoch} lowered {names} against the same epoch "
+                f"without the weights (epoch {plain_epoch}); keeping that epoch and dropping the weights.",
+            )
         else:
             entry["action"], self._next = "retry", "weighted_try"
             self.add_epochs(trainer, record, 1)  # this try does not count
             self._scale *= self.shrink
             self._held = shrink_weights(self._held, self.shrink)
-            self.notify(trainer, f"#{record.number}: weighted epoch {epoch} lowered {names} against the same epoch "
-                                 f"without the weights (epoch {plain_epoch}); epoch {epoch + 1} redoes it with "
-                                 f"|w - 1| x{self._scale:g} (an extra epoch: max_epochs is now {trainer.max_epochs}).")
+            self.notify(
+                trainer,
+                f"#{record.number}: weighted epoch {epoch} lowered {names} against the same epoch "
+                f"without the weights (epoch {plain_epoch}); epoch {epoch + 1} redoes it with "
+                f"|w - 1| x{self._scale:g} (an extra epoch: max_epochs is now {trainer.max_epochs}).",
+            )
         return False
 
     def _discard_counterfactual(self, trainer: Trainer, plain_epoch: int | None) -> None:
@@ -440,10 +469,16 @@ class DirectImprovement(InterventionCallback):
         self._plain_end.restore(trainer, pl_module)
         follow_restored_rng(trainer, self._plain_end.sampler_epoch)
         self._plain_end = self._held = None
-        self._drop(trainer, pl_module, "the guard dropped the weights: they lowered a non-target class against the "
-                                       "same epoch trained without them")
+        self._drop(
+            trainer,
+            pl_module,
+            "the guard dropped the weights: they lowered a non-target class against the "
+            "same epoch trained without them",
+        )
 
-    def _drop(self, trainer: Trainer, pl_module: LightningModule, reason: str, after: list[float] | None = None) -> None:
+    def _drop(
+        self, trainer: Trainer, pl_module: LightningModule, reason: str, after: list[float] | None = None
+    ) -> None:
         assert self._active is not None
         self._active.status, self._active.reason = "dropped", reason
         rank_zero_warn(f"DirectImprovement: intervention at epoch {self._active.epoch}: {reason}.")

@@ -175,8 +175,11 @@ class PerClassAccuracy(Callback):
         record = next((r for r in reversed(self._history) if r["epoch"] == epoch), None)
         if record is None or not trainer.is_global_zero:
             return
-        metrics = {f"{DISCARDED_PREFIX}/{name}": float(a)
-                   for name, a in zip(self.class_names, record["accuracy"]) if not math.isnan(a)}
+        metrics = {
+            f"{DISCARDED_PREFIX}/{name}": float(a)
+            for name, a in zip(self.class_names, record["accuracy"])
+            if not math.isnan(a)
+        }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=record["step"])
 
@@ -187,8 +190,13 @@ class PerClassAccuracy(Callback):
     def curves_figure(self) -> Any:
         """The per-class curves of the history so far, interventions and discarded epochs marked (a matplotlib Figure)."""
         marks = [(mark["x"], mark["label"]) for _, mark in sorted(self._interventions.items())]
-        return per_class_curves(self.accuracy_matrix(), self.class_names, [r["epoch"] for r in self._history],
-                                discarded=sorted(self._discarded), interventions=marks)
+        return per_class_curves(
+            self.accuracy_matrix(),
+            self.class_names,
+            [r["epoch"] for r in self._history],
+            discarded=sorted(self._discarded),
+            interventions=marks,
+        )
 
     def summary_table(self) -> str:
         """A text table of each class's accuracy at the first and the last recorded epoch."""
@@ -196,8 +204,7 @@ class PerClassAccuracy(Callback):
             return "PerClassAccuracy: no validation epoch recorded."
         first, last = self._history[0], self._history[-1]
         width = max(len("class"), *(len(n) for n in self.class_names))
-        lines = [f"{'class':<{width}}  epoch {first['epoch']:>3}  epoch {last['epoch']:>3}  change",
-                 "-" * (width + 32)]
+        lines = [f"{'class':<{width}}  epoch {first['epoch']:>3}  epoch {last['epoch']:>3}  change", "-" * (width + 32)]
         for c, name in enumerate(self.class_names):
             a, b = first["accuracy"][c], last["accuracy"][c]
             lines.append(f"{name:<{width}}  {_percent(a):>9}  {_percent(b):>9}  {_percent(b - a, signed=True):>6}")
@@ -279,8 +286,12 @@ class PerClassAccuracy(Callback):
             self._log_figures(trainer)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(r) for r in self._history], "class_names": list(self.class_names),
-                "discarded": dict(self._discarded), "interventions": dict(self._interventions)}
+        return {
+            "history": [dict(r) for r in self._history],
+            "class_names": list(self.class_names),
+            "discarded": dict(self._discarded),
+            "interventions": dict(self._interventions),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._history = [dict(r) for r in state_dict.get("history", [])]
@@ -335,8 +346,12 @@ class PerClassAccuracy(Callback):
             epochs = [r["epoch"] for r in self._history]
             figures = {
                 "curves": (self.curves_figure(), CURVES_FILE),
-                "heatmap": (accuracy_heatmap(self.accuracy_matrix(), self.class_names, epochs,
-                                             discarded=sorted(self._discarded)), HEATMAP_FILE),
+                "heatmap": (
+                    accuracy_heatmap(
+                        self.accuracy_matrix(), self.class_names, epochs, discarded=sorted(self._discarded)
+                    ),
+                    HEATMAP_FILE,
+                ),
             }
             for name, (figure, file_name) in figures.items():
                 if self._figure_dir is not None:

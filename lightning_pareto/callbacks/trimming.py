@@ -95,9 +95,13 @@ class InfluenceTrimming(Callback):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self.options = ScoringOptions(
-            curvature=curvature, damping=damping, modules=None if modules is None else list(modules), fisher=fisher,
-            rank=rank, alpha=alpha,
-        )  # fmt: skip
+            curvature=curvature,
+            damping=damping,
+            modules=None if modules is None else list(modules),
+            fisher=fisher,
+            rank=rank,
+            alpha=alpha,
+        )
         self.method, self.budget, self.at_epoch, self.seed, self.batch_size = method, budget, at_epoch, seed, batch_size
         self.removed: Tensor | None = None
 
@@ -131,22 +135,25 @@ class InfluenceTrimming(Callback):
         if dataset is None:
             raise RuntimeError("InfluenceTrimming found no training data to score")
         started = time.perf_counter()
-        train_loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                                  collate_fn=train_collate(trainer))
-        scores = harm_scores(pl_module, train_loader, validation_batches(trainer), self.method, options=self.options,
-                             seed=self.seed)
+        train_loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=train_collate(trainer))
+        scores = harm_scores(
+            pl_module, train_loader, validation_batches(trainer), self.method, options=self.options, seed=self.seed
+        )
         removed = select_removals(scores, self.budget)
         seconds = time.perf_counter() - started
         store = require_sample_weights(pl_module, "InfluenceTrimming")
         store.set(_trimmed_weights(store.weights, len(dataset), removed))
         self.removed = removed
         metrics = {"trim/removed": float(removed.numel()), "trim/score_seconds": seconds}
-        metrics.update({f"trim/{key}": value for key, value in corruption_precision(removed, trainer.datamodule).items()})
+        metrics.update(
+            {f"trim/{key}": value for key, value in corruption_precision(removed, trainer.datamodule).items()}
+        )
         pl_module.log_dict(metrics, on_step=False, on_epoch=True)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("trim/removed_indices", ", ".join(map(str, removed.tolist())),
-                                           trainer.global_step)
+                logger.experiment.add_text(
+                    "trim/removed_indices", ", ".join(map(str, removed.tolist())), trainer.global_step
+                )
         rank_zero_info(
             f"InfluenceTrimming: removed {removed.numel()} of {len(dataset)} training samples by {self.method} "
             f"at epoch {trainer.current_epoch} ({seconds:.2f} s)"

@@ -75,7 +75,11 @@ class ClassUpweighting(Callback):
 
     def __init__(self, targets: list[int | str] | str, factor: float = 2.0, at_epoch: int | None = None) -> None:
         self.worst_k = check_targets(targets)
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor > 0):
+        if (
+            isinstance(factor, bool)
+            or not isinstance(factor, (int, float))
+            or not (math.isfinite(factor) and factor > 0)
+        ):
             raise ValueError(f"factor must be a finite number > 0, got {factor!r}.")
         if at_epoch is not None and (isinstance(at_epoch, bool) or not isinstance(at_epoch, int) or at_epoch < 0):
             raise ValueError(f"at_epoch must be None (from the start) or an epoch index >= 0, got {at_epoch!r}.")
@@ -104,7 +108,9 @@ class ClassUpweighting(Callback):
         else:
             require_monitor(trainer, who)
             if not 1 <= self.worst_k < len(self.class_names):
-                raise ValueError(f"targets='worst:{self.worst_k}' needs 1 <= k < {len(self.class_names)} (the number of classes).")
+                raise ValueError(
+                    f"targets='worst:{self.worst_k}' needs 1 <= k < {len(self.class_names)} (the number of classes)."
+                )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Set the weights before the first epoch when no ``at_epoch`` is given (or re-set them on resume)."""
@@ -152,5 +158,7 @@ class ClassUpweighting(Callback):
         require_sample_weights(pl_module, type(self).__name__).set(class_weights(labels, targets, self.factor))
         self.applied = list(targets)
         names = [self.class_names[c] for c in targets]
-        rank_zero_info(f"ClassUpweighting: the loss of classes {names} weighted x{self.factor:g} from epoch "
-                       f"{trainer.current_epoch + (0 if self.at_epoch is None else 1)} on.")
+        rank_zero_info(
+            f"ClassUpweighting: the loss of classes {names} weighted x{self.factor:g} from epoch "
+            f"{trainer.current_epoch + (0 if self.at_epoch is None else 1)} on."
+        )

@@ -119,8 +119,9 @@ class CSVDataModule(ClassificationDataModule):
         **kwargs: :class:`ClassificationDataModule` arguments.
     """
 
-    def __init__(self, path: str | Path, target: str, class_names: list[str] | None = None, delimiter: str = ",",
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, path: str | Path, target: str, class_names: list[str] | None = None, delimiter: str = ",", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.path, self.target, self.delimiter = Path(path), target, delimiter
         self._given_names = class_names

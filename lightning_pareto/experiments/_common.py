@@ -36,14 +36,21 @@ def comparison_parser(prog: str, description: str, *, data_help: str, net_help: 
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
     parser.add_argument("--output_dir", type=str, required=True, help=f"Folder for {outputs}.")
     parser.add_subclass_arguments(
-        ClassificationDataModule, "data", required=True,
+        ClassificationDataModule,
+        "data",
+        required=True,
         help=f"{data_help} Its seed is replaced by each run's seed.",
-    )  # fmt: skip
+    )
     parser.add_subclass_arguments(nn.Module, "net", required=True, help=net_help)
-    parser.add_argument("--seeds", type=int | list[int], default=3,
-                        help="A count N (seeds 0..N-1) or an explicit list of seeds.")  # fmt: skip
-    parser.add_argument("--num_threads", type=int | None, default=None,
-                        help="torch.set_num_threads for the run (1 is fastest for tiny models on busy machines).")  # fmt: skip
+    parser.add_argument(
+        "--seeds", type=int | list[int], default=3, help="A count N (seeds 0..N-1) or an explicit list of seeds."
+    )
+    parser.add_argument(
+        "--num_threads",
+        type=int | None,
+        default=None,
+        help="torch.set_num_threads for the run (1 is fastest for tiny models on busy machines).",
+    )
     return parser
 
 

@@ -73,31 +73,55 @@ def build_parser() -> ArgumentParser:
     """The ``lightning-pareto active`` argument parser (jsonargparse; ``--config`` and ``--print_config`` included)."""
     parser = comparison_parser(
         "lightning-pareto active",
-        "The active-learning comparison of \"Enhancing Prediction Performance through Influence Measure\": "
+        'The active-learning comparison of "Enhancing Prediction Performance through Influence Measure": '
         "FI^active against IV, BALD, entropy, margin and random acquisition, test accuracy against labelled-set "
         "size over seeds.",
         data_help="Datamodule (e.g. DigitsDataModule); training split = pool, validation = IV's, test = test.",
         net_help="Network, e.g. LogisticRegression or MnistCNN.",
         outputs="results.csv, summary.json, curves.png and the TensorBoard events",
     )
-    parser.add_argument("--optimizer", type=OptimizerCallable | None, default=None,
-                        help="Optimizer of every round's training (default SGD lr=0.1, momentum=0.9).")
-    parser.add_argument("--strategies", type=list[StrategyName], default=list(STRATEGIES),
-                        help=f"Strategies to compare, from {list(STRATEGIES)}.")
-    parser.add_argument("--strategy_options", type=dict[str, dict[str, Any]], default={},
-                        help="Keyword arguments per strategy, e.g. {fi: {modules: [net.head]}, bald: {samples: 20}}.")
-    parser.add_argument("--variant", type=Literal["standard", "unbalanced", "redundant"], default="standard",
-                        help="The FI paper's appendix D.2 pools from 10-digit data: unbalanced, or redundant (1/7/neither).")
+    parser.add_argument(
+        "--optimizer",
+        type=OptimizerCallable | None,
+        default=None,
+        help="Optimizer of every round's training (default SGD lr=0.1, momentum=0.9).",
+    )
+    parser.add_argument(
+        "--strategies",
+        type=list[StrategyName],
+        default=list(STRATEGIES),
+        help=f"Strategies to compare, from {list(STRATEGIES)}.",
+    )
+    parser.add_argument(
+        "--strategy_options",
+        type=dict[str, dict[str, Any]],
+        default={},
+        help="Keyword arguments per strategy, e.g. {fi: {modules: [net.head]}, bald: {samples: 20}}.",
+    )
+    parser.add_argument(
+        "--variant",
+        type=Literal["standard", "unbalanced", "redundant"],
+        default="standard",
+        help="The FI paper's appendix D.2 pools from 10-digit data: unbalanced, or redundant (1/7/neither).",
+    )
     parser.add_argument("--initial_size", type=int, default=20, help="Size of the random initial labelled set.")
     parser.add_argument("--acquisition_size", type=int, default=20, help="Points queried per round.")
     parser.add_argument("--rounds", type=int, default=10, help="Number of acquisition rounds.")
     parser.add_argument("--max_epochs", type=int, default=50, help="Training epochs per round.")
     parser.add_argument("--batch_size", type=int, default=64, help="Training batch size.")
     parser.add_argument("--pool_batch_size", type=int, default=512, help="Batch size of pool scoring and testing.")
-    parser.add_argument("--restart", type=bool, default=True,
-                        help="Retrain every round from the initial weights (true) or continue (false).")
-    parser.add_argument("--trainer", type=dict[str, Any], default={},
-                        help="Extra Trainer arguments for every round, e.g. {accelerator: gpu}.")
+    parser.add_argument(
+        "--restart",
+        type=bool,
+        default=True,
+        help="Retrain every round from the initial weights (true) or continue (false).",
+    )
+    parser.add_argument(
+        "--trainer",
+        type=dict[str, Any],
+        default={},
+        help="Extra Trainer arguments for every round, e.g. {accelerator: gpu}.",
+    )
     return parser
 
 
@@ -125,8 +149,15 @@ def main(argv: list[str]) -> None:
         pool, labels, val_arrays, test_arrays, class_names = _pool_and_splits(objects.data, config.variant, seed)
         initial = random_initial_pool(len(pool), config.initial_size, seed)
         for strategy in built.values():
-            check_plan(_module(objects, class_names), strategy, pool, initial, config.acquisition_size, config.rounds,
-                       val_arrays)  # fmt: skip
+            check_plan(
+                _module(objects, class_names),
+                strategy,
+                pool,
+                initial,
+                config.acquisition_size,
+                config.rounds,
+                val_arrays,
+            )
         runs.append((seed, objects, pool, labels, val_arrays, test_arrays, class_names, initial))
 
     rows: list[dict[str, Any]] = []
@@ -137,12 +168,22 @@ def main(argv: list[str]) -> None:
                 if number:  # the strategies share the initial set: warn about missing classes once per seed
                     warnings.filterwarnings("ignore", message="the initial labelled set")
                 results = run_active_learning(
-                    _module(objects, class_names), strategy, pool, labels.__getitem__, test_arrays,
-                    initial=initial, acquisition_size=config.acquisition_size, rounds=config.rounds,
-                    val_arrays=val_arrays, max_epochs=config.max_epochs, batch_size=config.batch_size,
-                    pool_batch_size=config.pool_batch_size, restart=config.restart, trainer_kwargs=config.trainer,
+                    _module(objects, class_names),
+                    strategy,
+                    pool,
+                    labels.__getitem__,
+                    test_arrays,
+                    initial=initial,
+                    acquisition_size=config.acquisition_size,
+                    rounds=config.rounds,
+                    val_arrays=val_arrays,
+                    max_epochs=config.max_epochs,
+                    batch_size=config.batch_size,
+                    pool_batch_size=config.pool_batch_size,
+                    restart=config.restart,
+                    trainer_kwargs=config.trainer,
                     seed=seed,
-                )  # fmt: skip
+                )
             rows.extend(_rows(name, seed, results))
             write_csv(rows, output / "results.csv", COLUMNS)
             elapsed = time.perf_counter() - started
@@ -186,11 +227,14 @@ def summarize(rows: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict
             "mean": np.nanmean(accuracy, axis=0).tolist(),
             "std": np.nanstd(accuracy, axis=0).tolist(),
             "seconds": np.nanmean(round_seconds, axis=0).tolist(),
-            "curve_mean": float(curve.mean()), "curve_std": float(curve.std()),
-            "final_mean": float(accuracy[:, -1].mean()), "final_std": float(accuracy[:, -1].std()),
-            "acquisition_seconds": float(seconds.mean()), "acquisition_seconds_std": float(seconds.std()),
+            "curve_mean": float(curve.mean()),
+            "curve_std": float(curve.std()),
+            "final_mean": float(accuracy[:, -1].mean()),
+            "final_std": float(accuracy[:, -1].std()),
+            "acquisition_seconds": float(seconds.mean()),
+            "acquisition_seconds_std": float(seconds.std()),
             "seconds_per_round": float(seconds.mean() / acquisitions),
-        }  # fmt: skip
+        }
     return {"seeds": len(seeds), "strategies": table}
 
 
@@ -271,17 +315,25 @@ def _cell(rows: Sequence[dict[str, Any]], seed: int, size: int, key: str = "test
 
 def _rows(strategy: str, seed: int, results: Sequence[RoundResult]) -> list[dict[str, Any]]:
     return [
-        {"strategy": strategy, "seed": seed, "round": r.round, "n_labeled": r.n_labeled, "test_acc": r.test_acc,
-         "seconds": r.seconds}
+        {
+            "strategy": strategy,
+            "seed": seed,
+            "round": r.round,
+            "n_labeled": r.n_labeled,
+            "test_acc": r.test_acc,
+            "seconds": r.seconds,
+        }
         for r in results
-    ]  # fmt: skip
+    ]
 
 
 def _run_line(results: Sequence[RoundResult]) -> str:
     first, last = results[0], results[-1]
     seconds = sum(r.seconds for r in results)
-    return (f"{100 * first.test_acc:.1f}% at {first.n_labeled} -> {100 * last.test_acc:.1f}% at {last.n_labeled} "
-            f"labelled, acquisition {seconds:.2f} s")  # fmt: skip
+    return (
+        f"{100 * first.test_acc:.1f}% at {first.n_labeled} -> {100 * last.test_acc:.1f}% at {last.n_labeled} "
+        f"labelled, acquisition {seconds:.2f} s"
+    )
 
 
 def _write_tensorboard(output: Path, summary: dict[str, Any], figure: Figure) -> None:

@@ -58,16 +58,20 @@ __all__ = ["build_parser", "main", "retrain_accuracy", "run_audit"]
 # Flat features of these datamodules are images of this shape (other data: pass --image_shape).
 _IMAGE_SHAPES = {"DigitsDataModule": (8, 8), "MNIST5kDataModule": (28, 28)}
 # Retrains are plain runs: no logging, checkpoints or progress bars of their own.
-_QUIET_TRAINER = ["--trainer.logger=false", "--trainer.enable_checkpointing=false",
-                  "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+_QUIET_TRAINER = [
+    "--trainer.logger=false",
+    "--trainer.enable_checkpointing=false",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``lightning-pareto audit`` options; everything else is passed on to the ``fit`` config."""
     parser = argparse.ArgumentParser(
         prog="lightning-pareto audit",
-        description="Category-wise influence of every training sample at a checkpoint (\"What Is The Performance "
-        "Ceiling of My Classifier?\"): which samples help or hurt each class, suspected mislabels, and optionally "
+        description='Category-wise influence of every training sample at a checkpoint ("What Is The Performance '
+        'Ceiling of My Classifier?"): which samples help or hurt each class, suspected mislabels, and optionally '
         "the paper's removal check. Other arguments go to the `fit` config.",
         allow_abbrev=False,  # an abbreviation could swallow a `fit` argument (--seed for --seeds)
     )
@@ -82,18 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--curvature_samples", type=int, default=None, help="fit the curvature on this many samples")
     report = parser.add_argument_group("report")
     report.add_argument("--top_k", type=int, default=8, help="helpful and harmful samples listed per class")
-    report.add_argument("--margin", type=float, default=1.0,
-                        help="suspect when its harm to another class exceeds margin x its help to its own class")
-    report.add_argument("--min_harm", type=float, default=3.0,
-                        help="... and exceeds min_harm x that class's mean absolute influence")
-    report.add_argument("--image_shape", default="auto",
-                        help="'auto' (digits, MNIST-5k, image tensors), 'none', or H,W / C,H,W for flat features")
+    report.add_argument(
+        "--margin",
+        type=float,
+        default=1.0,
+        help="suspect when its harm to another class exceeds margin x its help to its own class",
+    )
+    report.add_argument(
+        "--min_harm", type=float, default=3.0, help="... and exceeds min_harm x that class's mean absolute influence"
+    )
+    report.add_argument(
+        "--image_shape",
+        default="auto",
+        help="'auto' (digits, MNIST-5k, image tensors), 'none', or H,W / C,H,W for flat features",
+    )
     removal = parser.add_argument_group("removal check (retrains 2K+1 models)")
-    removal.add_argument("--removal_check", "--removal-check", action="store_true",
-                         help="remove each class's top beneficial / detrimental samples and retrain")
+    removal.add_argument(
+        "--removal_check",
+        "--removal-check",
+        action="store_true",
+        help="remove each class's top beneficial / detrimental samples and retrain",
+    )
     removal.add_argument("--removal_fraction", type=float, default=0.1, help="share of each class's samples removed")
-    removal.add_argument("--seeds", type=int, nargs="+", default=None,
-                         help="retrain seeds, changes averaged over them (default: the config's seed_everything)")
+    removal.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="retrain seeds, changes averaged over them (default: the config's seed_everything)",
+    )
     removal.add_argument("--workers", type=int, default=1, help="retrains run at once, one process each")
     return parser
 
@@ -243,30 +264,48 @@ def run_audit(args: argparse.Namespace, fit_argv: Sequence[str]) -> dict[str, An
     net = _network(module)
     net.eval()  # dropout off, batch-norm statistics fixed while influence is computed
     table = audit_samples(
-        net, train, val, names, margin=args.margin, min_harm=args.min_harm, curvature=args.curvature,
-        damping=args.damping, modules=args.modules, fisher=args.fisher, curvature_samples=args.curvature_samples,
-    )  # fmt: skip
+        net,
+        train,
+        val,
+        names,
+        margin=args.margin,
+        min_harm=args.min_harm,
+        curvature=args.curvature,
+        damping=args.damping,
+        modules=args.modules,
+        fisher=args.fisher,
+        curvature_samples=args.curvature_samples,
+    )
     shape = _image_shape(image_shape, datamodule, dataset)
     images = None if shape is None else as_images(_training_features(dataset), shape)
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(log_dir=str(output)) as writer:
         written = write_audit(table, output, top_k=args.top_k, images=images, writer=writer)
-        summary: dict[str, Any] = {"config": args.config, "ckpt_path": args.ckpt_path, "classes": names,
-                                   "suspects": int(table.suspect.sum()), "margin": args.margin,
-                                   "min_harm": args.min_harm,
-                                   "audit_seconds": time.perf_counter() - started}
-        print("\nSample audit (harmful: samples with negative influence on the class; suspects: labelled with the "
-              "class; likely: suspects whose likely true label it is)\n" + table.summary())
+        summary: dict[str, Any] = {
+            "config": args.config,
+            "ckpt_path": args.ckpt_path,
+            "classes": names,
+            "suspects": int(table.suspect.sum()),
+            "margin": args.margin,
+            "min_harm": args.min_harm,
+            "audit_seconds": time.perf_counter() - started,
+        }
+        print(
+            "\nSample audit (harmful: samples with negative influence on the class; suspects: labelled with the "
+            "class; likely: suspects whose likely true label it is)\n" + table.summary()
+        )
         flipped = getattr(datamodule, "flipped_indices", None)
         if flipped is not None and len(flipped) > 0:
             _, _, loss = _predictions(net, train)
             quality = flip_detection(table.suspect, np.asarray(flipped), loss)
             (output / "flip_detection.json").write_text(json.dumps(quality, indent=1))
             summary["flip_detection"] = quality
-            print(f"Known flips: {quality['flips']}; suspects {quality['suspects']}: precision "
-                  f"{quality['precision']:.3f}, recall {quality['recall']:.3f} (highest training loss, same count: "
-                  f"precision {quality['loss_precision']:.3f}, recall {quality['loss_recall']:.3f})")
+            print(
+                f"Known flips: {quality['flips']}; suspects {quality['suspects']}: precision "
+                f"{quality['precision']:.3f}, recall {quality['recall']:.3f} (highest training loss, same count: "
+                f"precision {quality['loss_precision']:.3f}, recall {quality['loss_recall']:.3f})"
+            )
         if args.removal_check:
             summary["removal"] = _removal(table, fit_argv, cli, args, output, writer)
     (output / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -274,26 +313,36 @@ def run_audit(args: argparse.Namespace, fit_argv: Sequence[str]) -> dict[str, An
     return summary
 
 
-def _removal(table: AuditTable, fit_argv: Sequence[str], cli: Any, args: argparse.Namespace, output: Path,
-             writer: Any) -> dict[str, Any]:
+def _removal(
+    table: AuditTable, fit_argv: Sequence[str], cli: Any, args: argparse.Namespace, output: Path, writer: Any
+) -> dict[str, Any]:
     """The removal check: retrains, ``removal.json``, ``removal.png`` and the TensorBoard figure ``audit/removal``."""
     seed = cli.config.get("seed_everything")  # LightningCLI stores the seed it drew when the config says `true`
     seeds = args.seeds or [seed if isinstance(seed, int) and not isinstance(seed, bool) else 0]
     retrain = functools.partial(retrain_accuracy, list(fit_argv), threads=1 if args.workers > 1 else None)
-    baseline, checks = run_removal_check(table.influence, retrain, fraction=args.removal_fraction, seeds=seeds,
-                                         workers=args.workers)
-    result = {"fraction": args.removal_fraction, "seeds": list(seeds), "baseline": baseline.tolist(),
-              **{kind: checks[kind].to_dict() for kind in KINDS}}
+    baseline, checks = run_removal_check(
+        table.influence, retrain, fraction=args.removal_fraction, seeds=seeds, workers=args.workers
+    )
+    result = {
+        "fraction": args.removal_fraction,
+        "seeds": list(seeds),
+        "baseline": baseline.tolist(),
+        **{kind: checks[kind].to_dict() for kind in KINDS},
+    }
     (output / "removal.json").write_text(json.dumps(result))
     figure = removal_figure(checks, table.class_names, title=f"removal check: {args.config}")
     figure.savefig(output / "removal.png", dpi=100)
     writer.add_figure("audit/removal", figure)
     for kind in KINDS:
-        print(f"Removal check, {kind}: Spearman(-cumulative influence, accuracy change) = "
-              f"{checks[kind].spearman:+.3f}; "
-              f"targeted class moved as predicted for {100 * checks[kind].diagonal_agreement:.0f}% of classes")
-    return {kind: {"spearman": checks[kind].spearman, "diagonal_agreement": checks[kind].diagonal_agreement}
-            for kind in KINDS}
+        print(
+            f"Removal check, {kind}: Spearman(-cumulative influence, accuracy change) = "
+            f"{checks[kind].spearman:+.3f}; "
+            f"targeted class moved as predicted for {100 * checks[kind].diagonal_agreement:.0f}% of classes"
+        )
+    return {
+        kind: {"spearman": checks[kind].spearman, "diagonal_agreement": checks[kind].diagonal_agreement}
+        for kind in KINDS
+    }
 
 
 def main(argv: list[str]) -> None:

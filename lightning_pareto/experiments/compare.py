@@ -59,8 +59,11 @@ def comparison_table(without: np.ndarray, with_: np.ndarray, names: list[str]) -
     """
     width = max(len("class"), *(len(n) for n in names))
     lines = [f"{'class':<{width}}  {'without':>7}  {'with':>7}  {'change':>7}"]
-    rows = [*zip(names, without, with_), ("mean", np.nanmean(without), np.nanmean(with_)),
-            ("worst", np.nanmin(without), np.nanmin(with_))]
+    rows = [
+        *zip(names, without, with_),
+        ("mean", np.nanmean(without), np.nanmean(with_)),
+        ("worst", np.nanmin(without), np.nanmin(with_)),
+    ]
     for name, a, b in rows:
         change = "-" if math.isnan(a) or math.isnan(b) else f"{100 * (b - a):+.1f}"
         lines.append(f"{name:<{width}}  {100 * a:>7.1f}  {100 * b:>7.1f}  {change:>7}")
@@ -72,17 +75,23 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="lightning-pareto compare",
         description="Train a config with and without its interventions (same seed) and print per-class test accuracy "
-                    "at the end of training. Other arguments go to `fit`.",
+        "at the end of training. Other arguments go to `fit`.",
     )
     parser.add_argument("--config", required=True, help="the fit config (YAML), as for `lightning-pareto fit`")
     args, rest = parser.parse_known_args(argv)
     fit_args = ["--config", args.config, *rest]
     with_, names, log_dir = _fit_and_test(fit_args, with_interventions=True)
     without, _, _ = _fit_and_test(fit_args, with_interventions=False)
-    print("\nEnd of training, per-class test accuracy (%): without = the same config and seed without the "
-          "interventions\n" + comparison_table(without, with_, names))
-    summary: dict[str, Any] = {"config": args.config, "classes": names, "without": without.tolist(),
-                               "with": with_.tolist()}
+    print(
+        "\nEnd of training, per-class test accuracy (%): without = the same config and seed without the "
+        "interventions\n" + comparison_table(without, with_, names)
+    )
+    summary: dict[str, Any] = {
+        "config": args.config,
+        "classes": names,
+        "without": without.tolist(),
+        "with": with_.tolist(),
+    }
     path = Path(log_dir) / "comparison.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=1))

@@ -55,9 +55,16 @@ from lightning_pareto.trimming import METHODS, Fitter, ScoringOptions, TrimRepor
 __all__ = ["COLUMNS", "accuracy_figure", "build_parser", "format_summary", "main", "summarize"]
 
 COLUMNS = (
-    "method", "seed", "budget", "test_acc", "seconds",
-    "score_seconds", "retrain_seconds", "flipped_precision", "noisy_precision",
-)  # fmt: skip
+    "method",
+    "seed",
+    "budget",
+    "test_acc",
+    "seconds",
+    "score_seconds",
+    "retrain_seconds",
+    "flipped_precision",
+    "noisy_precision",
+)
 _PRECISIONS = ("flipped_precision", "noisy_precision")
 
 
@@ -65,7 +72,7 @@ def build_parser() -> ArgumentParser:
     """The ``lightning-pareto trim`` argument parser (jsonargparse; ``--config`` and ``--print_config`` included)."""
     parser = comparison_parser(
         "lightning-pareto trim",
-        "The data-trimming comparison of \"Enhancing Prediction Performance through Influence Measure\": "
+        'The data-trimming comparison of "Enhancing Prediction Performance through Influence Measure": '
         "train, remove the top-b training samples by each method, retrain from the same initialisation, and "
         "compare test accuracy over seeds. Methods: fi = FI^util, the paper's local influence of a sample on the "
         "validation loss (its FI measure aimed at utility); fi_approx = FI^util with the paper's KFSVD and "
@@ -76,15 +83,29 @@ def build_parser() -> ArgumentParser:
         outputs="results.csv, summary.json, accuracy.png and the TensorBoard events",
     )
     parser.add_subclass_arguments(
-        Fitter, "fit", default={"class_path": "lightning_pareto.trimming.LBFGSFit"},
+        Fitter,
+        "fit",
+        default={"class_path": "lightning_pareto.trimming.LBFGSFit"},
         help="How to train: LBFGSFit (full batch, to convergence) or LightningFit (mini-batch Trainer).",
-    )  # fmt: skip
-    parser.add_argument("--scoring", type=ScoringOptions, default=ScoringOptions(),
-                        help="Curvature, damping, layers and the approximations' rank/alpha.")  # fmt: skip
-    parser.add_argument("--methods", type=list[Literal["fi", "fi_approx", "iv", "random"]],
-                        default=["fi", "iv", "random"], help=f"Methods to compare, from {list(METHODS)}.")  # fmt: skip
-    parser.add_argument("--budgets", type=list[int], default=[5, 10, 20],
-                        help="Numbers of samples to remove (0, the baseline, is always reported).")  # fmt: skip
+    )
+    parser.add_argument(
+        "--scoring",
+        type=ScoringOptions,
+        default=ScoringOptions(),
+        help="Curvature, damping, layers and the approximations' rank/alpha.",
+    )
+    parser.add_argument(
+        "--methods",
+        type=list[Literal["fi", "fi_approx", "iv", "random"]],
+        default=["fi", "iv", "random"],
+        help=f"Methods to compare, from {list(METHODS)}.",
+    )
+    parser.add_argument(
+        "--budgets",
+        type=list[int],
+        default=[5, 10, 20],
+        help="Numbers of samples to remove (0, the baseline, is always reported).",
+    )
     parser.set_defaults(seeds=5)
     return parser
 
@@ -108,12 +129,21 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     for number, seed in enumerate(seeds, start=1):
         objects = seeded_objects(parser, config, seed)
-        report = trim(objects.net, objects.data, methods=methods, budgets=budgets, seed=seed, fitter=objects.fit,
-                      scoring=objects.scoring)
+        report = trim(
+            objects.net,
+            objects.data,
+            methods=methods,
+            budgets=budgets,
+            seed=seed,
+            fitter=objects.fit,
+            scoring=objects.scoring,
+        )
         rows.extend(_report_rows(report, methods))
         write_csv(rows, output / "results.csv", COLUMNS)
-        print(f"seed {seed} ({number}/{len(seeds)}, {time.perf_counter() - started:.0f} s): "
-              + _seed_line(report), flush=True)
+        print(
+            f"seed {seed} ({number}/{len(seeds)}, {time.perf_counter() - started:.0f} s): " + _seed_line(report),
+            flush=True,
+        )
 
     summary = summarize(rows, methods, [0, *budgets])
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -166,8 +196,11 @@ def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str], budgets: S
         for budget in budgets:
             if budget == 0:
                 continue
-            pairs = [(by_key[(method, s, budget)]["test_acc"], by_key[("iv", s, budget)]["test_acc"])
-                     for s in seeds if (method, s, budget) in by_key and ("iv", s, budget) in by_key]
+            pairs = [
+                (by_key[(method, s, budget)]["test_acc"], by_key[("iv", s, budget)]["test_acc"])
+                for s in seeds
+                if (method, s, budget) in by_key and ("iv", s, budget) in by_key
+            ]
             counts[str(budget)] = {
                 "wins": sum(a > b for a, b in pairs),
                 "ties": sum(a == b for a, b in pairs),
@@ -200,8 +233,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         return "  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip()
 
     note = f"Test accuracy (%), mean ± std over {summary['seeds']} seeds"
-    corrupted = [key for key in _PRECISIONS if any(key in cells[str(b)] for cells in summary["methods"].values()
-                                                   for b in summary["budgets"])]  # fmt: skip
+    corrupted = [
+        key
+        for key in _PRECISIONS
+        if any(key in cells[str(b)] for cells in summary["methods"].values() for b in summary["budgets"])
+    ]
     if corrupted:
         kinds = " / ".join(key.removesuffix("_precision") for key in corrupted)
         note += f"; (p ...) = share of the removed samples that the data set corrupted ({kinds})"
@@ -227,7 +263,9 @@ def accuracy_figure(summary: dict[str, Any]) -> Figure:
     return figure
 
 
-def _check_plan(methods: list[str], budgets: list[int], seeds: int | list[int]) -> tuple[list[str], list[int], list[int]]:
+def _check_plan(
+    methods: list[str], budgets: list[int], seeds: int | list[int]
+) -> tuple[list[str], list[int], list[int]]:
     methods = check_names(methods, METHODS, "methods")
     if any(budget < 0 for budget in budgets):
         raise ValueError(f"budgets must be >= 0 (numbers of samples to remove), got {budgets}")
@@ -240,16 +278,32 @@ def _check_plan(methods: list[str], budgets: list[int], seeds: int | list[int]) 
 def _report_rows(report: TrimReport, methods: Sequence[str]) -> list[dict[str, Any]]:
     empty = dict.fromkeys(_PRECISIONS)
     rows = [
-        {"method": method, "seed": report.seed, "budget": 0, "test_acc": report.baseline_acc,
-         "seconds": report.train_seconds, "score_seconds": 0.0, "retrain_seconds": 0.0, **empty}
+        {
+            "method": method,
+            "seed": report.seed,
+            "budget": 0,
+            "test_acc": report.baseline_acc,
+            "seconds": report.train_seconds,
+            "score_seconds": 0.0,
+            "retrain_seconds": 0.0,
+            **empty,
+        }
         for method in methods
-    ]  # fmt: skip
+    ]
     for outcome in report.outcomes:
-        rows.append({
-            "method": outcome.method, "seed": report.seed, "budget": outcome.budget, "test_acc": outcome.test_acc,
-            "seconds": outcome.score_seconds + outcome.retrain_seconds, "score_seconds": outcome.score_seconds,
-            "retrain_seconds": outcome.retrain_seconds, **empty, **outcome.precision,
-        })  # fmt: skip
+        rows.append(
+            {
+                "method": outcome.method,
+                "seed": report.seed,
+                "budget": outcome.budget,
+                "test_acc": outcome.test_acc,
+                "seconds": outcome.score_seconds + outcome.retrain_seconds,
+                "score_seconds": outcome.score_seconds,
+                "retrain_seconds": outcome.retrain_seconds,
+                **empty,
+                **outcome.precision,
+            }
+        )
     return rows
 
 

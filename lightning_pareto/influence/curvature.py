@@ -119,10 +119,18 @@ def fit_curvature(
     check_curvature_samples(correction_samples, "correction_samples")
     tracked = tracked_modules(model, modules)
     return fit_tracked_curvature(
-        model, train_loader, tracked, curvature=curvature, damping=damping, fisher=fisher, seed=seed,
-        curvature_samples=curvature_samples, correction_samples=correction_samples, progress=progress,
+        model,
+        train_loader,
+        tracked,
+        curvature=curvature,
+        damping=damping,
+        fisher=fisher,
+        seed=seed,
+        curvature_samples=curvature_samples,
+        correction_samples=correction_samples,
+        progress=progress,
         timings=timings,
-    )  # fmt: skip
+    )
 
 
 def fit_tracked_curvature(

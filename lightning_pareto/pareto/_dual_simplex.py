@@ -192,12 +192,12 @@ class BoxedLP:
             A :class:`BoxedLPResult` with ``iterations == 0`` and ``basis=None``.
         """
         bounds = np.column_stack([np.zeros_like(self.upper), self.upper])
-        highs = linprog(
-            self.cost, A_ub=self.a_ub, b_ub=b_ub, A_eq=self.a_eq, b_eq=b_eq, bounds=bounds, method="highs"
-        )
+        highs = linprog(self.cost, A_ub=self.a_ub, b_ub=b_ub, A_eq=self.a_eq, b_eq=b_eq, bounds=bounds, method="highs")
         return _from_linprog(highs)
 
-    def _sift(self, rhs: np.ndarray, start: Basis | None, working_size: int, max_iterations: int) -> BoxedLPResult | None:
+    def _sift(
+        self, rhs: np.ndarray, start: Basis | None, working_size: int, max_iterations: int
+    ) -> BoxedLPResult | None:
         """Sifting rounds of the dual simplex; ``None`` when HiGHS should decide instead."""
         state = self._start_state(start, working_size)
         if state is None:
@@ -210,7 +210,9 @@ class BoxedLP:
         # ||y - anchor|| ||a_j|| from there (Cauchy-Schwarz), so only a column whose closeness is below
         # that distance can have changed sign; the others need no pricing after a round.
         anchor = state.duals
-        slack_tolerance = _PRIMAL_TOLERANCE * np.maximum(np.abs(rhs), 1.0) + _ACTIVITY_TOLERANCE * self._largest_activity
+        slack_tolerance = (
+            _PRIMAL_TOLERANCE * np.maximum(np.abs(rhs), 1.0) + _ACTIVITY_TOLERANCE * self._largest_activity
+        )
         iterations = 0
         for round_index in range(_MAX_ROUNDS):
             if round_index == 0:
@@ -696,7 +698,12 @@ def _about_smallest(values: np.ndarray, count: int, out: np.ndarray | None = Non
 def _from_linprog(result: OptimizeResult) -> BoxedLPResult:
     if result.status != 0:
         return BoxedLPResult(
-            x=None, fun=float("nan"), status=result.status, message=result.message, duals=None, iterations=0,
+            x=None,
+            fun=float("nan"),
+            status=result.status,
+            message=result.message,
+            duals=None,
+            iterations=0,
             basis=None,
         )
     duals = np.concatenate([result.ineqlin.marginals, result.eqlin.marginals])

@@ -92,7 +92,9 @@ class _Evaluator:
             for worker, run in enumerate(runs)
         ]
         replies = workers.call(payloads)
-        scored = {key: candidate for run, (candidates, _) in zip(runs, replies) for key, candidate in zip(run, candidates)}
+        scored = {
+            key: candidate for run, (candidates, _) in zip(runs, replies) for key, candidate in zip(run, candidates)
+        }
         self._fresh_bases = [found for _, found in replies]
         for key in missing:  # in GA order, whichever worker scored it
             self.remember(key, scored[key])
@@ -112,7 +114,9 @@ class _Evaluator:
         mark = self.lp.bases_found
         scored = [self._score(np.asarray(key)) for key in keys]
         best = max(range(len(scored)), key=lambda index: scored[index].fitness, default=None)
-        candidates = [candidate if index == best else _without_weights(candidate) for index, candidate in enumerate(scored)]
+        candidates = [
+            candidate if index == best else _without_weights(candidate) for index, candidate in enumerate(scored)
+        ]
         return candidates, self.lp.bases_found_since(mark)
 
     def warm_up(self) -> None:

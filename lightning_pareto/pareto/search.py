@@ -24,8 +24,16 @@ from lightning_pareto.pareto.presets import PRESETS, GAPreset, resolve_preset
 from lightning_pareto.pareto.reweight import Scale, WeightLP
 from lightning_pareto.pareto.search_result import SearchResult, SearchStatus, TrialFunction
 
-__all__ = ["NOT_IMPROVED_FITNESS", "PARALLEL_MIN_SAMPLES", "PRESETS", "GAPreset", "SearchResult", "SearchStatus",
-           "TrialFunction", "search_weights"]
+__all__ = [
+    "NOT_IMPROVED_FITNESS",
+    "PARALLEL_MIN_SAMPLES",
+    "PRESETS",
+    "GAPreset",
+    "SearchResult",
+    "SearchStatus",
+    "TrialFunction",
+    "search_weights",
+]
 
 PARALLEL_MIN_SAMPLES = 20_000
 """From this many training samples on, ``search_weights(workers=None)`` solves the LPs in two processes."""
@@ -137,7 +145,9 @@ def _solver_workers(evaluator: _Evaluator, workers: int | None, settings: GAPres
         workers = 2 if evaluator.trial is None and large and available >= 2 else 1
     elif workers > 1 and (evaluator.trial is not None or available == 0):
         why = "trial fitness trains models in this process" if evaluator.trial is not None else "fork is not available"
-        warnings.warn(f"workers={workers} ignored: {why}; the LPs are solved in this process", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"workers={workers} ignored: {why}; the LPs are solved in this process", UserWarning, stacklevel=3
+        )
         workers = 1
     if workers == 1:
         yield None

@@ -80,9 +80,14 @@ class LBFGSFit(Fitter):
         x, y = x.to(device=device, dtype=torch.float64), y.to(device)
         parameters = [p for p in net.parameters() if p.requires_grad]
         optimizer = torch.optim.LBFGS(
-            parameters, lr=1.0, max_iter=self.max_iter, tolerance_grad=self.tolerance, tolerance_change=1e-12,
-            history_size=50, line_search_fn="strong_wolfe",
-        )  # fmt: skip
+            parameters,
+            lr=1.0,
+            max_iter=self.max_iter,
+            tolerance_grad=self.tolerance,
+            tolerance_change=1e-12,
+            history_size=50,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure() -> Tensor:
             optimizer.zero_grad()
@@ -137,7 +142,12 @@ class LightningFit(Fitter):
         if not lr > 0 or not weight_decay >= 0:
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr!r}, weight_decay={weight_decay!r}")
         self.max_epochs, self.batch_size, self.optimizer = max_epochs, batch_size, optimizer
-        self.lr, self.weight_decay, self.momentum, self.accelerator = float(lr), float(weight_decay), momentum, accelerator
+        self.lr, self.weight_decay, self.momentum, self.accelerator = (
+            float(lr),
+            float(weight_decay),
+            momentum,
+            accelerator,
+        )
 
     def _make_optimizer(self, parameters: Iterable[Tensor]) -> torch.optim.Optimizer:
         if self.optimizer == "adam":
@@ -150,6 +160,9 @@ class LightningFit(Fitter):
 
         module = ClassifierModule(net, num_classes, optimizer=self._make_optimizer)
         fit_quietly(
-            module, DataLoader(train, batch_size=self.batch_size, shuffle=True), max_epochs=self.max_epochs,
-            seed=seed, trainer_kwargs={"accelerator": self.accelerator},
-        )  # fmt: skip
+            module,
+            DataLoader(train, batch_size=self.batch_size, shuffle=True),
+            max_epochs=self.max_epochs,
+            seed=seed,
+            trainer_kwargs={"accelerator": self.accelerator},
+        )

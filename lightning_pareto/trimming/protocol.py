@@ -142,9 +142,22 @@ def trim(
                 continue
             started = time.perf_counter()
             retrained = copy.deepcopy(initial)
-            fitter.fit(retrained, Subset(train_data, kept_indices(len(train_data), removed).tolist()),
-                       num_classes=num_classes, seed=seed)
+            fitter.fit(
+                retrained,
+                Subset(train_data, kept_indices(len(train_data), removed).tolist()),
+                num_classes=num_classes,
+                seed=seed,
+            )
             retrain_seconds = time.perf_counter() - started
-            outcomes.append(TrimOutcome(method, budget, removed, accuracy(retrained, x_test, y_test), score_seconds,
-                                        retrain_seconds, corruption_precision(removed, datamodule)))
+            outcomes.append(
+                TrimOutcome(
+                    method,
+                    budget,
+                    removed,
+                    accuracy(retrained, x_test, y_test),
+                    score_seconds,
+                    retrain_seconds,
+                    corruption_precision(removed, datamodule),
+                )
+            )
     return TrimReport(seed, baseline_acc, train_seconds, outcomes)

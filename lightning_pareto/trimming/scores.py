@@ -70,8 +70,9 @@ class ScoringOptions:
             raise ValueError(f"curvature must be None, 'exact', 'kfac' or 'ekfac', got {self.curvature!r}")
         if self.fisher not in (None, "empirical", "sampled", "ggn"):
             raise ValueError(f"fisher must be None, 'empirical', 'sampled' or 'ggn', got {self.fisher!r}")
-        if self.damping is not None and not (isinstance(self.damping, (int, float)) and math.isfinite(self.damping)
-                                             and self.damping >= 0):
+        if self.damping is not None and not (
+            isinstance(self.damping, (int, float)) and math.isfinite(self.damping) and self.damping >= 0
+        ):
             raise ValueError(f"damping must be None or a finite number >= 0, got {self.damping!r}")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"rank (KFSVD's k) must be an int >= 1, got {self.rank!r}")
@@ -129,21 +130,41 @@ def harm_scores(
             curvature = options.curvature or "exact"
             fisher = options.fisher or ("ggn" if curvature == "exact" else "sampled")
             values = influence_value(
-                model, train_loader, val_loader, curvature=curvature, damping=options.damping, modules=modules,
-                fisher=fisher, seed=seed, progress=False,
-            )  # fmt: skip
+                model,
+                train_loader,
+                val_loader,
+                curvature=curvature,
+                damping=options.damping,
+                modules=modules,
+                fisher=fisher,
+                seed=seed,
+                progress=False,
+            )
             return -values.to(torch.float64)
         from lightning_pareto.influence.local import fi_util
 
         if method == "fi":
             return fi_util(
-                model, train_loader, val_loader, curvature=options.curvature or "exact", damping=options.damping,
-                modules=modules, seed=seed,
-            )  # fmt: skip
+                model,
+                train_loader,
+                val_loader,
+                curvature=options.curvature or "exact",
+                damping=options.damping,
+                modules=modules,
+                seed=seed,
+            )
         return fi_util(
-            model, train_loader, val_loader, curvature=options.curvature or "kfac", damping=options.damping,
-            modules=modules, approx=["kfsvd", "subsample"], rank=options.rank, alpha=options.alpha, seed=seed,
-        )  # fmt: skip
+            model,
+            train_loader,
+            val_loader,
+            curvature=options.curvature or "kfac",
+            damping=options.damping,
+            modules=modules,
+            approx=["kfsvd", "subsample"],
+            rank=options.rank,
+            alpha=options.alpha,
+            seed=seed,
+        )
 
 
 def _dataset_size(loader: Iterable) -> int:
@@ -151,7 +172,6 @@ def _dataset_size(loader: Iterable) -> int:
     if dataset is not None and hasattr(dataset, "__len__"):
         return len(dataset)
     return sum(len(batch[0]) for batch in loader)
-
 
 
 @contextlib.contextmanager

@@ -78,15 +78,11 @@ def top_scores(scores: Tensor, count: int, *, what: str = "scores") -> Tensor:
     return torch.sort(scores, descending=True, stable=True).indices[:count].clone()
 
 
-
-
 def kept_indices(num_train: int, removed: Tensor) -> Tensor:
     """The training indices not in ``removed``, ascending (int64, shape ``(num_train - len(removed),)``)."""
     keep = torch.ones(num_train, dtype=torch.bool)
     keep[removed] = False
     return keep.nonzero().squeeze(1)
-
-
 
 
 def corruption_precision(removed: Tensor, source: object) -> dict[str, float]:

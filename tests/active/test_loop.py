@@ -73,9 +73,19 @@ def test_queries_the_top_scores_from_the_oracle_and_tests_each_round():
     module = _module()
     seen = []
     results = run_active_learning(
-        module, strategy, pool, oracle, (x_test, y_test), initial=initial, acquisition_size=4, rounds=3,
-        max_epochs=2, batch_size=8, pool_batch_size=7, on_round=seen.append,
-    )  # fmt: skip
+        module,
+        strategy,
+        pool,
+        oracle,
+        (x_test, y_test),
+        initial=initial,
+        acquisition_size=4,
+        rounds=3,
+        max_epochs=2,
+        batch_size=8,
+        pool_batch_size=7,
+        on_round=seen.append,
+    )
     assert [r.round for r in results] == [0, 1, 2, 3] and seen == results
     assert [r.n_labeled for r in results] == [6, 10, 14, 18]
     assert results[0].seconds == 0.0 and results[0].queried.numel() == 0
@@ -107,9 +117,18 @@ def test_restart_from_initial_weights_or_continue(restart):
     module = _module()
     initial_weight = module.net.head.weight.detach().clone()
     run_active_learning(
-        module, RandomSampling(), pool, lambda i: labels[i], _data(10, 1), initial=torch.arange(6),
-        acquisition_size=3, rounds=2, max_epochs=2, restart=restart, trainer_kwargs={"callbacks": [recorder]},
-    )  # fmt: skip
+        module,
+        RandomSampling(),
+        pool,
+        lambda i: labels[i],
+        _data(10, 1),
+        initial=torch.arange(6),
+        acquisition_size=3,
+        rounds=2,
+        max_epochs=2,
+        restart=restart,
+        trainer_kwargs={"callbacks": [recorder]},
+    )
     assert len(recorder.starts) == 3
     for number, start in enumerate(recorder.starts):
         reference = initial_weight if restart or number == 0 else recorder.ends[number - 1]
@@ -134,9 +153,17 @@ def test_same_seed_same_run_and_non_finite_scores_are_queried_last():
         with pytest.warns(RuntimeWarning, match="not finite"):
             runs.append(
                 run_active_learning(
-                    _module(), _HalfNaN(), pool, lambda i: labels[i], _data(12, 1), initial=torch.arange(6),
-                    acquisition_size=3, rounds=1, max_epochs=2, seed=4,
-                )  # fmt: skip
+                    _module(),
+                    _HalfNaN(),
+                    pool,
+                    lambda i: labels[i],
+                    _data(12, 1),
+                    initial=torch.arange(6),
+                    acquisition_size=3,
+                    rounds=1,
+                    max_epochs=2,
+                    seed=4,
+                )
             )
     # Unlabelled positions 6..29: the finite scores are the first 12, largest = positions 17, 16, 15.
     assert runs[0][1].queried.tolist() == [17, 16, 15]
@@ -179,9 +206,12 @@ def no_training(monkeypatch):
 def test_bad_input_fails_before_training(no_training, overrides, match):
     pool, labels = _data(30)
     arguments = {
-        "strategy": RandomSampling(), "label_fn": lambda i: labels[i], "initial": torch.arange(6),
-        "acquisition_size": 4, "rounds": 2,
-    }  # fmt: skip
+        "strategy": RandomSampling(),
+        "label_fn": lambda i: labels[i],
+        "initial": torch.arange(6),
+        "acquisition_size": 4,
+        "rounds": 2,
+    }
     arguments.update(overrides)
     strategy, label_fn = arguments.pop("strategy"), arguments.pop("label_fn")
     module = _module()
@@ -196,6 +226,12 @@ def test_initial_pool_missing_classes_warns(no_training):
     missing_class_two = pytest.warns(UserWarning, match=r"no sample of classes \[2\]")
     with missing_class_two, pytest.raises(AssertionError, match="training"):
         run_active_learning(
-            _module(), RandomSampling(), pool, lambda i: labels[i], _data(10, 1), initial=torch.tensor([0, 1, 3, 4]),
-            acquisition_size=4, rounds=2,
-        )  # fmt: skip
+            _module(),
+            RandomSampling(),
+            pool,
+            lambda i: labels[i],
+            _data(10, 1),
+            initial=torch.tensor([0, 1, 3, 4]),
+            acquisition_size=4,
+            rounds=2,
+        )

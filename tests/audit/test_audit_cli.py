@@ -55,14 +55,23 @@ def test_audit_writes_csvs_thumbnails_tensorboard_and_flip_quality(
 ) -> None:
     config, checkpoint = _fit(DIGITS, tmp_path)
     output = tmp_path / "audit"
-    cli.main(["audit", "--config", str(config), "--ckpt_path", str(checkpoint), "--output_dir", str(output),
-              "--top_k", "4"])
+    cli.main(
+        ["audit", "--config", str(config), "--ckpt_path", str(checkpoint), "--output_dir", str(output), "--top_k", "4"]
+    )
     with (output / "samples.csv").open() as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
     digits = [str(d) for d in range(10)]
-    assert reader.fieldnames == ["index", "label", *(f"influence_{d}" for d in digits), "suspect", "suspect_score",
-                                 "likely_label", *(f"rank_{d}" for d in digits), "suspect_rank"]
+    assert reader.fieldnames == [
+        "index",
+        "label",
+        *(f"influence_{d}" for d in digits),
+        "suspect",
+        "suspect_score",
+        "likely_label",
+        *(f"rank_{d}" for d in digits),
+        "suspect_rank",
+    ]
     assert len(rows) == 200 and all(np.isfinite(float(r["influence_3"])) for r in rows)
     with (output / "top_samples.csv").open() as handle:
         top = list(csv.DictReader(handle))
@@ -100,8 +109,20 @@ def test_audit_names_bad_arguments_before_it_loads_anything(tmp_path: Path) -> N
 def test_removal_check_retrains_from_the_same_initialisation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config, checkpoint = _fit(WINE, tmp_path)
     output = tmp_path / "audit"
-    cli.main(["audit", "--config", str(config), "--ckpt_path", str(checkpoint), "--output_dir", str(output),
-              "--removal-check", "--removal_fraction", "0.2"])
+    cli.main(
+        [
+            "audit",
+            "--config",
+            str(config),
+            "--ckpt_path",
+            str(checkpoint),
+            "--output_dir",
+            str(output),
+            "--removal-check",
+            "--removal_fraction",
+            "0.2",
+        ]
+    )
     result = json.loads((output / "removal.json").read_text())
     assert result["seeds"] == [3]  # the config's seed_everything
     # The baseline retrain is a plain rerun of the config: the same numbers again.

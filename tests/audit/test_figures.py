@@ -26,8 +26,10 @@ def test_as_images_reshapes_flat_rows_and_scales_each_image_to_unit_range() -> N
 
 def test_removal_figure_has_heatmaps_and_scatter_per_kind() -> None:
     rng = np.random.default_rng(0)
-    checks = {kind: RemovalCheck(kind, [np.arange(3)] * 3, rng.normal(size=(3, 3)), rng.normal(size=(3, 3)))
-              for kind in ("beneficial", "detrimental")}
+    checks = {
+        kind: RemovalCheck(kind, [np.arange(3)] * 3, rng.normal(size=(3, 3)), rng.normal(size=(3, 3)))
+        for kind in ("beneficial", "detrimental")
+    }
     figure = removal_figure(checks, ["a", "b", "c"], title="t")
     titles = [axes.get_title() for axes in figure.axes if axes.get_title()]
     assert len(titles) == 6

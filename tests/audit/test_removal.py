@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _retrain_helpers import NUM_CLASSES, blobs, retrain_accuracy, train_logistic
 from scipy.stats import spearmanr
 from torch.utils.data import DataLoader, TensorDataset
 
-from _retrain_helpers import NUM_CLASSES, blobs, retrain_accuracy, train_logistic
 from lightning_pareto.audit import rank_correlation, removal_sets, run_removal_check
 from lightning_pareto.influence import category_influence
 

@@ -33,8 +33,20 @@ def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def test_samples_csv_has_one_row_per_sample_and_the_documented_columns(table, tmp_path: Path) -> None:  # noqa: ANN001
     header, rows = _read(table.write_samples_csv(tmp_path / "samples.csv"))
-    assert header == ["index", "label", "influence_cat", "influence_dog", "influence_bird", "suspect",
-                      "suspect_score", "likely_label", "rank_cat", "rank_dog", "rank_bird", "suspect_rank"]
+    assert header == [
+        "index",
+        "label",
+        "influence_cat",
+        "influence_dog",
+        "influence_bird",
+        "suspect",
+        "suspect_score",
+        "likely_label",
+        "rank_cat",
+        "rank_dog",
+        "rank_bird",
+        "suspect_rank",
+    ]
     assert len(rows) == 40
     assert [int(r["index"]) for r in rows] == list(range(40))
     assert [r["label"] for r in rows] == [NAMES[y] for y in table.labels]
@@ -88,8 +100,13 @@ def test_write_audit_draws_one_thumbnail_grid_per_class_and_logs_it(table, tmp_p
 
     images = np.random.default_rng(0).uniform(size=(40, 4, 4))
     written = write_audit(table, tmp_path, top_k=3, images=images, writer=Writer())
-    assert sorted(p.name for p in written.values()) == ["samples.csv", "top_bird.png", "top_cat.png", "top_dog.png",
-                                                        "top_samples.csv"]
+    assert sorted(p.name for p in written.values()) == [
+        "samples.csv",
+        "top_bird.png",
+        "top_cat.png",
+        "top_dog.png",
+        "top_samples.csv",
+    ]
     assert all(p.stat().st_size > 1000 for p in written.values() if p.suffix == ".png")
     assert logged == [f"audit/top_samples/{n}" for n in NAMES]
     with pytest.raises(ValueError, match="top_k"):

@@ -25,8 +25,16 @@ def blobs_datamodule(seed: int = 0, label_noise: float = 0.1, num_samples: int =
     labels = np.arange(num_samples) % NUM_CLASSES
     centres = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 1.7]])
     features = centres[labels] + rng.normal(scale=0.9, size=(num_samples, 2))
-    return ArrayDataModule(features, labels, class_names=["a", "b", "c"], batch_size=32, val_size=60, test_size=60,
-                           label_noise=label_noise, seed=seed)
+    return ArrayDataModule(
+        features,
+        labels,
+        class_names=["a", "b", "c"],
+        batch_size=32,
+        val_size=60,
+        test_size=60,
+        label_noise=label_noise,
+        seed=seed,
+    )
 
 
 def classifier(lr: float = 0.2, step_size: int = 2) -> ClassifierModule:
@@ -68,8 +76,9 @@ class ScriptedAccuracy(PerClassAccuracy):
         support: Validation samples per class.
     """
 
-    def __init__(self, script: dict[int, Sequence[float]], default: Sequence[float] = (0.8, 0.8, 0.8),
-                 support: int = 1000) -> None:
+    def __init__(
+        self, script: dict[int, Sequence[float]], default: Sequence[float] = (0.8, 0.8, 0.8), support: int = 1000
+    ) -> None:
         super().__init__(log_figure_every_n_epochs=0)
         self.script = {epoch: list(values) for epoch, values in script.items()}
         self.default = list(default)
@@ -79,8 +88,14 @@ class ScriptedAccuracy(PerClassAccuracy):
         if trainer.sanity_checking:
             return
         accuracy = self.script.get(trainer.current_epoch, self.default)
-        self._history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "accuracy": accuracy,
-                              "support": [self.support] * len(accuracy)})
+        self._history.append(
+            {
+                "epoch": trainer.current_epoch,
+                "step": trainer.global_step,
+                "accuracy": accuracy,
+                "support": [self.support] * len(accuracy),
+            }
+        )
 
 
 class Probe(Callback):
@@ -92,14 +107,16 @@ class Probe(Callback):
         self.batch_indices: dict[int, list[Tensor]] = {}
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.starts.append({
-            "epoch": trainer.current_epoch,
-            "params": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
-            "optimizer": copy.deepcopy(trainer.optimizers[0].state_dict()),
-            "scheduler": copy.deepcopy(trainer.lr_scheduler_configs[0].scheduler.state_dict()),
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state()[1].copy(),
-        })
+        self.starts.append(
+            {
+                "epoch": trainer.current_epoch,
+                "params": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+                "optimizer": copy.deepcopy(trainer.optimizers[0].state_dict()),
+                "scheduler": copy.deepcopy(trainer.lr_scheduler_configs[0].scheduler.state_dict()),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state()[1].copy(),
+            }
+        )
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         store = pl_module.sample_weights
@@ -113,8 +130,11 @@ class Probe(Callback):
 
     def weighted_epochs(self) -> list[int]:
         """Epochs in which some batch saw non-uniform weights."""
-        return sorted(e for e, seen in self.batch_weights.items()
-                      if any(w is not None and not torch.allclose(w, torch.ones_like(w)) for w in seen))
+        return sorted(
+            e
+            for e, seen in self.batch_weights.items()
+            if any(w is not None and not torch.allclose(w, torch.ones_like(w)) for w in seen)
+        )
 
 
 def patch_influence(monkeypatch: Any, make: Callable[[int, int], Tensor]) -> list[int]:

@@ -43,7 +43,9 @@ def _assert_same_start(a: dict, b: dict, rng: bool = True) -> None:
     assert np.array_equal(a["numpy_rng"], b["numpy_rng"])
 
 
-def test_rollback_restores_model_optimizer_scheduler_and_rng_bit_for_bit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rollback_restores_model_optimizer_scheduler_and_rng_bit_for_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     patch_influence(monkeypatch, random_influence)
     correction, probe = CourseCorrection(drop_threshold=0.05, log_figures=False), Probe()
     monitor = ScriptedAccuracy({2: (0.6, 0.8, 0.8)})
@@ -64,14 +66,28 @@ def test_rollback_restores_model_optimizer_scheduler_and_rng_bit_for_bit(tmp_pat
     assert record.before == pytest.approx(GOOD) and record.bad == pytest.approx([0.6, 0.8, 0.8])
     assert record.after == pytest.approx(GOOD)
     line = json.loads((tmp_path / "interventions.jsonl").read_text().splitlines()[0])
-    for key in ("epoch", "mode", "targets", "before", "after", "bad", "status", "reason", "seconds", "ceiling",
-                "n_weighted", "thresholds"):
+    for key in (
+        "epoch",
+        "mode",
+        "targets",
+        "before",
+        "after",
+        "bad",
+        "status",
+        "reason",
+        "seconds",
+        "ceiling",
+        "n_weighted",
+        "thresholds",
+    ):
         assert key in line
     assert line["mode"] == "course_correction" and line["bad"] == pytest.approx([0.6, 0.8, 0.8])
     assert line["n_weighted"] > 0 and line["ceiling"]["verdict"] in ("improvable", "at the ceiling within tolerance")
 
 
-def test_a_redo_is_never_corrected_and_max_corrections_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_redo_is_never_corrected_and_max_corrections_is_honoured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     patch_influence(monkeypatch, random_influence)
     script = {
         1: (0.8, 0.5, 0.8),  # drop of class b -> redo at epoch 2
@@ -104,7 +120,11 @@ def test_a_rejected_redo_leaves_the_run_exactly_as_without_the_callback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, script: dict, max_epochs: int
 ) -> None:
     patch_influence(monkeypatch, random_influence)
-    correction, probe, monitor = CourseCorrection(drop_threshold=0.05, log_figures=False), Probe(), ScriptedAccuracy(script)
+    correction, probe, monitor = (
+        CourseCorrection(drop_threshold=0.05, log_figures=False),
+        Probe(),
+        ScriptedAccuracy(script),
+    )
     with caplog.at_level(logging.INFO):
         run = _fit(tmp_path / "cc", [monitor, correction, probe], max_epochs=max_epochs)
     assert "#1: the redo (epoch" in caplog.text and "is rejected" in caplog.text
@@ -117,7 +137,7 @@ def test_a_rejected_redo_leaves_the_run_exactly_as_without_the_callback(
     assert list(monitor.discarded) == [redo]  # the redo's training is what was thrown away
     assert probe.weighted_epochs() == [redo]  # the redo did train with weights ...
     # ... and was undone: every later epoch starts where the run without the callback starts it, one epoch later.
-    for ours, theirs in zip(probe.starts[redo + 1:], reference_probe.starts[redo:]):
+    for ours, theirs in zip(probe.starts[redo + 1 :], reference_probe.starts[redo:]):
         _assert_same_start(ours, theirs)
     assert run.fit_loop.max_epochs == max_epochs + 1  # the spent redo epoch still counts: the run gets its epochs
     assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
@@ -178,17 +198,27 @@ def test_skipped_correction_leaves_no_trace_and_adds_no_epoch(tmp_path: Path, mo
     assert [line["status"] for line in lines] == ["skipped", "skipped"] and lines[0]["after"] is None
 
 
-def test_resume_with_a_pending_rollback_restores_the_same_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_with_a_pending_rollback_restores_the_same_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     patch_influence(monkeypatch, random_influence)
     script = {1: (0.8, 0.5, 0.8)}
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
     correction, probe = CourseCorrection(drop_threshold=0.05, log_figures=False), Probe()
-    _fit(tmp_path / "a", [ScriptedAccuracy(script), correction, probe, checkpoints], max_epochs=4,
-         enable_checkpointing=True)
+    _fit(
+        tmp_path / "a",
+        [ScriptedAccuracy(script), correction, probe, checkpoints],
+        max_epochs=4,
+        enable_checkpointing=True,
+    )
 
     resumed, resumed_probe = CourseCorrection(drop_threshold=0.05, log_figures=False), Probe()
-    run = _fit(tmp_path / "b", [ScriptedAccuracy(script), resumed, resumed_probe], max_epochs=4,
-               ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+    run = _fit(
+        tmp_path / "b",
+        [ScriptedAccuracy(script), resumed, resumed_probe],
+        max_epochs=4,
+        ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"),
+    )
     assert resumed_probe.starts[0]["epoch"] == 2
     # The redo starts from the rolled-back state. A resumed run creates its first epoch's data iterator
     # again after the RNG is restored (one draw), so the torch RNG is compared through the batch order.
@@ -197,15 +227,21 @@ def test_resume_with_a_pending_rollback_restores_the_same_state(tmp_path: Path, 
     # The resumed redo replays the detrimental epoch's batches, batch by batch, as the uninterrupted redo does.
     assert probe.batch_order(2) == probe.batch_order(1)
     assert resumed_probe.batch_order(2) == probe.batch_order(1)
-    assert [(r.epoch, r.status, r.weighted_epochs) for r in resumed.records] == [
-        (r.epoch, r.status, r.weighted_epochs) for r in correction.records
-    ] == [(1, "applied", [2])]
+    assert (
+        [(r.epoch, r.status, r.weighted_epochs) for r in resumed.records]
+        == [(r.epoch, r.status, r.weighted_epochs) for r in correction.records]
+        == [(1, "applied", [2])]
+    )
     assert run.current_epoch == 5
 
     # A checkpoint taken after the redo: the resumed run gets the extra epoch again.
     after_redo = CourseCorrection(drop_threshold=0.05, log_figures=False)
-    run = _fit(tmp_path / "c", [ScriptedAccuracy(script), after_redo], max_epochs=4,
-               ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))
+    run = _fit(
+        tmp_path / "c",
+        [ScriptedAccuracy(script), after_redo],
+        max_epochs=4,
+        ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"),
+    )
     assert run.current_epoch == 5 and after_redo.attempts == 1 and len(after_redo.records) == 1
 
 

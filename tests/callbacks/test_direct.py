@@ -45,8 +45,9 @@ IndexProbe = Probe  # every Probe keeps the batches' dataset indices
 
 def test_weights_apply_exactly_for_the_chosen_epochs_then_clear(tmp_path: Path) -> None:
     monitor, probe = PerClassAccuracy(log_figure_every_n_epochs=0), IndexProbe()
-    improvement = DirectImprovement(targets=["b"], at_epochs=[1], apply_epochs=2, guard="off", curvature="exact",
-                                    log_figures=False)
+    improvement = DirectImprovement(
+        targets=["b"], at_epochs=[1], apply_epochs=2, guard="off", curvature="exact", log_figures=False
+    )
     run = _fit(tmp_path, [monitor, improvement, probe], max_epochs=5)
 
     assert probe.weighted_epochs() == [2, 3]
@@ -64,8 +65,20 @@ def test_weights_apply_exactly_for_the_chosen_epochs_then_clear(tmp_path: Path) 
     assert record.before == pytest.approx(accuracy[1]) and record.after == pytest.approx(accuracy[3])
     assert record.n_weighted == int((first != 1).sum())
     line = json.loads((tmp_path / "interventions.jsonl").read_text())
-    for key in ("epoch", "mode", "targets", "before", "after", "bad", "status", "reason", "seconds", "ceiling",
-                "n_weighted", "thresholds"):
+    for key in (
+        "epoch",
+        "mode",
+        "targets",
+        "before",
+        "after",
+        "bad",
+        "status",
+        "reason",
+        "seconds",
+        "ceiling",
+        "n_weighted",
+        "thresholds",
+    ):
         assert key in line
     assert line["mode"] == "direct_improvement" and line["epoch"] == 1 and line["bad"] is None
     assert line["seconds"] > 0 and line["thresholds"][1] is None  # no threshold for the target
@@ -82,7 +95,9 @@ def test_every_n_epochs_never_intervenes_after_the_last_epoch(tmp_path: Path, mo
     assert probe.weighted_epochs() == [2, 3, 4, 5] and len(calls) == 2
 
 
-def test_worst_k_targets_the_lowest_classes_of_the_chosen_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worst_k_targets_the_lowest_classes_of_the_chosen_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     patch_influence(monkeypatch, random_influence)
     improvement = DirectImprovement(targets="worst:2", at_epochs=[1], log_figures=False)
     _fit(tmp_path, [ScriptedAccuracy({1: (0.9, 0.4, 0.6)}), improvement], max_epochs=3)
@@ -102,8 +117,9 @@ def _skipped_run(tmp_path: Path) -> tuple[DirectImprovement, Probe, L.Trainer]:
         (lambda n, k: torch.zeros(n, k), "no_improvement"),
     ],
 )
-def test_nan_or_useless_influence_skips_with_uniform_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             influence: object, reason: str) -> None:
+def test_nan_or_useless_influence_skips_with_uniform_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, influence: object, reason: str
+) -> None:
     patch_influence(monkeypatch, influence)
     with pytest.warns(UserWarning, match="skipped"):
         improvement, probe, run = _skipped_run(tmp_path)
@@ -117,10 +133,20 @@ def test_nan_or_useless_influence_skips_with_uniform_weights(tmp_path: Path, mon
 def test_infeasible_search_and_engine_errors_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     patch_influence(monkeypatch, random_influence)
     infeasible = SearchResult(
-        status="infeasible", reason="no candidate's LP gave weights", weights=None, thresholds=np.full(3, np.nan),
-        trust=0.5, fitness=-2e6, predicted_gain=np.full(3, np.nan), trial_accuracy=None, evaluations=18, trials=0,
-        generations=3, seconds=0.1, stopped_early=False,
-    )  # fmt: skip
+        status="infeasible",
+        reason="no candidate's LP gave weights",
+        weights=None,
+        thresholds=np.full(3, np.nan),
+        trust=0.5,
+        fitness=-2e6,
+        predicted_gain=np.full(3, np.nan),
+        trial_accuracy=None,
+        evaluations=18,
+        trials=0,
+        generations=3,
+        seconds=0.1,
+        stopped_early=False,
+    )
     monkeypatch.setattr("lightning_pareto.pareto.search.search_weights", lambda *args, **kwargs: infeasible)
     with pytest.warns(UserWarning, match="infeasible"):
         improvement, probe, _ = _skipped_run(tmp_path / "lp")
@@ -135,7 +161,9 @@ def test_infeasible_search_and_engine_errors_skip(tmp_path: Path, monkeypatch: p
     assert "RuntimeError" in improvement.records[0].reason and run.current_epoch == 3
 
 
-def test_trial_fitness_trains_candidates_without_touching_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trial_fitness_trains_candidates_without_touching_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     patch_influence(monkeypatch, random_influence)
     probe = Probe()
     improvement = DirectImprovement(targets=[1], at_epochs=[1], fitness="trial", trial_batches=2, log_figures=False)
@@ -150,24 +178,40 @@ def test_trial_fitness_trains_candidates_without_touching_the_run(tmp_path: Path
     # the state (parameters, optimizer, scheduler, global RNG) of a run without the callback.
     after, plain = probe.starts[2], reference.starts[2]
     assert states_equal(after["params"], plain["params"]) and states_equal(after["optimizer"], plain["optimizer"])
-    assert torch.equal(after["torch_rng"], plain["torch_rng"]) and np.array_equal(after["numpy_rng"], plain["numpy_rng"])
+    assert torch.equal(after["torch_rng"], plain["torch_rng"]) and np.array_equal(
+        after["numpy_rng"], plain["numpy_rng"]
+    )
 
 
 def test_resume_mid_window_keeps_weights_and_callback_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     patch_influence(monkeypatch, random_influence)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
-    improvement, probe = DirectImprovement(targets=[2], at_epochs=[1], apply_epochs=2, guard="off", log_figures=False), IndexProbe()
-    _fit(tmp_path / "a", [ScriptedAccuracy({}), improvement, probe, checkpoints], max_epochs=5, enable_checkpointing=True)
+    improvement, probe = (
+        DirectImprovement(targets=[2], at_epochs=[1], apply_epochs=2, guard="off", log_figures=False),
+        IndexProbe(),
+    )
+    _fit(
+        tmp_path / "a", [ScriptedAccuracy({}), improvement, probe, checkpoints], max_epochs=5, enable_checkpointing=True
+    )
 
-    resumed, resumed_probe = DirectImprovement(targets=[2], at_epochs=[1], apply_epochs=2, guard="off", log_figures=False), IndexProbe()
-    run = _fit(tmp_path / "b", [ScriptedAccuracy({}), resumed, resumed_probe], max_epochs=5,
-               ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))
+    resumed, resumed_probe = (
+        DirectImprovement(targets=[2], at_epochs=[1], apply_epochs=2, guard="off", log_figures=False),
+        IndexProbe(),
+    )
+    run = _fit(
+        tmp_path / "b",
+        [ScriptedAccuracy({}), resumed, resumed_probe],
+        max_epochs=5,
+        ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"),
+    )
     n = len(run.datamodule.train_dataset)
     assert resumed_probe.weighted_epochs() == [3]
     assert torch.equal(_weights_seen(resumed_probe, 3, n), _weights_seen(probe, 3, n))
-    assert [(r.epoch, r.weighted_epochs, r.status) for r in resumed.records] == [
-        (r.epoch, r.weighted_epochs, r.status) for r in improvement.records
-    ] == [(1, [2, 3], "applied")]
+    assert (
+        [(r.epoch, r.weighted_epochs, r.status) for r in resumed.records]
+        == [(r.epoch, r.weighted_epochs, r.status) for r in improvement.records]
+        == [(1, [2, 3], "applied")]
+    )
     assert not run.lightning_module.sample_weights.active
 
 
@@ -207,8 +251,9 @@ def test_bad_arguments_fail_at_setup_before_training(tmp_path: Path, kwargs: dic
     assert probe.starts == []
 
 
-def test_curvature_samples_reach_the_engine_and_the_intervention_applies(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_curvature_samples_reach_the_engine_and_the_intervention_applies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lightning_pareto import influence
 
     calls: list[dict] = []
@@ -219,7 +264,9 @@ def test_curvature_samples_reach_the_engine_and_the_intervention_applies(tmp_pat
         return real(*args, **kwargs)
 
     monkeypatch.setattr("lightning_pareto.influence.category_influence", recording)
-    improvement = DirectImprovement(targets=["b"], at_epochs=[1], curvature="kfac", curvature_samples=40, log_figures=False)
+    improvement = DirectImprovement(
+        targets=["b"], at_epochs=[1], curvature="kfac", curvature_samples=40, log_figures=False
+    )
     _fit(tmp_path, [PerClassAccuracy(log_figure_every_n_epochs=0), improvement], max_epochs=3)
     assert [call["curvature_samples"] for call in calls] == [40]
     assert improvement.records[0].status == "applied"
@@ -229,16 +276,21 @@ def test_curvature_samples_reach_the_engine_and_the_intervention_applies(tmp_pat
     assert all(value > 0.0 for value in phases.values()) and sum(phases.values()) < improvement.records[0].seconds
 
 
-def _guarded_run(tmp_path: Path, script: dict, support: int = 1000,
-                 **kwargs: object) -> tuple[DirectImprovement, IndexProbe, L.Trainer]:
+def _guarded_run(
+    tmp_path: Path, script: dict, support: int = 1000, **kwargs: object
+) -> tuple[DirectImprovement, IndexProbe, L.Trainer]:
     improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False, **kwargs), IndexProbe()
     run = _fit(tmp_path, [ScriptedAccuracy(script, support=support), improvement, probe], max_epochs=5)
     return improvement, probe, run
 
 
 def _same_start(a: dict, b: dict) -> bool:
-    return (states_equal(a["params"], b["params"]) and states_equal(a["optimizer"], b["optimizer"])
-            and states_equal(a["scheduler"], b["scheduler"]) and torch.equal(a["torch_rng"], b["torch_rng"]))
+    return (
+        states_equal(a["params"], b["params"])
+        and states_equal(a["optimizer"], b["optimizer"])
+        and states_equal(a["scheduler"], b["scheduler"])
+        and torch.equal(a["torch_rng"], b["torch_rng"])
+    )
 
 
 def test_weights_hold_until_the_end_of_training_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -267,7 +319,11 @@ def test_guard_rolls_back_a_weighted_epoch_that_hurts_a_non_target_and_retries_w
     assert run.fit_loop.max_epochs == 6 and run.current_epoch == 6  # the retry is one more epoch
     (record,) = improvement.records
     assert [(e["epoch"], e["action"], e["violations"]) for e in record.guard] == [
-        (2, "rollback", [2]), (3, "kept", []), (4, "kept", []), (5, "kept", [])]
+        (2, "rollback", [2]),
+        (3, "kept", []),
+        (4, "kept", []),
+        (5, "kept", []),
+    ]
     assert record.weighted_epochs == [3, 4, 5] and record.status == "applied" and record.extra_epochs == 1
     assert record.guard[0]["change"] == pytest.approx([0.1, 0.0, -0.5])
 
@@ -276,8 +332,9 @@ def test_guard_drops_the_weights_after_repeated_violations(tmp_path: Path, monke
     patch_influence(monkeypatch, random_influence)
     hurt = (0.9, 0.8, 0.3)
     with pytest.warns(UserWarning, match="dropped the weights"):
-        improvement, probe, run = _guarded_run(tmp_path, {2: hurt, 3: hurt, 4: hurt}, guard="rollback", tolerance=0.05,
-                                               max_retries=2)
+        improvement, probe, run = _guarded_run(
+            tmp_path, {2: hurt, 3: hurt, 4: hurt}, guard="rollback", tolerance=0.05, max_retries=2
+        )
     # Epochs 2, 3 and 4 are the same epoch trained with |w - 1| x1, x0.5, x0.25; all hurt c, so epoch 5
     # replays it once more without weights, from the same start.
     assert probe.weighted_epochs() == [2, 3, 4]
@@ -315,25 +372,41 @@ def test_guard_ignores_drops_of_targets_and_drops_within_tolerance_or_noise(
     assert run.current_epoch == 5 and [e["action"] for e in improvement.records[0].guard] == ["kept"] * 3
 
 
-def test_resume_with_a_pending_guard_rollback_replays_the_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_with_a_pending_guard_rollback_replays_the_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     patch_influence(monkeypatch, random_influence)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
     script = {2: (0.9, 0.8, 0.3)}
-    improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], guard="rollback", tolerance=0.05,
-                                           log_figures=False), IndexProbe()
-    _fit(tmp_path / "a", [ScriptedAccuracy(script), improvement, probe, checkpoints], max_epochs=5, enable_checkpointing=True)
+    improvement, probe = (
+        DirectImprovement(targets=["a"], at_epochs=[1], guard="rollback", tolerance=0.05, log_figures=False),
+        IndexProbe(),
+    )
+    _fit(
+        tmp_path / "a",
+        [ScriptedAccuracy(script), improvement, probe, checkpoints],
+        max_epochs=5,
+        enable_checkpointing=True,
+    )
 
-    resumed, resumed_probe = DirectImprovement(targets=["a"], at_epochs=[1], guard="rollback", tolerance=0.05,
-                                               log_figures=False), IndexProbe()
-    run = _fit(tmp_path / "b", [ScriptedAccuracy(script), resumed, resumed_probe], max_epochs=5,
-               ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))
+    resumed, resumed_probe = (
+        DirectImprovement(targets=["a"], at_epochs=[1], guard="rollback", tolerance=0.05, log_figures=False),
+        IndexProbe(),
+    )
+    run = _fit(
+        tmp_path / "b",
+        [ScriptedAccuracy(script), resumed, resumed_probe],
+        max_epochs=5,
+        ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"),
+    )
     n = len(run.datamodule.train_dataset)
     assert states_equal(resumed_probe.starts[0]["params"], probe.starts[3]["params"])  # the rolled-back start
     assert torch.equal(_weights_seen(resumed_probe, 3, n), _weights_seen(probe, 3, n))
     assert resumed_probe.batch_order(3) == probe.batch_order(3) == probe.batch_order(2)  # the same batches again
     assert run.current_epoch == 6
     assert [(e["epoch"], e["action"]) for e in resumed.records[0].guard] == [
-        (e["epoch"], e["action"]) for e in improvement.records[0].guard]
+        (e["epoch"], e["action"]) for e in improvement.records[0].guard
+    ]
 
 
 def test_paired_guard_judges_the_weighted_epoch_against_the_same_epoch_without_weights(
@@ -364,17 +437,25 @@ def test_paired_guard_keeps_the_unweighted_epoch_after_repeated_violations(
     reference = _fit(tmp_path / "plain", [ScriptedAccuracy({})], max_epochs=5)
     (record,) = improvement.records
     assert record.status == "dropped" and [e["action"] for e in record.guard] == [
-        "counterfactual", "retry", "retry", "dropped"]
+        "counterfactual",
+        "retry",
+        "retry",
+        "dropped",
+    ]
     assert probe.weighted_epochs() == [3, 4, 5] and run.fit_loop.max_epochs == 8 and record.extra_epochs == 3
     # The unweighted epoch stands: the run ends exactly where the run without the callback ends.
     assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
 
 
-def test_chosen_epochs_count_the_epochs_that_stand_after_a_rollback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chosen_epochs_count_the_epochs_that_stand_after_a_rollback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     patch_influence(monkeypatch, random_influence)
     # Intervene after epochs 1 and 3; epoch 2 (weighted) is rolled back and redone as trainer epoch 3, so
     # the second intervention comes after trainer epoch 4, the fourth epoch that stands.
-    improvement = DirectImprovement(targets=["a"], at_epochs=[1, 3], guard="rollback", tolerance=0.05, log_figures=False)
+    improvement = DirectImprovement(
+        targets=["a"], at_epochs=[1, 3], guard="rollback", tolerance=0.05, log_figures=False
+    )
     run = _fit(tmp_path, [ScriptedAccuracy({2: (0.9, 0.8, 0.3)}), improvement], max_epochs=6)
     assert [r.epoch for r in improvement.records] == [1, 4]
     assert [r.weighted_epochs for r in improvement.records] == [[3, 4], [5, 6]]
@@ -403,7 +484,9 @@ def test_weights_that_never_reach_the_loss_are_reported(tmp_path: Path, monkeypa
     assert "did not reach the loss" in line["reason"]
 
 
-def test_the_reference_module_uses_its_weights_without_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_reference_module_uses_its_weights_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     patch_influence(monkeypatch, random_influence)
     improvement = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False)
     import warnings
@@ -421,7 +504,12 @@ def test_a_resumed_run_writes_each_intervention_once(tmp_path: Path, monkeypatch
     first = DirectImprovement(targets=[0], at_epochs=[1, 3], apply_epochs=1, guard="off", log_figures=False)
     _fit(tmp_path / "run", [ScriptedAccuracy({}), first, checkpoints], max_epochs=6, enable_checkpointing=True)
     resumed = DirectImprovement(targets=[0], at_epochs=[1, 3], apply_epochs=1, guard="off", log_figures=False)
-    _fit(tmp_path / "run", [ScriptedAccuracy({}), resumed], max_epochs=6, ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))
+    _fit(
+        tmp_path / "run",
+        [ScriptedAccuracy({}), resumed],
+        max_epochs=6,
+        ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"),
+    )
     lines = [json.loads(line) for line in (tmp_path / "run" / "interventions.jsonl").read_text().splitlines()]
     assert [(line["epoch"], line["weighted_epochs"]) for line in lines] == [(1, [2]), (3, [4])]
 
@@ -432,7 +520,12 @@ def test_resuming_after_a_chosen_epoch_that_never_ran_warns(tmp_path: Path, monk
     _fit(tmp_path / "a", [ScriptedAccuracy({}), checkpoints], max_epochs=3, enable_checkpointing=True)
     late = DirectImprovement(targets=[0], at_epochs=[0, 3], log_figures=False)
     with pytest.warns(UserWarning, match=r"after at_epochs \[0\]"):
-        _fit(tmp_path / "b", [ScriptedAccuracy({}), late], max_epochs=5, ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+        _fit(
+            tmp_path / "b",
+            [ScriptedAccuracy({}), late],
+            max_epochs=5,
+            ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"),
+        )
     assert [r.epoch for r in late.records] == [3]
 
 
@@ -451,24 +544,34 @@ def test_a_nan_validation_feature_is_named_as_the_cause_of_a_skip(tmp_path: Path
     assert "never yielded" not in record.reason
 
 
-def test_resume_between_the_counterfactual_and_the_weighted_try(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_between_the_counterfactual_and_the_weighted_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     patch_influence(monkeypatch, random_influence)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
     improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False), IndexProbe()
-    _fit(tmp_path / "a", [ScriptedAccuracy({}), improvement, probe, checkpoints], max_epochs=4, enable_checkpointing=True)
+    _fit(
+        tmp_path / "a", [ScriptedAccuracy({}), improvement, probe, checkpoints], max_epochs=4, enable_checkpointing=True
+    )
     resumed, resumed_probe = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False), IndexProbe()
-    run = _fit(tmp_path / "b", [ScriptedAccuracy({}), resumed, resumed_probe], max_epochs=4,
-               ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))  # after the counterfactual epoch 2
+    run = _fit(
+        tmp_path / "b",
+        [ScriptedAccuracy({}), resumed, resumed_probe],
+        max_epochs=4,
+        ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"),
+    )  # after the counterfactual epoch 2
     n = len(run.datamodule.train_dataset)
     assert resumed_probe.batch_order(3) == probe.batch_order(3) == probe.batch_order(2)  # the counterfactual's batches
     assert torch.equal(_weights_seen(resumed_probe, 3, n), _weights_seen(probe, 3, n))
     assert states_equal(resumed_probe.starts[0]["params"], probe.starts[2]["params"])  # from the counterfactual's start
     assert [(r.epoch, r.weighted_epochs, [e["action"] for e in r.guard]) for r in resumed.records] == [
-        (r.epoch, r.weighted_epochs, [e["action"] for e in r.guard]) for r in improvement.records]
+        (r.epoch, r.weighted_epochs, [e["action"] for e in r.guard]) for r in improvement.records
+    ]
 
 
-def test_the_searched_weights_are_saved_by_dataset_index_next_to_the_log(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_searched_weights_are_saved_by_dataset_index_next_to_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = patch_influence(monkeypatch, random_influence)
     improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], guard="off", log_figures=False), IndexProbe()
     run = _fit(tmp_path, [ScriptedAccuracy({}), improvement, probe], max_epochs=3)

@@ -91,12 +91,18 @@ def test_class_without_validation_samples_is_missing_not_zero(quiet_trainer_kwar
     assert "missing" in monitor.summary_table()
 
 
-def _fit(tmp_path: Path, monitor: PerClassAccuracy, max_epochs: int, ckpt_path: str | None = None,
-         **kwargs: Any) -> tuple[L.Trainer, ModelCheckpoint]:
+def _fit(
+    tmp_path: Path, monitor: PerClassAccuracy, max_epochs: int, ckpt_path: str | None = None, **kwargs: Any
+) -> tuple[L.Trainer, ModelCheckpoint]:
     checkpoint = ModelCheckpoint(dirpath=tmp_path / f"ckpt_{max_epochs}", save_last=True)
     trainer = L.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", default_root_dir=str(tmp_path), enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[monitor, checkpoint], **{"logger": False, **kwargs},
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor, checkpoint],
+        **{"logger": False, **kwargs},
     )
     x, y = _data(seed=1)
     vx, vy = _data(n=60, seed=2)
@@ -169,13 +175,15 @@ def test_find_and_require_monitor(quiet_trainer_kwargs: dict[str, Any]) -> None:
 
 def test_summary_table_shows_first_and_last_epoch() -> None:
     monitor = PerClassAccuracy(class_names=["x", "y"])
-    monitor.load_state_dict({
-        "class_names": ["x", "y"],
-        "history": [
-            {"epoch": 0, "step": 5, "accuracy": [0.5, 0.25], "support": [4, 4]},
-            {"epoch": 3, "step": 20, "accuracy": [0.75, 1.0], "support": [4, 4]},
-        ],
-    })
+    monitor.load_state_dict(
+        {
+            "class_names": ["x", "y"],
+            "history": [
+                {"epoch": 0, "step": 5, "accuracy": [0.5, 0.25], "support": [4, 4]},
+                {"epoch": 3, "step": 20, "accuracy": [0.75, 1.0], "support": [4, 4]},
+            ],
+        }
+    )
     lines = monitor.summary_table().splitlines()
     assert "epoch   0" in lines[0] and "epoch   3" in lines[0]
     assert lines[2].split() == ["x", "50.0%", "75.0%", "+25.0"]
@@ -192,8 +200,10 @@ class _RecordingLogger:
 
 def test_a_discarded_epoch_is_logged_again_under_its_own_tag_and_survives_a_checkpoint() -> None:
     monitor = PerClassAccuracy(class_names=["a", "b"])
-    history = [{"epoch": 0, "step": 5, "accuracy": [0.5, 0.25], "support": [4, 4]},
-               {"epoch": 1, "step": 10, "accuracy": [0.75, math.nan], "support": [4, 0]}]
+    history = [
+        {"epoch": 0, "step": 5, "accuracy": [0.5, 0.25], "support": [4, 4]},
+        {"epoch": 1, "step": 10, "accuracy": [0.75, math.nan], "support": [4, 0]},
+    ]
     monitor.load_state_dict({"history": history, "class_names": ["a", "b"]})
     logger = _RecordingLogger()
     trainer = SimpleNamespace(loggers=[logger], is_global_zero=True)

@@ -11,16 +11,32 @@ from lightning_pareto.callbacks._record import InterventionRecord, save_weights,
 
 
 def test_record_json_is_strict_and_round_trips() -> None:
-    record = InterventionRecord(epoch=3, mode="course_correction", targets=[1], before=[0.5, float("nan")],
-                                after=[0.75, 0.5], bad=[0.25, 0.5], status="applied", seconds=1.5, weighted_epochs=[4])
+    record = InterventionRecord(
+        epoch=3,
+        mode="course_correction",
+        targets=[1],
+        before=[0.5, float("nan")],
+        after=[0.75, 0.5],
+        bad=[0.25, 0.5],
+        status="applied",
+        seconds=1.5,
+        weighted_epochs=[4],
+    )
     line = json.dumps(record.to_dict(), allow_nan=False)
     restored = InterventionRecord.from_dict(json.loads(line))
     assert restored.before == [0.5, None] and restored.bad == [0.25, 0.5] and restored.weighted_epochs == [4]
 
 
 def test_update_from_takes_over_every_field() -> None:
-    decided = InterventionRecord(epoch=2, mode="direct_improvement", targets=[0, 2], before=[0.5, 0.5, 0.5],
-                                 status="applied", n_weighted=7, guard=[{"epoch": 3, "action": "kept"}])
+    decided = InterventionRecord(
+        epoch=2,
+        mode="direct_improvement",
+        targets=[0, 2],
+        before=[0.5, 0.5, 0.5],
+        status="applied",
+        n_weighted=7,
+        guard=[{"epoch": 3, "action": "kept"}],
+    )
     local = InterventionRecord(epoch=2, mode="direct_improvement", targets=[0], before=None, reason="not decided here")
     local.update_from(decided.to_dict())
     assert local == decided

@@ -51,7 +51,13 @@ def test_config_keys_are_the_settings_fields_with_their_documentation(callback: 
     for item in fields(InterventionSettings):
         assert f"--cb.{item.name}" in help_text
     assert "Batch size of the influence passes." in help_text
-    config = parser.parse_args(["--cb.curvature=kfac", "--cb.modules=[head]", "--cb.trust=0.3",
-                                *(["--cb.targets=[0]", "--cb.at_epochs=[1]"] if callback is DirectImprovement else [])])
+    config = parser.parse_args(
+        [
+            "--cb.curvature=kfac",
+            "--cb.modules=[head]",
+            "--cb.trust=0.3",
+            *(["--cb.targets=[0]", "--cb.at_epochs=[1]"] if callback is DirectImprovement else []),
+        ]
+    )
     built = parser.instantiate(config).cb
     assert built.settings.curvature == "kfac" and built.settings.modules == ("head",) and built.settings.trust == 0.3

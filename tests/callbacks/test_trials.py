@@ -28,8 +28,15 @@ def _toy_problem() -> tuple[nn.Module, torch.optim.Optimizer, IndexedDataset, Da
     return model, optimizer, IndexedDataset(TensorDataset(x, y)), val
 
 
-def _reference_trial(model: nn.Module, optimizer: torch.optim.Optimizer, train: IndexedDataset, val: DataLoader,
-                     weights: torch.Tensor, batches: int, seed: int) -> np.ndarray:
+def _reference_trial(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: IndexedDataset,
+    val: DataLoader,
+    weights: torch.Tensor,
+    batches: int,
+    seed: int,
+) -> np.ndarray:
     """Plain PyTorch: a deep copy trained with the same batch order, dropout seed and optimizer state."""
     model = copy.deepcopy(model)
     fresh = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
@@ -58,8 +65,17 @@ def test_trial_fitness_matches_a_plain_training_loop_and_restores_everything() -
     optimizer_before = copy.deepcopy(optimizer.state_dict())
     grads_before = [p.grad.clone() for p in model.parameters()]
     rng_before = torch.get_rng_state()
-    trial = TrialFitness(model, optimizer, lambda logits, y: F.cross_entropy(logits, y, reduction="none"), train, val,
-                         3, batch_size=16, num_batches=4, seed=5)
+    trial = TrialFitness(
+        model,
+        optimizer,
+        lambda logits, y: F.cross_entropy(logits, y, reduction="none"),
+        train,
+        val,
+        3,
+        batch_size=16,
+        num_batches=4,
+        seed=5,
+    )
     weights = torch.rand(96, generator=torch.Generator().manual_seed(1)) * 2
 
     accuracy, unweighted = trial(weights.numpy()), trial(np.zeros(96))

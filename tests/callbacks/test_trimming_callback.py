@@ -131,7 +131,9 @@ def test_influence_methods_need_validation_data(quiet_trainer_kwargs: dict) -> N
     loader = DataLoader(datamodule.train_dataset, batch_size=NUM_TRAIN)
     module = _Untrainable(LogisticRegression(2, 2), 2)
     with pytest.raises(ValueError, match="no validation data"):
-        _trainer(quiet_trainer_kwargs, 1, InfluenceTrimming(method="iv", budget=5)).fit(module, train_dataloaders=loader)
+        _trainer(quiet_trainer_kwargs, 1, InfluenceTrimming(method="iv", budget=5)).fit(
+            module, train_dataloaders=loader
+        )
 
 
 def test_batches_without_indices_fail_at_setup(quiet_trainer_kwargs: dict) -> None:

@@ -26,7 +26,9 @@ class LabelProbe(Probe):
         super().__init__()
         self.batch_labels: dict[int, list[torch.Tensor]] = {}
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, batch_idx: int
+    ) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         self.batch_labels.setdefault(trainer.current_epoch, []).append(batch[1].clone())
 
@@ -37,7 +39,10 @@ def _expected(labels: torch.Tensor, targets: list[int], factor: float) -> torch.
 
 def test_target_samples_get_the_factor_from_the_chosen_epoch_to_the_end(tmp_path: Path) -> None:
     probe = LabelProbe()
-    _fit(tmp_path, [PerClassAccuracy(log_figure_every_n_epochs=0), ClassUpweighting(["b"], factor=3.0, at_epoch=1), probe])
+    _fit(
+        tmp_path,
+        [PerClassAccuracy(log_figure_every_n_epochs=0), ClassUpweighting(["b"], factor=3.0, at_epoch=1), probe],
+    )
     assert probe.weighted_epochs() == [2, 3]
     for epoch in (2, 3):
         for weights, labels in zip(probe.batch_weights[epoch], probe.batch_labels[epoch]):

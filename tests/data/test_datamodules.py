@@ -76,8 +76,10 @@ def test_same_seed_gives_same_data_and_split_different_seed_does_not(
     first, second, other = make(seed=5, label_noise=0.1), make(seed=5, label_noise=0.1), make(seed=6, label_noise=0.1)
     for dm in (first, second, other):
         dm.setup()
-    for a, b in zip((*first.train_arrays, *first.val_arrays, first.flipped_indices),
-                    (*second.train_arrays, *second.val_arrays, second.flipped_indices)):
+    for a, b in zip(
+        (*first.train_arrays, *first.val_arrays, first.flipped_indices),
+        (*second.train_arrays, *second.val_arrays, second.flipped_indices),
+    ):
         assert torch.equal(a, b)
     assert not torch.equal(first.train_arrays[0], other.train_arrays[0])
 

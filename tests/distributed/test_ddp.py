@@ -13,9 +13,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
-
 from types import SimpleNamespace
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -145,9 +144,13 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     script = folder / "worker.py"
     script.write_text(WORKER)
     completed = subprocess.run(
-        [sys.executable, str(script), str(folder)], cwd=folder, env=_environment(), capture_output=True, text=True,
+        [sys.executable, str(script), str(folder)],
+        cwd=folder,
+        env=_environment(),
+        capture_output=True,
+        text=True,
         timeout=600,
-    )  # fmt: skip
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-6000:]
     return folder
 
@@ -202,7 +205,10 @@ def test_influence_under_ddp_equals_one_process(ddp_run: Path) -> None:
     model = MLP(64, 10, hidden=(16,))
     model.load_state_dict(ranks[0]["state"])
     reference = category_influence(
-        model, DataLoader(datamodule.train_dataset, batch_size=100), DataLoader(datamodule.val_dataset, batch_size=100), 10
+        model,
+        DataLoader(datamodule.train_dataset, batch_size=100),
+        DataLoader(datamodule.val_dataset, batch_size=100),
+        10,
     )
     assert torch.isfinite(ranks[0]["influence"]).all()
     # Sums over two shards instead of one set: float32 summation order only.
@@ -259,11 +265,25 @@ def test_a_rollback_leaves_both_ranks_with_the_start_of_the_bad_epoch(ddp_run: P
 def test_cli_fit_with_ddp_records_its_intervention(tmp_path: Path) -> None:
     config = REPOSITORY / "configs" / "digits_direct_improvement.yaml"
     completed = subprocess.run(
-        [sys.executable, "-m", "lightning_pareto", "fit", "--config", str(config), "--trainer.strategy=ddp",
-         "--trainer.devices=2", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}",
-         "--trainer.enable_progress_bar=false"],
-        cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lightning_pareto",
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.strategy=ddp",
+            "--trainer.devices=2",
+            "--trainer.accelerator=cpu",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+        ],
+        cwd=tmp_path,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-6000:]
     (records_file,) = tmp_path.glob("lightning_logs/version_*/interventions.jsonl")
     records = [json.loads(line) for line in records_file.read_text().splitlines()]

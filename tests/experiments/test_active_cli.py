@@ -24,7 +24,9 @@ def _config(tmp_path: Path, **overrides) -> Path:
         "seeds": [0, 1],
         "strategies": STRATEGIES,
         "strategy_options": {
-            "fi": {"damping": 0.001}, "iv": {"damping": 0.001}, "bald": {"samples": 4, "input_dropout": 0.2},
+            "fi": {"damping": 0.001},
+            "iv": {"damping": 0.001},
+            "bald": {"samples": 4, "input_dropout": 0.2},
         },
         "initial_size": 10,
         "acquisition_size": 10,
@@ -111,8 +113,14 @@ def test_summary_curves_and_tensorboard_agree_with_the_csv(digits_run):
 
 def test_timing_table_is_printed(tmp_path, capsys):
     output = tmp_path / "out"
-    active.main(["--config", str(_config(tmp_path, strategies=["margin"], seeds=1, rounds=1, strategy_options={})),
-                 "--output_dir", str(output)])  # fmt: skip
+    active.main(
+        [
+            "--config",
+            str(_config(tmp_path, strategies=["margin"], seeds=1, rounds=1, strategy_options={})),
+            "--output_dir",
+            str(output),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "acquisition s (total)" in printed and "margin" in printed and "seed 0 margin" in printed
 

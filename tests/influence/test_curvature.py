@@ -89,8 +89,10 @@ def test_kfac_inverts_the_damped_kronecker_product(trained_mlp, digits64) -> Non
     curvature = fit_curvature(trained_mlp, loader(*digits64), curvature="kfac", damping=damping)
     factors = _mlp_factors(trained_mlp, *digits64)
     torch.manual_seed(1)
-    vectors = {name: torch.randn(3, *factors[name][1].shape[:1], factors[name][0].shape[0], dtype=torch.float64)
-               for name in factors}  # fmt: skip
+    vectors = {
+        name: torch.randn(3, *factors[name][1].shape[:1], factors[name][0].shape[0], dtype=torch.float64)
+        for name in factors
+    }
     solved = curvature.inverse_hvp(vectors)
     for name, (a, g) in factors.items():
         dense = torch.kron(g, a) + damping * torch.eye(g.shape[0] * a.shape[0], dtype=torch.float64)

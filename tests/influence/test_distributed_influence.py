@@ -56,12 +56,24 @@ def test_sharded_ranks_get_the_single_process_matrix(tmp_path: Path) -> None:
     port = str(_free_port())
     processes = []
     for rank in range(2):
-        environment = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE="2",
-                           OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
-        processes.append(subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)], env=environment,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))  # fmt: skip
+        environment = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            OMP_NUM_THREADS="1",
+            PYTHONPATH=os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
+        )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)],
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     for process in processes:
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output[-4000:]
@@ -72,7 +84,8 @@ def test_sharded_ranks_get_the_single_process_matrix(tmp_path: Path) -> None:
     x, y = digits()
     for curvature in ("ekfac", "exact"):
         torch.testing.assert_close(ranks[1]["results"][curvature], ranks[0]["results"][curvature], rtol=0, atol=0)
-        reference = category_influence(model, loader(x[:300], y[:300]), loader(x[300:500], y[300:500]), 10,
-                                       curvature=curvature)  # fmt: skip
+        reference = category_influence(
+            model, loader(x[:300], y[:300]), loader(x[300:500], y[300:500]), 10, curvature=curvature
+        )
         scale = float(reference.abs().max())
         torch.testing.assert_close(ranks[0]["results"][curvature], reference, rtol=1e-4, atol=1e-5 * scale)

@@ -157,8 +157,9 @@ def test_the_factor_pass_keeps_the_corrections_rows_and_gives_the_same_curvature
     from lightning_pareto.influence.kfac import correction, factors
 
     x, y = digits64
-    model = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(64, 10)).double()  # fmt: skip
+    model = nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 10)
+    ).double()
     data = loader(x, y)
 
     def fitted() -> dict[str, Tensor]:

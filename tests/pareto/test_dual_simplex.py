@@ -26,8 +26,13 @@ def _random_boxed_lp(seed: int, num_columns: int, num_ub: int = 4) -> dict[str, 
 def _highs(problem: dict[str, np.ndarray]):
     bounds = np.column_stack([np.zeros_like(problem["upper"]), problem["upper"]])
     return linprog(
-        problem["cost"], A_ub=problem["a_ub"], b_ub=problem["b_ub"], A_eq=problem["a_eq"], b_eq=problem["b_eq"],
-        bounds=bounds, method="highs",
+        problem["cost"],
+        A_ub=problem["a_ub"],
+        b_ub=problem["b_ub"],
+        A_eq=problem["a_eq"],
+        b_eq=problem["b_eq"],
+        bounds=bounds,
+        method="highs",
     )
 
 

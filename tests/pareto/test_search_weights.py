@@ -203,5 +203,8 @@ def test_the_best_candidates_weights_are_returned_after_many_evaluations(influen
     highs = WeightLP(influence, [0, 2], sifting=False).solve(result.thresholds, result.trust)
     gains = _relative_gains(influence, result.weights)
     assert result.fitness == pytest.approx(gains[0] + gains[2] - np.maximum(-gains[[1, 3]], 0.0).sum(), rel=1e-6)
-    assert highs.objective == pytest.approx(gains[0] * np.abs(influence[:, 0]).mean() / highs.scale[0]
-                                            + gains[2] * np.abs(influence[:, 2]).mean() / highs.scale[2], rel=1e-6)
+    assert highs.objective == pytest.approx(
+        gains[0] * np.abs(influence[:, 0]).mean() / highs.scale[0]
+        + gains[2] * np.abs(influence[:, 2]).mean() / highs.scale[2],
+        rel=1e-6,
+    )

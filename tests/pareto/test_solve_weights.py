@@ -66,9 +66,7 @@ def test_matches_an_independently_formulated_lp(num_samples: int) -> None:
     scale = np.abs(influence).mean(axis=0)
     tau = {0: 0.02 * scale[0], 2: 0.0, 4: 0.1 * scale[4]}
     solution = solve_weights(influence, targets, [tau[0], tau[2], tau[4]], w_min=0.2, w_max=2.5, trust=0.3)
-    expected_objective, expected_gains = reference_lp_gains(
-        influence, targets, tau, w_min=0.2, w_max=2.5, trust=0.3
-    )
+    expected_objective, expected_gains = reference_lp_gains(influence, targets, tau, w_min=0.2, w_max=2.5, trust=0.3)
     assert solution.status == "optimal"
     assert solution.objective == pytest.approx(expected_objective, rel=1e-7)
     # Target gains can split differently between optimal vertices; their scaled sum cannot.

@@ -82,7 +82,9 @@ def test_trim_accuracy_equals_training_directly_on_the_kept_subset() -> None:
     keep = kept_indices(150, outcome.removed)
     x, y = datamodule.train_arrays
     direct = copy.deepcopy(net).double()
-    optimizer = torch.optim.LBFGS(direct.parameters(), max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        direct.parameters(), max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -95,7 +97,9 @@ def test_trim_accuracy_equals_training_directly_on_the_kept_subset() -> None:
     x_test, y_test = datamodule.test_arrays
     accuracy = float((direct(x_test.double()).argmax(-1) == y_test).double().mean())
     assert outcome.test_acc == pytest.approx(accuracy)
-    assert outcome.precision["flipped_precision"] == corruption_precision(outcome.removed, datamodule)["flipped_precision"]
+    assert (
+        outcome.precision["flipped_precision"] == corruption_precision(outcome.removed, datamodule)["flipped_precision"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -144,10 +144,18 @@ class FactorAccumulator:
         if curvature not in ("kfac", "ekfac"):
             raise ValueError(f"in-training factors give curvature='kfac' or 'ekfac', got {curvature!r}")
         return fit_tracked_curvature(
-            self.model, train_loader, self.tracked, curvature=curvature, damping=damping, fisher="empirical",
-            seed=seed, correction_samples=correction_samples, factors=self.factors(), progress=progress,
+            self.model,
+            train_loader,
+            self.tracked,
+            curvature=curvature,
+            damping=damping,
+            fisher="empirical",
+            seed=seed,
+            correction_samples=correction_samples,
+            factors=self.factors(),
+            progress=progress,
             timings=timings,
-        )  # fmt: skip
+        )
 
     def _flush(self) -> None:
         """Add the recorded step when every tracked layer got its output gradients; forget it either way."""

@@ -117,12 +117,22 @@ def category_influence(
         return labels
 
     return _influence(
-        model, train_loader, val_loader, num_classes, class_of,
-        curvature=curvature, damping=damping, modules=modules, fisher=fisher, seed=seed,
-        curvature_samples=curvature_samples, correction_samples=correction_samples, progress=progress,
+        model,
+        train_loader,
+        val_loader,
+        num_classes,
+        class_of,
+        curvature=curvature,
+        damping=damping,
+        modules=modules,
+        fisher=fisher,
+        seed=seed,
+        curvature_samples=curvature_samples,
+        correction_samples=correction_samples,
+        progress=progress,
         timings=timings,
         group_names=[f"class {c}" for c in range(num_classes)],
-    )  # fmt: skip
+    )
 
 
 def influence_value(
@@ -161,12 +171,22 @@ def influence_value(
         return torch.zeros_like(labels)
 
     scores = _influence(
-        model, train_loader, val_loader, 1, whole_set,
-        curvature=curvature, damping=damping, modules=modules, fisher=fisher, seed=seed,
-        curvature_samples=curvature_samples, correction_samples=correction_samples, progress=progress,
+        model,
+        train_loader,
+        val_loader,
+        1,
+        whole_set,
+        curvature=curvature,
+        damping=damping,
+        modules=modules,
+        fisher=fisher,
+        seed=seed,
+        curvature_samples=curvature_samples,
+        correction_samples=correction_samples,
+        progress=progress,
         timings=timings,
         group_names=["validation set"],
-    )  # fmt: skip
+    )
     return scores[:, 0]
 
 
@@ -210,10 +230,18 @@ def _influence(
         )
     if fitted is None:
         fitted = fit_tracked_curvature(
-            model, train_loader, tracked, curvature=curvature, damping=damping, fisher=fisher, seed=seed,
-            curvature_samples=curvature_samples, correction_samples=correction_samples, progress=progress,
-        timings=timings,
-        )  # fmt: skip
+            model,
+            train_loader,
+            tracked,
+            curvature=curvature,
+            damping=damping,
+            fisher=fisher,
+            seed=seed,
+            curvature_samples=curvature_samples,
+            correction_samples=correction_samples,
+            progress=progress,
+            timings=timings,
+        )
     with influence_mode(model) as device:
         with timed(timings, "precondition", device):
             preconditioned, factored = precondition(fitted, queries, rows, counts)

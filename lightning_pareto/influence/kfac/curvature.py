@@ -109,10 +109,17 @@ class KroneckerCurvature(Curvature):
         self.tracked = dict(tracked)
         self.layers = dict(layers)
         self.fisher = fisher
-        eigenvalues = torch.cat([
-            torch.cat([layer.eigenvalues.flatten(), layer.residual if layer.residual is not None else layer.eigenvalues[:0, 0]])
-            for layer in self.layers.values()
-        ])  # fmt: skip
+        eigenvalues = torch.cat(
+            [
+                torch.cat(
+                    [
+                        layer.eigenvalues.flatten(),
+                        layer.residual if layer.residual is not None else layer.eigenvalues[:0, 0],
+                    ]
+                )
+                for layer in self.layers.values()
+            ]
+        )
         self.largest_eigenvalue = float(eigenvalues.max())
         resolved = resolve_damping(damping, self.largest_eigenvalue)
         smallest, largest = float(eigenvalues.min()) + resolved, float(eigenvalues.max()) + resolved

@@ -69,9 +69,9 @@ def _gradient_scores(per_sample: Callable[[int, int], Tensor], batch: int, query
     num_queries, outputs, inputs = query.shape
     flat_queries = query.reshape(num_queries, outputs * inputs).T
     chunk = max(1, _CHUNK_ELEMENTS // (outputs * inputs))
-    return torch.cat([
-        per_sample(start, min(start + chunk, batch)).flatten(1) @ flat_queries for start in range(0, batch, chunk)
-    ])  # fmt: skip
+    return torch.cat(
+        [per_sample(start, min(start + chunk, batch)).flatten(1) @ flat_queries for start in range(0, batch, chunk)]
+    )
 
 
 def _contract(a: Tensor, g: Tensor, query: Tensor) -> Tensor:

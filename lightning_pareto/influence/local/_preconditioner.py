@@ -88,9 +88,17 @@ def prepare_training_set(
     if not parameter_path:
         return train, operator, None
     preconditioner = fit_preconditioner(
-        kind, operator, model, train_loader, train, scope, damping,
-        chunk_size=chunk_size(operator.num_params, train), progress=progress, timings=timings,
-    )  # fmt: skip
+        kind,
+        operator,
+        model,
+        train_loader,
+        train,
+        scope,
+        damping,
+        chunk_size=chunk_size(operator.num_params, train),
+        progress=progress,
+        timings=timings,
+    )
     return train, operator, preconditioner
 
 
@@ -126,9 +134,14 @@ def fit_preconditioner(
     """
     if kind != "exact":
         curvature = fit_curvature(
-            model, train_loader, curvature=kind, damping=damping, modules=list(scope.tracked), progress=progress,
+            model,
+            train_loader,
+            curvature=kind,
+            damping=damping,
+            modules=list(scope.tracked),
+            progress=progress,
             timings=timings,
-        )  # fmt: skip
+        )
         return EngineInverse(curvature, scope)
     p = operator.num_params
     if p > MAX_EXACT_PARAMETERS:

@@ -123,10 +123,18 @@ def fi_active(
     alpha = check_alpha(alpha, names)
     device = model_device(model)
     factors = metric_factors(
-        model, labeled_loader, curvature=curvature, damping=damping, modules=modules,
-        approx="kfsvd" if "kfsvd" in names else None, rank=rank, seed=seed, svd_tol=svd_tol, progress=progress,
+        model,
+        labeled_loader,
+        curvature=curvature,
+        damping=damping,
+        modules=modules,
+        approx="kfsvd" if "kfsvd" in names else None,
+        rank=rank,
+        seed=seed,
+        svd_tol=svd_tol,
+        progress=progress,
         timings=timings,
-    )  # fmt: skip
+    )
     with timed(timings, "queries", device):
         gradients = query_gradients(model, pool_loader, modules=modules, labels="predicted")
     with timed(timings, "pairs", device):

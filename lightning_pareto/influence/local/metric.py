@@ -105,9 +105,15 @@ def metric_factors(
     device = model_device(model)
     with eval_mode(model):
         train, operator, preconditioner = prepare_training_set(
-            kind, model, scope, train_loader, damping, parameter_path=parameter_path, progress=progress,
+            kind,
+            model,
+            scope,
+            train_loader,
+            damping,
+            parameter_path=parameter_path,
+            progress=progress,
             timings=timings,
-        )  # fmt: skip
+        )
         with timed(timings, "metric", device):
             whitened_parts, row_parts = [], []
             for x, y, jacobian, whitened in factor_chunks(

@@ -82,8 +82,10 @@ def sgd_models(single_thread, digits_data) -> dict[str, nn.Module]:  # noqa: F81
     """Models part-way through training (largest eigenvalue ~1-3), where damping matters."""
     x, y = digits_data
     with torch.random.fork_rng():
-        return {"mlp": train_sgd(mlp(), x[:1000], y[:1000], epochs=5, lr=0.1),
-                "cnn": train_sgd(cnn(), x[:1000], y[:1000], epochs=5, lr=0.05)}  # fmt: skip
+        return {
+            "mlp": train_sgd(mlp(), x[:1000], y[:1000], epochs=5, lr=0.1),
+            "cnn": train_sgd(cnn(), x[:1000], y[:1000], epochs=5, lr=0.05),
+        }
 
 
 @pytest.mark.parametrize(
@@ -126,8 +128,14 @@ def test_removal_prediction_matches_leave_one_out_retraining(digits_data) -> Non
         return loss + 0.5 * l2 * sum(p.square().sum() for p in model.parameters())
 
     def fit(model: nn.Module, keep: Tensor, tolerance: float) -> nn.Module:
-        optimizer = torch.optim.LBFGS(model.parameters(), max_iter=2000, tolerance_grad=tolerance,
-                                      tolerance_change=0.0, history_size=50, line_search_fn="strong_wolfe")  # fmt: skip
+        optimizer = torch.optim.LBFGS(
+            model.parameters(),
+            max_iter=2000,
+            tolerance_grad=tolerance,
+            tolerance_change=0.0,
+            history_size=50,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure() -> Tensor:
             optimizer.zero_grad()
