@@ -1,7 +1,7 @@
 """The derivatives FI needs of one model, as batched products (never a per-sample ``J`` matrix).
 
 For a sample ``(x, y)`` with ``x`` flattened to ``d`` entries, ``theta`` the flat tracked
-parameters (``p`` entries, see ``_fi_scope``) and ``L = -log softmax(f(x; theta))[y]``, write
+parameters (``p`` entries, see ``_scope``) and ``L = -log softmax(f(x; theta))[y]``, write
 ``J(z) = d/dx d/dtheta L`` (``p x d``). Every FI quantity is built from these batched products.
 All tensors are float64; ``b`` is the batch size, ``m`` a number of vectors per sample.
 """
