@@ -29,7 +29,8 @@ class InterventionSettings:
         damping: Curvature damping ``lambda >= 0``; ``None`` picks 0.1 times the curvature's largest
             eigenvalue.
         curvature_samples: Fit the curvature on about this many training samples (a seeded subset; every
-            sample is still scored), or ``None`` for all. Speeds up large training sets.
+            sample is still scored), ``"auto"`` (default: 10,000 when the training set is larger, else
+            all) or ``None`` for all. Speeds up large training sets.
         modules: Layers the influence differentiates, e.g. ``["head"]`` for the last layer only (names in
             ``pl_module.net``); ``None`` uses every Linear/Conv2d layer.
         fitness: How the GA scores a candidate: ``"predicted"`` (first-order gains, no training, fast) or
@@ -53,7 +54,7 @@ class InterventionSettings:
 
     curvature: CurvatureName = "ekfac"
     damping: float | None = None
-    curvature_samples: int | None = None
+    curvature_samples: int | Literal["auto"] | None = "auto"
     modules: Sequence[str] | None = None
     fitness: FitnessMode = "predicted"
     trial_batches: int | None = None
@@ -73,9 +74,12 @@ class InterventionSettings:
             _is_number(self.damping) and math.isfinite(self.damping) and self.damping >= 0
         ):
             raise ValueError(f"damping must be None (automatic) or a finite number >= 0, got {self.damping!r}.")
-        if self.curvature_samples is not None and not (_is_int(self.curvature_samples) and self.curvature_samples >= 1):
+        if self.curvature_samples not in (None, "auto") and not (
+            _is_int(self.curvature_samples) and self.curvature_samples >= 1
+        ):
             raise ValueError(
-                f"curvature_samples must be None (every sample) or a positive integer, got {self.curvature_samples!r}."
+                "curvature_samples must be 'auto', None (every sample) or a positive integer, "
+                f"got {self.curvature_samples!r}."
             )
         if self.modules is not None:
             if isinstance(self.modules, str) or not all(isinstance(m, str) for m in self.modules) or not self.modules:

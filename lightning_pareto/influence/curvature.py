@@ -35,6 +35,7 @@ from lightning_pareto.influence._subset import (
     check_curvature_samples,
     correction_subset,
     curvature_batches,
+    factor_subset,
     subset_rows,
 )
 from lightning_pareto.influence._timings import InfluenceTimings, timed
@@ -73,7 +74,7 @@ def fit_curvature(
     modules: Sequence[str] | None = None,
     fisher: str = "empirical",
     seed: int = 0,
-    curvature_samples: int | None = None,
+    curvature_samples: int | str | None = "auto",
     correction_samples: int | str | None = "auto",
     progress: bool | None = None,
     timings: InfluenceTimings | None = None,
@@ -96,8 +97,9 @@ def fit_curvature(
         fisher: ``"empirical"``, ``"sampled"`` or (exact only) ``"ggn"``.
         seed: Seed of the label sampler for ``fisher="sampled"`` and of the ``curvature_samples`` subset.
         curvature_samples: Fit on about this many training samples, a seeded systematic subset of the
-            loader's rows (see ``_subset``), or ``None`` (default) for every sample. The
-            passes cost time in proportion to the samples they see.
+            loader's rows (see ``_subset``); ``"auto"`` (default) ``DEFAULT_CURVATURE_SAMPLES`` (10,000)
+            for K-FAC/EKFAC when the loader's sized ``dataset`` is larger, else every sample; ``None``
+            for every sample. The passes cost time in proportion to the samples they see.
         correction_samples: Samples of EKFAC's eigenvalue-correction pass (a seeded subset, at most
             ``curvature_samples``): ``"auto"`` (default) ``DEFAULT_CORRECTION_SAMPLES`` (2,000) when the
             loader has a sized ``dataset``, an int, or ``None`` for every sample.
@@ -142,7 +144,7 @@ def fit_tracked_curvature(
     damping: float | None,
     fisher: str,
     seed: int,
-    curvature_samples: int | None = None,
+    curvature_samples: int | str | None = "auto",
     correction_samples: int | str | None = "auto",
     factors: Mapping[str, tuple[Tensor, Tensor]] | None = None,
     progress: bool | None,
@@ -153,6 +155,11 @@ def fit_tracked_curvature(
     ``factors`` (K-FAC/EKFAC): the ``(A, G)`` of every layer, already accumulated (``FactorAccumulator``),
     in place of the factor pass.
     """
+    # "auto" subsamples K-FAC/EKFAC factors only: "exact" stays the exact curvature of every sample.
+    if curvature == "exact":
+        curvature_samples = None if curvature_samples == "auto" else curvature_samples
+    else:
+        curvature_samples = factor_subset(curvature_samples, train_loader)
     correction_samples = correction_subset(curvature_samples, correction_samples, train_loader)
     correction_loader = curvature_batches(train_loader, correction_samples, seed)
     # With the empirical Fisher over every row, the factor pass keeps the correction's rows (one pass fewer).

@@ -183,3 +183,28 @@ def test_the_factor_pass_keeps_the_corrections_rows_and_gives_the_same_curvature
         model, data, curvature="ekfac", damping=0.05, fisher="sampled", correction_samples=correction_samples
     )
     assert passes == [1] and set(_eigenvalues(sampled)) == set(two_passes)  # the sampled Fisher keeps its own pass
+
+
+def test_auto_fits_the_factors_on_a_subset_only_of_a_large_training_set(digits64, monkeypatch) -> None:
+    from lightning_pareto.influence import _subset
+
+    x, y = digits64
+    model = train(mlp().double(), x, y, steps=60)
+    data = loader(x, y)
+
+    def factors(curvature: str = "ekfac", **options) -> dict[str, Tensor]:
+        fitted = fit_curvature(model, data, curvature=curvature, damping=0.05, seed=7, **options)
+        return {"matrix": fitted.matrix} if curvature == "exact" else _eigenvalues(fitted)
+
+    def same(left: dict[str, Tensor], right: dict[str, Tensor]) -> bool:
+        return all(torch.allclose(left[name], right[name], rtol=1e-12, atol=0) for name in left)
+
+    # 600 samples, at most the default: "auto" (the default) fits on every one.
+    assert same(factors(), factors(curvature_samples=None))
+    # A training set larger than the default: "auto" is the default's subset, which the hand-written
+    # reference above checks row by row for an explicit size.
+    monkeypatch.setattr(_subset, "DEFAULT_CURVATURE_SAMPLES", 200)
+    assert same(factors(), factors(curvature_samples=200))
+    assert not same(factors(), factors(curvature_samples=None))
+    # "exact" stays exact: "auto" does not subsample the dense curvature.
+    assert same(factors("exact"), factors("exact", curvature_samples=None))

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from lightning_pareto._distributed import is_distributed
 from lightning_pareto.influence._base import Curvature, resolve_damping
 from lightning_pareto.influence._passes import influence_mode
-from lightning_pareto.influence._subset import check_curvature_samples, curvature_batches
+from lightning_pareto.influence._subset import check_curvature_samples, curvature_batches, factor_subset
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.capture import tracked_modules
 from lightning_pareto.influence.curvature import check_options, fit_tracked_curvature
@@ -45,7 +45,7 @@ def category_influence(
     modules: Sequence[str] | None = None,
     fisher: str = "empirical",
     seed: int = 0,
-    curvature_samples: int | None = None,
+    curvature_samples: int | str | None = "auto",
     correction_samples: int | str | None = "auto",
     progress: bool | None = None,
     timings: InfluenceTimings | None = None,
@@ -70,8 +70,9 @@ def category_influence(
         fisher: Curvature's labels: ``"empirical"``, ``"sampled"``, or ``"ggn"`` (exact only).
         seed: Seed of the label sampler for ``fisher="sampled"`` and of the ``curvature_samples`` subset.
         curvature_samples: Fit the curvature on about this many training samples (a seeded systematic
-            subset, see ``fit_curvature``) instead of all of them; every sample is still scored. ``None``
-            (default): all. Not used with a fitted ``Curvature``.
+            subset, see ``fit_curvature``) instead of all of them; every sample is still scored.
+            ``"auto"`` (default): 10,000 for K-FAC/EKFAC when the training set is larger, else all;
+            ``None``: all. Not used with a fitted ``Curvature``.
         correction_samples: Samples of EKFAC's eigenvalue-correction pass (see ``fit_curvature``):
             ``"auto"`` (default) 2,000 for a loader with a sized ``dataset``, an int, or ``None`` for all.
             Not used with a fitted ``Curvature``.
@@ -146,7 +147,7 @@ def influence_value(
     modules: Sequence[str] | None = None,
     fisher: str = "empirical",
     seed: int = 0,
-    curvature_samples: int | None = None,
+    curvature_samples: int | str | None = "auto",
     correction_samples: int | str | None = "auto",
     progress: bool | None = None,
     timings: InfluenceTimings | None = None,
@@ -202,7 +203,7 @@ def _influence(
     modules: Sequence[str] | None,
     fisher: str,
     seed: int,
-    curvature_samples: int | None,
+    curvature_samples: int | str | None,
     correction_samples: int | str | None,
     progress: bool | None,
     timings: InfluenceTimings | None,
@@ -219,7 +220,9 @@ def _influence(
         resolve_damping(damping, 1.0)  # validate before any pass
         check_curvature_samples(curvature_samples)
         check_curvature_samples(correction_samples, "correction_samples")
-        curvature_batches(train_loader, curvature_samples, seed)  # a loader it cannot subset fails here
+        curvature_batches(
+            train_loader, factor_subset(curvature_samples, train_loader), seed
+        )  # a loader it cannot subset fails here
         tracked = tracked_modules(model, modules)
         fitted = None
     # The validation pass runs first so that bad labels fail before the training passes.
