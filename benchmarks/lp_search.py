@@ -220,11 +220,8 @@ def warm_start_comparison(num_samples: int, repeats: int, lps: int = 20) -> dict
     ]
 
     def rhs(thresholds: np.ndarray) -> np.ndarray:
-        # The LP's upper row bounds for these thresholds, as WeightLP.solve builds them for the full level.
-        loss_bounds = np.minimum(
-            thresholds / ours.column_scale[non_targets], ours._max_row_loss[non_targets] * TRUST + 1.0
-        )
-        return np.concatenate([loss_bounds, np.zeros(len(TARGETS)), [TRUST]]) * num_samples
+        # The full LP's upper row bounds for these thresholds, as WeightLP.solve builds them.
+        return ours.row_bounds_per_sample(ours.expand_thresholds(thresholds), TRUST) * num_samples
 
     full_lp = ours._levels[-1][2]
     rows = np.arange(len(non_targets), dtype=np.int32)

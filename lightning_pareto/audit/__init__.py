@@ -7,7 +7,7 @@ The maths (table, suspect rule, removal bookkeeping) is numpy and torch only, wi
 """
 
 from lightning_pareto.audit.figures import as_images, figure_pixels, removal_figure, top_samples_figure
-from lightning_pareto.audit.quality import class_accuracy, flip_detection
+from lightning_pareto.audit.quality import flip_detection
 from lightning_pareto.audit.removal import KINDS, RemovalCheck, rank_correlation, removal_sets, run_removal_check
 from lightning_pareto.audit.report import audit_samples, training_labels, write_audit
 from lightning_pareto.audit.suspects import column_scale, likely_labels, suspect_scores, suspects
@@ -21,7 +21,6 @@ __all__ = [
     "as_images",
     "audit_samples",
     "audit_table",
-    "class_accuracy",
     "column_scale",
     "figure_pixels",
     "flip_detection",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["class_accuracy", "flip_detection"]
+__all__ = ["flip_detection"]
 
 
 def _precision_recall(flagged: np.ndarray, flipped: np.ndarray) -> tuple[float, float]:
@@ -51,17 +51,3 @@ def flip_detection(suspect: np.ndarray, flipped_indices: np.ndarray, training_lo
         "loss_precision": loss_precision,
         "loss_recall": loss_recall,
     }
-
-
-def class_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Accuracy of every class, ``(K,)`` float64, NaN for a class without samples.
-
-    Example:
-        >>> class_accuracy(np.array([0, 1, 1, 2]), np.array([0, 1, 0, 1]), 3)
-        array([0.5, 0.5, nan])
-    """
-    predicted, labels = np.asarray(predicted), np.asarray(labels)
-    total = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    correct = np.bincount(labels[predicted == labels], minlength=num_classes).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)

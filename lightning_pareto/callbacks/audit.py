@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
 from torch.utils.data import DataLoader
 
+from lightning_pareto._modes import eval_mode
 from lightning_pareto.audit import AuditTable, as_images, audit_samples, write_audit
+from lightning_pareto.callbacks._run import influence_model
 from lightning_pareto.callbacks.monitor import resolve_class_names
 
 __all__ = ["InfluenceAudit"]
@@ -93,11 +94,7 @@ class InfluenceAudit(Callback):
             raise RuntimeError("needs one training and one validation DataLoader on the Trainer")
         dataset = train.dataset
         unshuffled = DataLoader(dataset, batch_size=train.batch_size or 64, shuffle=False)
-        net = getattr(pl_module, "net", None)
-        net = net if isinstance(net, nn.Module) else pl_module
-        training = net.training
-        net.eval()
-        try:
+        with eval_mode(influence_model(pl_module)) as net:
             self.table = audit_samples(
                 net,
                 unshuffled,
@@ -109,8 +106,6 @@ class InfluenceAudit(Callback):
                 damping=self.damping,
                 modules=self.modules,
             )
-        finally:
-            net.train(training)
         output = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "audit")
         writer = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
         written = write_audit(

@@ -40,18 +40,21 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from lightning_pareto._modes import eval_mode
 from lightning_pareto._quiet import quiet_lightning
 from lightning_pareto.audit import (
     KINDS,
     AuditTable,
     as_images,
     audit_samples,
-    class_accuracy,
     flip_detection,
     removal_figure,
     run_removal_check,
     write_audit,
 )
+from lightning_pareto.callbacks._accuracy import per_class_accuracy
+from lightning_pareto.callbacks._run import influence_model
+from lightning_pareto.influence.batches import unpack_batch
 
 __all__ = ["build_parser", "main", "retrain_accuracy", "run_audit"]
 
@@ -150,12 +153,6 @@ def _build_cli(fit_argv: Sequence[str]) -> Any:
             sys.argv[1:] = program
 
 
-def _network(module: nn.Module) -> nn.Module:
-    """The classifier network (``module.net`` for :class:`ClassifierModule`, so ``--modules`` names its layers)."""
-    net = getattr(module, "net", None)
-    return net if isinstance(net, nn.Module) else module
-
-
 def _load_checkpoint(module: nn.Module, path: Path) -> None:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     if "state_dict" not in checkpoint:
@@ -173,21 +170,14 @@ def _datasets(datamodule: Any) -> tuple[Any, DataLoader, DataLoader, int]:
     return shuffled.dataset, train, val, batch_size
 
 
-def _predictions(net: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Predicted classes, labels and per-sample cross-entropy over a loader, in eval mode."""
-    predicted, labels, losses = [], [], []
-    training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                logits = net(batch[0])
-                predicted.append(logits.argmax(dim=-1))
-                labels.append(batch[1])
-                losses.append(F.cross_entropy(logits, batch[1], reduction="none"))
-    finally:
-        net.train(training)
-    return torch.cat(predicted).numpy(), torch.cat(labels).numpy(), torch.cat(losses).numpy()
+def _training_losses(net: nn.Module, loader: DataLoader) -> np.ndarray:
+    """Per-sample cross-entropy over a loader, in eval mode (the loss baseline of flip detection)."""
+    losses = []
+    with eval_mode(net), torch.no_grad():
+        for batch in loader:
+            x, y, _ = unpack_batch(batch)
+            losses.append(F.cross_entropy(net(x), y, reduction="none"))
+    return torch.cat(losses).numpy()
 
 
 def _parse_image_shape(option: str) -> str | tuple[int, ...] | None:
@@ -239,8 +229,7 @@ def retrain_accuracy(fit_argv: Sequence[str], keep: np.ndarray, seed: int, threa
         train = DataLoader(Subset(dataset, np.asarray(keep).tolist()), batch_size=batch_size, shuffle=True)
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
     datamodule.setup("test")
-    predicted, labels, _ = _predictions(_network(module), datamodule.test_dataloader())
-    return class_accuracy(predicted, labels, int(module.num_classes))
+    return per_class_accuracy(influence_model(module), datamodule.test_dataloader(), int(module.num_classes))
 
 
 def run_audit(args: argparse.Namespace, fit_argv: Sequence[str]) -> dict[str, Any]:
@@ -261,7 +250,7 @@ def run_audit(args: argparse.Namespace, fit_argv: Sequence[str]) -> dict[str, An
     _load_checkpoint(module, Path(args.ckpt_path))
     dataset, train, val, _ = _datasets(datamodule)
     names = list(getattr(module, "class_names", None) or [str(c) for c in range(module.num_classes)])
-    net = _network(module)
+    net = influence_model(module)
     net.eval()  # dropout off, batch-norm statistics fixed while influence is computed
     table = audit_samples(
         net,
@@ -297,8 +286,7 @@ def run_audit(args: argparse.Namespace, fit_argv: Sequence[str]) -> dict[str, An
         )
         flipped = getattr(datamodule, "flipped_indices", None)
         if flipped is not None and len(flipped) > 0:
-            _, _, loss = _predictions(net, train)
-            quality = flip_detection(table.suspect, np.asarray(flipped), loss)
+            quality = flip_detection(table.suspect, np.asarray(flipped), _training_losses(net, train))
             (output / "flip_detection.json").write_text(json.dumps(quality, indent=1))
             summary["flip_detection"] = quality
             print(

@@ -51,11 +51,20 @@ __all__ = ["CURVATURES", "check_options", "fit_curvature"]
 CURVATURES = ("exact", "kfac", "ekfac")
 
 
-def check_options(curvature: str, fisher: str) -> None:
-    """Validate the ``curvature`` and ``fisher`` arguments.
+def check_options(
+    curvature: str,
+    fisher: str,
+    *,
+    damping: float | None = None,
+    curvature_samples: int | str | None = None,
+    correction_samples: int | str | None = None,
+) -> None:
+    """Validate the curvature options before any pass over the data.
 
     Raises:
-        ValueError: If either is unknown, or ``fisher="ggn"`` is asked of K-FAC/EKFAC.
+        ValueError: If ``curvature`` or ``fisher`` is unknown, ``fisher="ggn"`` is asked of K-FAC/EKFAC,
+            or ``damping`` or a subset size is out of range.
+        TypeError: If a subset size has the wrong type.
     """
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
@@ -63,6 +72,9 @@ def check_options(curvature: str, fisher: str) -> None:
         raise ValueError(f"fisher must be one of {FISHERS}, got {fisher!r}")
     if fisher == "ggn" and curvature != "exact":
         raise ValueError(f"fisher='ggn' needs curvature='exact'; {curvature} supports 'empirical' and 'sampled'")
+    resolve_damping(damping, 1.0)
+    check_curvature_samples(curvature_samples)
+    check_curvature_samples(correction_samples, "correction_samples")
 
 
 def fit_curvature(
@@ -115,10 +127,13 @@ def fit_curvature(
             given for a loader without a sized ``dataset``.
         FloatingPointError: If the curvature is not finite (NaN/inf in the model or the data).
     """
-    check_options(curvature, fisher)
-    resolve_damping(damping, 1.0)  # validate before any pass
-    check_curvature_samples(curvature_samples)
-    check_curvature_samples(correction_samples, "correction_samples")
+    check_options(
+        curvature,
+        fisher,
+        damping=damping,
+        curvature_samples=curvature_samples,
+        correction_samples=correction_samples,
+    )
     tracked = tracked_modules(model, modules)
     return fit_tracked_curvature(
         model,

@@ -234,12 +234,7 @@ class WeightLP:
         per_class = self.expand_thresholds(thresholds)
         if not (np.isfinite(trust) and trust > 0):
             raise ValueError(f"`trust` must be a finite number > 0 (mean |w - 1| allowed); got {trust!r}.")
-        non_targets = list(self.non_targets)
-        loss_bounds = np.minimum(
-            per_class[non_targets] / self.column_scale[non_targets], self._max_row_loss[non_targets] * trust + 1.0
-        )
-        # Right-hand side per sample; a subset of m samples gets m times it.
-        b_ub_per_sample = np.concatenate([loss_bounds, np.zeros(len(self.targets)), [trust]])
+        b_ub_per_sample = self.row_bounds_per_sample(per_class, trust)
         with single_blas_thread():
             result = self._solve_nested(b_ub_per_sample)
             delta = None if result.x is None else result.x[: self.num_samples] - result.x[self.num_samples :]
@@ -276,6 +271,23 @@ class WeightLP:
             trust=float(trust),
             targets=self.targets,
         )
+
+    def row_bounds_per_sample(self, per_class: np.ndarray, trust: float) -> np.ndarray:
+        """Upper bounds of the LP's inequality rows per sample (a subset of m samples gets m times them).
+
+        Args:
+            per_class: Thresholds per class from :meth:`expand_thresholds`.
+            trust: Trust radius ``rho > 0``.
+
+        Returns:
+            Float64 array: the non-target loss rows, the target rows (0) and the trust row, in the LP's row order.
+        """
+        non_targets = list(self.non_targets)
+        # An infinite threshold is capped where it cannot bind: no trust-region step can lose more.
+        loss_bounds = np.minimum(
+            per_class[non_targets] / self.column_scale[non_targets], self._max_row_loss[non_targets] * trust + 1.0
+        )
+        return np.concatenate([loss_bounds, np.zeros(len(self.targets)), [trust]])
 
     @property
     def bases_found(self) -> int:

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_pareto._distributed import is_distributed
-from lightning_pareto.influence._base import Curvature, resolve_damping
+from lightning_pareto.influence._base import Curvature
 from lightning_pareto.influence._passes import influence_mode
-from lightning_pareto.influence._subset import check_curvature_samples, curvature_batches, factor_subset
+from lightning_pareto.influence._subset import curvature_batches, factor_subset
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.capture import tracked_modules
 from lightning_pareto.influence.curvature import check_options, fit_tracked_curvature
@@ -216,10 +216,13 @@ def _influence(
         tracked = curvature.tracked
         fitted: Curvature | None = curvature.with_damping(damping) if damping is not None else curvature
     else:
-        check_options(curvature, fisher)
-        resolve_damping(damping, 1.0)  # validate before any pass
-        check_curvature_samples(curvature_samples)
-        check_curvature_samples(correction_samples, "correction_samples")
+        check_options(
+            curvature,
+            fisher,
+            damping=damping,
+            curvature_samples=curvature_samples,
+            correction_samples=correction_samples,
+        )
         curvature_batches(
             train_loader, factor_subset(curvature_samples, train_loader), seed
         )  # a loader it cannot subset fails here
