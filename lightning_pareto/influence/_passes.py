@@ -134,32 +134,58 @@ class CapturedBatch:
             capture: A ``LayerCapture`` over the same layers that writes the stored batch's ``layers``
                 (not the pass's own, whose buffers the next batch overwrites).
         """
-        raw = {
-            name: (
-                [x.index_select(0, rows.to(x.device)) for x in inputs],
-                [g.index_select(0, rows.to(g.device)) for g in grads],
-            )
-            for name, (inputs, grads) in self._raw.items()
-        }
-        return StoredBatch(capture, raw, rows.numel())
+        return _copied_rows(self._raw, rows, capture, self.index)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the recorded tensors, what a ``subset`` of every row would hold."""
+        return _recorded_bytes(self._raw)
 
 
 class StoredBatch:
-    """Recorded layer inputs and output gradients kept from a pass: ``raw``, ``layers`` and ``size`` as in ``CapturedBatch``."""
+    """Recorded layer inputs and output gradients kept from a pass: ``raw``, ``layers``, ``size`` and ``index`` as in ``CapturedBatch``."""
 
-    def __init__(self, capture: LayerCapture, raw: Mapping[str, tuple[list[Tensor], list[Tensor]]], size: int) -> None:
+    def __init__(
+        self,
+        capture: LayerCapture,
+        raw: Mapping[str, tuple[list[Tensor], list[Tensor]]],
+        size: int,
+        index: Tensor | None = None,
+    ) -> None:
         self._raw = dict(raw)
         self.layers: Mapping[str, tuple[Tensor, Tensor]] = _LayerRows(capture, self._raw)
-        self.size = size
+        self.size, self.index = size, index
 
     def raw(self, name: str) -> tuple[list[Tensor], list[Tensor]]:
         """The layer's inputs and output gradients, one per call."""
         return self._raw[name]
 
+    def subset(self, rows: Tensor, capture: LayerCapture) -> StoredBatch:
+        """Copies of the given rows, as ``CapturedBatch.subset``."""
+        return _copied_rows(self._raw, rows, capture, self.index)
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the recorded tensors."""
-        return sum(t.numel() * t.element_size() for inputs, grads in self._raw.values() for t in (*inputs, *grads))
+        return _recorded_bytes(self._raw)
+
+
+def _recorded_bytes(raw: Mapping[str, tuple[list[Tensor], list[Tensor]]]) -> int:
+    return sum(t.numel() * t.element_size() for inputs, grads in raw.values() for t in (*inputs, *grads))
+
+
+def _copied_rows(
+    raw: Mapping[str, tuple[list[Tensor], list[Tensor]]], rows: Tensor, capture: LayerCapture, index: Tensor | None
+) -> StoredBatch:
+    """A ``StoredBatch`` of copies of ``rows`` (positions in the batch) of every layer's recorded tensors."""
+    copied = {
+        name: (
+            [x.index_select(0, rows.to(x.device)) for x in inputs],
+            [g.index_select(0, rows.to(g.device)) for g in grads],
+        )
+        for name, (inputs, grads) in raw.items()
+    }
+    return StoredBatch(capture, copied, rows.numel(), None if index is None else index[rows])
 
 
 class _LayerRows(Mapping):

@@ -55,6 +55,12 @@ def check_curvature_samples(samples: int | str | None, name: str = "curvature_sa
         raise ValueError(f"{name} must be >= 1 (or None for every sample), got {samples}")
 
 
+def dataset_size(loader: Iterable) -> int | None:
+    """``len(loader.dataset)``, or ``None`` for a loader without a sized ``dataset``."""
+    dataset = getattr(loader, "dataset", None)
+    return len(dataset) if isinstance(dataset, Sized) else None
+
+
 def factor_subset(curvature_samples: int | str | None, loader: Iterable) -> int | None:
     """How many samples the factor pass sees: ``"auto"`` is ``DEFAULT_CURVATURE_SAMPLES`` for a loader
     whose sized ``dataset`` is larger than that, else every sample (``None``).
@@ -67,9 +73,8 @@ def factor_subset(curvature_samples: int | str | None, loader: Iterable) -> int 
     """
     if curvature_samples != "auto":
         return curvature_samples
-    dataset = getattr(loader, "dataset", None)
-    large = isinstance(dataset, Sized) and len(dataset) > DEFAULT_CURVATURE_SAMPLES
-    return DEFAULT_CURVATURE_SAMPLES if large else None
+    size = dataset_size(loader)
+    return DEFAULT_CURVATURE_SAMPLES if size is not None and size > DEFAULT_CURVATURE_SAMPLES else None
 
 
 def correction_subset(
@@ -81,8 +86,7 @@ def correction_subset(
     one without, whose size is unknown).
     """
     if correction_samples == "auto":
-        sized = isinstance(getattr(loader, "dataset", None), Sized)
-        correction_samples = DEFAULT_CORRECTION_SAMPLES if sized else None
+        correction_samples = DEFAULT_CORRECTION_SAMPLES if dataset_size(loader) is not None else None
     sizes = [size for size in (curvature_samples, correction_samples) if size is not None]
     return min(sizes) if sizes else None
 

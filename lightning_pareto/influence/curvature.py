@@ -30,16 +30,17 @@ from torch import Tensor, nn
 
 from lightning_pareto.influence._base import Curvature, resolve_damping
 from lightning_pareto.influence._layout import tracked_parameter_count
-from lightning_pareto.influence._passes import FISHERS, influence_mode
+from lightning_pareto.influence._passes import FISHERS, StoredBatch, influence_mode
 from lightning_pareto.influence._subset import (
     check_curvature_samples,
     correction_subset,
     curvature_batches,
+    dataset_size,
     factor_subset,
     subset_rows,
 )
 from lightning_pareto.influence._timings import InfluenceTimings, timed
-from lightning_pareto.influence.capture import tracked_modules
+from lightning_pareto.influence.capture import LayerCapture, tracked_modules
 from lightning_pareto.influence.exact import MAX_EXACT_PARAMETERS, ExactCurvature, dense_curvature
 from lightning_pareto.influence.kfac.correction import corrected_eigenvalues
 from lightning_pareto.influence.kfac.curvature import KroneckerCurvature
@@ -164,11 +165,14 @@ def fit_tracked_curvature(
     factors: Mapping[str, tuple[Tensor, Tensor]] | None = None,
     progress: bool | None,
     timings: InfluenceTimings | None,
+    scored: list[StoredBatch] | None = None,
 ) -> Curvature:
     """``fit_curvature`` for layers already selected by ``tracked_modules`` and validated options.
 
     ``factors`` (K-FAC/EKFAC): the ``(A, G)`` of every layer, already accumulated (``FactorAccumulator``),
-    in place of the factor pass.
+    in place of the factor pass. ``scored``: a list the factor pass appends the whole indexed batches
+    it kept to (EKFAC with the empirical Fisher over every sample, see ``factors_keeping_rows``), for
+    the score phase to take instead of its own pass over them.
     """
     # "auto" subsamples K-FAC/EKFAC factors only: "exact" stays the exact curvature of every sample.
     if curvature == "exact":
@@ -198,9 +202,18 @@ def fit_tracked_curvature(
         if factors is None:
             with timed(timings, "factors", device):
                 if keep_rows:
-                    factors, stored = factors_keeping_rows(
-                        model, train_loader, tracked, seed=seed, progress=progress, rows=correction_rows
+                    factors, kept = factors_keeping_rows(
+                        model,
+                        train_loader,
+                        tracked,
+                        seed=seed,
+                        progress=progress,
+                        rows=correction_rows,
+                        samples=None if scored is None else dataset_size(train_loader),
                     )
+                    stored = kept.correction_batches(LayerCapture(tracked))
+                    if scored is not None:
+                        scored.extend(kept.scored)
                 else:
                     factors = kronecker_factors(
                         model, train_loader, tracked, fisher=fisher, seed=seed, progress=progress

@@ -208,3 +208,50 @@ def test_auto_fits_the_factors_on_a_subset_only_of_a_large_training_set(digits64
     assert not same(factors(), factors(curvature_samples=None))
     # "exact" stays exact: "auto" does not subsample the dense curvature.
     assert same(factors("exact"), factors("exact", curvature_samples=None))
+
+
+def _conv_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 10)
+    ).double()
+
+
+@pytest.mark.parametrize(
+    ("stash_bytes", "shuffle", "indexed", "scored_in_a_pass"),
+    [
+        (512 << 20, False, True, "none"),  # every batch kept whole: no score pass
+        (512 << 20, True, True, "none"),  # a reshuffled loader: rows are matched by index
+        (500_000, False, True, "some"),  # room for part of the set (780 kB): the pass scores the rest only
+        (512 << 20, False, False, "all"),  # (x, y) batches: rows have no index to be matched by
+    ],
+)
+def test_scores_of_the_rows_the_factor_pass_kept_equal_a_score_pass_over_every_row(
+    digits64, monkeypatch, stash_bytes, shuffle, indexed, scored_in_a_pass
+) -> None:
+    from lightning_pareto.influence.kfac import factors, scores
+
+    x, y = digits64
+    model = _conv_model()
+    dataset = TensorDataset(x[:480], y[:480], torch.arange(480)) if indexed else TensorDataset(x[:480], y[:480])
+    data = DataLoader(dataset, batch_size=64, shuffle=shuffle, generator=torch.Generator().manual_seed(3))
+    val = loader(x[480:], y[480:])
+    # The reference: a curvature fitted apart, so the score phase runs its own pass over every row.
+    # A reshuffled loader's subset rows differ from pass to pass: correct on every row there.
+    options = {"damping": 0.05, "seed": 1, "correction_samples": None if shuffle else 120}
+    expected = category_influence(model, data, val, 10, curvature=fit_curvature(model, data, **options))
+    monkeypatch.setattr(factors, "STASH_BYTES", stash_bytes)
+    rows_in_pass = []
+    original = scores.captured_batches
+
+    def counted(*args, **kwargs):
+        for batch in original(*args, **kwargs):
+            rows_in_pass.append(batch.size)
+            yield batch
+
+    monkeypatch.setattr(scores, "captured_batches", counted)
+    actual = category_influence(model, data, val, 10, **options)
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
+    assert torch.isfinite(actual).all()
+    seen = sum(rows_in_pass)
+    assert {"none": seen == 0, "some": 0 < seen < 480, "all": seen == 480}[scored_in_a_pass], seen

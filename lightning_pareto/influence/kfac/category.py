@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from lightning_pareto._distributed import is_distributed
 from lightning_pareto.influence._base import Curvature
-from lightning_pareto.influence._passes import influence_mode
+from lightning_pareto.influence._passes import StoredBatch, influence_mode
 from lightning_pareto.influence._subset import curvature_batches, factor_subset
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.capture import tracked_modules
@@ -234,6 +234,7 @@ def _influence(
         queries, rows, counts = mean_gradients(
             model, val_loader, tracked, num_groups, group_of, group_names, progress, keep_rows=not is_distributed()
         )
+    scored: list[StoredBatch] = []  # batches the factor pass kept whole: scored without a pass of their own
     if fitted is None:
         fitted = fit_tracked_curvature(
             model,
@@ -247,12 +248,14 @@ def _influence(
             correction_samples=correction_samples,
             progress=progress,
             timings=timings,
+            scored=scored,
         )
     with influence_mode(model) as device:
         with timed(timings, "precondition", device):
             preconditioned, factored = precondition(fitted, queries, rows, counts)
         with timed(timings, "scores", device):
-            scores = score(model, train_loader, tracked, preconditioned, factored, progress)
+            scores = score(model, train_loader, tracked, preconditioned, factored, progress, stored=scored)
+        scored.clear()
     cause = non_finite_cause(scores)
     if cause:
         warnings.warn(

@@ -7,13 +7,15 @@ chunks where that is cheaper than the contraction) and memory is bounded by the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from lightning_pareto._distributed import is_distributed, merge_rows
-from lightning_pareto.influence._passes import captured_batches
+from lightning_pareto.influence._passes import CapturedBatch, StoredBatch, captured_batches
+from lightning_pareto.influence._subset import dataset_size
+from lightning_pareto.influence.batches import unpack_batch
 from lightning_pareto.influence.kfac._conv_grads import grouped_gradients_pay, per_sample_conv_gradients
 from lightning_pareto.influence.kfac._factored_queries import FactoredQuery, keeps_rows
 
@@ -30,14 +32,18 @@ def score(
     queries: Mapping[str, Tensor],
     factored: Mapping[str, FactoredQuery],
     progress: bool | None,
+    stored: Sequence[StoredBatch] = (),
 ) -> Tensor:
     """Scores ``sum_layers sum_t g_t^T Q_k a_t`` of every training sample against the K queries.
 
     ``queries`` holds the dense preconditioned queries, ``factored`` those of the other layers.
+    ``stored``: indexed batches the factor pass recorded already (``factors_keeping_rows``), scored from
+    their copies; the pass over ``loader`` then runs over its other rows only, and not at all when
+    every row is stored.
     """
     queries = dict(queries)
-    rows: list[tuple[Tensor | None, Tensor]] = []
-    for batch in captured_batches(model, loader, tracked, desc="influence: scores", progress=progress):
+
+    def batch_scores(batch: CapturedBatch | StoredBatch) -> Tensor:
         total = None
         for name, module in tracked.items():
             inputs, grads = batch.raw(name)
@@ -52,9 +58,39 @@ def score(
                 a, g = batch.layers[name]
                 layer_scores = _contract(a, g, queries[name].to(a.dtype))
             total = layer_scores if total is None else total + layer_scores
-        rows.append((batch.index, total.float().cpu()))
+        return total.float().cpu()
+
+    rows: list[tuple[Tensor | None, Tensor]] = [(batch.index, batch_scores(batch)) for batch in stored]
+    remaining = loader
+    if stored:
+        done = torch.cat([batch.index for batch in stored])
+        if done.unique().numel() < (dataset_size(loader) or 0):
+            remaining = _RowsOtherThan(loader, done)
+        else:
+            remaining = []  # every row is scored (a loader that yields more is checked by _assemble)
+    for batch in captured_batches(model, remaining, tracked, desc="influence: scores", progress=progress):
+        rows.append((batch.index, batch_scores(batch)))
     width = next(iter(queries.values())).shape[0] if queries else next(iter(factored.values())).kept.shape[0]
     return _assemble(loader, rows, width=width)
+
+
+class _RowsOtherThan:
+    """The batches of ``loader`` without the rows whose dataset index is in ``done`` (batches left empty are skipped)."""
+
+    def __init__(self, loader: Iterable, done: Tensor) -> None:
+        self.loader, self.done = loader, done
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        for batch in self.loader:
+            x, y, index = unpack_batch(batch)
+            if index is None:
+                raise ValueError("train_loader mixes (x, y) and (x, y, index) batches")
+            index = torch.as_tensor(index, dtype=torch.int64)
+            rows = (~torch.isin(index, self.done)).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            y = torch.as_tensor(y)
+            yield x[rows.to(x.device) if isinstance(x, Tensor) else rows], y[rows.to(y.device)], index[rows]
 
 
 def _per_sample_scores(module: nn.Module, inputs: list[Tensor], grads: list[Tensor], query: Tensor) -> Tensor:
