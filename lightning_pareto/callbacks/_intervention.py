@@ -47,7 +47,7 @@ from lightning_pareto.callbacks._report import (
 from lightning_pareto.callbacks._run import check_strategy, influence_model, loss_function, rank_shard, trainer_datasets
 from lightning_pareto.callbacks._settings import InterventionSettings
 from lightning_pareto.callbacks._snapshot import preserved_rng
-from lightning_pareto.callbacks._trials import TrialFitness
+from lightning_pareto.callbacks._trials import TrialFitness, trial_batch_count
 from lightning_pareto.callbacks.monitor import PerClassAccuracy, require_monitor, resolve_class_names
 from lightning_pareto.weighting import (
     UNUSED_WEIGHTS,
@@ -392,9 +392,13 @@ class InterventionCallback(Callback):
             "target_counts": None if report.target_counts is None else vars(report.target_counts).copy(),
         }
         fitness: str | TrialFitness = "predicted"
+        trial_batches: int | None = None
         if settings.fitness == "trial":
             train_dataset, val_dataset, train_batch_size = trainer_datasets(trainer)
             val_loader = DataLoader(val_dataset, batch_size=settings.influence_batch_size, shuffle=False)
+            trial_batches = trial_batch_count(
+                settings.trial_batches, trainer.num_training_batches, len(train_dataset), train_batch_size
+            )
             fitness = TrialFitness(
                 influence_model(pl_module),
                 trainer.optimizers[0],
@@ -403,7 +407,7 @@ class InterventionCallback(Callback):
                 val_loader,
                 len(self.class_names),
                 batch_size=train_batch_size,
-                num_batches=settings.trial_batches,
+                num_batches=trial_batches,
                 seed=settings.seed,
             )
         show_progress = None if trainer.progress_bar_callback is not None else False
@@ -435,7 +439,10 @@ class InterventionCallback(Callback):
             )
         except Exception as error:  # noqa: BLE001 - a logging failure must not cost the intervention
             rank_zero_warn(f"{type(self).__name__}: could not log the intervention: {type(error).__name__}: {error}")
-        return _search_weights_or_reason(result, record)
+        weights = _search_weights_or_reason(result, record)
+        if isinstance(fitness, TrialFitness) and record.search is not None:
+            record.search["trial_batches"] = trial_batches  # None: a full epoch
+        return weights
 
     def _save_weights(
         self, log_dir: Path, record: InterventionRecord, weights: np.ndarray, influence: np.ndarray
