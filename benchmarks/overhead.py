@@ -130,7 +130,10 @@ def fit(arm: str, args: argparse.Namespace, di_kwargs: dict[str, Any], folder: s
     if arm == "di":
         intervention = callbacks[-1]
         result["records"] = [
-            {key: getattr(r, key, None) for key in ("status", "reason", "extra_epochs", "n_weighted")}
+            {
+                key: getattr(r, key, None)
+                for key in ("status", "reason", "extra_epochs", "n_weighted", "epoch_seconds", "cost_epochs")
+            }
             for r in getattr(intervention, "records", [])
         ]
     return result

@@ -13,7 +13,8 @@ data and model:
 Everything an intervention does is caught: a failure (NaN influence, infeasible LP, no improving
 candidate, any exception) leaves the weights uniform, warns, and is recorded as ``"skipped"`` with its
 reason. Each intervention is one JSON line in ``<log dir>/interventions.jsonl`` and, with a
-``TensorBoardLogger``, figures, a text summary and scalars under ``pareto/...``.
+``TensorBoardLogger``, figures, a text summary and scalars under ``pareto/...``. The callback times the
+fit's epochs itself, so each record also says what the intervention cost in epochs of this fit.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from lightning_pareto.callbacks._accuracy import finite_accuracy
 from lightning_pareto.callbacks._budget import EpochBudget
+from lightning_pareto.callbacks._cost import EpochClock, cost_in_epochs
 from lightning_pareto.callbacks._record import RECORDS_FILE, InterventionRecord, save_weights, write_records
 from lightning_pareto.callbacks._report import (
     intervention_label,
@@ -45,7 +47,7 @@ from lightning_pareto.callbacks._report import (
 from lightning_pareto.callbacks._run import check_strategy, influence_model, loss_function, rank_shard, trainer_datasets
 from lightning_pareto.callbacks._settings import InterventionSettings
 from lightning_pareto.callbacks._snapshot import preserved_rng
-from lightning_pareto.callbacks._trials import TrialFitness
+from lightning_pareto.callbacks._trials import TrialFitness, trial_batch_count
 from lightning_pareto.callbacks.monitor import PerClassAccuracy, require_monitor, resolve_class_names
 from lightning_pareto.weighting import (
     UNUSED_WEIGHTS,
@@ -79,6 +81,7 @@ class InterventionCallback(Callback):
     def __init__(self, settings: InterventionSettings) -> None:
         self.settings = settings
         self.budget = EpochBudget()
+        self.epoch_clock = EpochClock()
         self.records: list[InterventionRecord] = []
         self.class_names: list[str] = []
         self._monitor: PerClassAccuracy | None = None
@@ -141,11 +144,12 @@ class InterventionCallback(Callback):
                 rank_zero_warn(f"{type(self).__name__}: could not save {OUTCOME_FILE}: {type(error).__name__}: {error}")
 
     def state_dict(self) -> dict[str, Any]:
-        """The records so far and the epoch budget's extension (subclasses add their counters)."""
+        """The records so far, the epoch budget's extension and the epoch times (subclasses add their counters)."""
         return {
             "records": [record.to_dict() for record in self.records],
             "class_names": list(self.class_names),
             **self.budget.state_dict(),
+            "epoch_clock": self.epoch_clock.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -153,6 +157,7 @@ class InterventionCallback(Callback):
         self.records = [InterventionRecord.from_dict(r) for r in state_dict.get("records", [])]
         self.class_names = list(state_dict.get("class_names", self.class_names))
         self.budget.load_state_dict(state_dict)
+        self.epoch_clock.load_state_dict(state_dict.get("epoch_clock", {}))
 
     # ---------------------------------------------------------------- helpers for subclasses
     def new_record(
@@ -183,8 +188,22 @@ class InterventionCallback(Callback):
         return None if record is None else [float(a) for a in record["accuracy"]]
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Count the weight lookups of the epoch, to notice weights that never reach the loss."""
+        """Count the weight lookups of the epoch, to notice weights that never reach the loss; start its clock.
+
+        A subclass that works at the epoch's start restarts :attr:`epoch_clock` after that work, saying
+        whether the epoch is one an intervention added.
+        """
         self._lookups = require_sample_weights(pl_module, type(self).__name__).lookups
+        self.epoch_clock.start()
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A validation inside a training epoch ended: the epoch's clock stops here unless another follows."""
+        if not trainer.sanity_checking:
+            self.epoch_clock.validation_end()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Stop the epoch's clock (subclasses call this first: an intervention made at the end is not the epoch's)."""
+        self.epoch_clock.stop()
 
     def weights_unused(self, pl_module: LightningModule, record: InterventionRecord) -> bool:
         """Whether weights were in force for a whole epoch without one lookup (call at the epoch's end).
@@ -278,11 +297,21 @@ class InterventionCallback(Callback):
         """
         self.records.append(record)
         record.realise()
+        self._charge(record)
         self._mark(trainer, record)
         # Trainer.log_dir is a collective under DDP (rank zero broadcasts it): every rank asks for it.
         self._write(trainer, record, Path(trainer.log_dir or trainer.default_root_dir))
 
     # ---------------------------------------------------------------- internals
+    def _charge(self, record: InterventionRecord) -> None:
+        """Fill the record's epoch time and cost in epochs (``None`` if they cannot be had; never raises)."""
+        try:
+            record.epoch_seconds = self.epoch_clock.epoch_seconds()
+            record.cost_epochs = cost_in_epochs(record, record.epoch_seconds)
+        except Exception as error:  # noqa: BLE001 - a cost that cannot be counted must not cost the run
+            record.epoch_seconds = record.cost_epochs = None
+            rank_zero_warn(f"{type(self).__name__}: could not count the intervention's cost: {error}")
+
     def _mark(self, trainer: Trainer, record: InterventionRecord, start: bool = False) -> None:
         """Draw the intervention in the monitor's figures; at its start, also log ``pareto/interventions``."""
         if self._monitor is not None:
@@ -363,9 +392,13 @@ class InterventionCallback(Callback):
             "target_counts": None if report.target_counts is None else vars(report.target_counts).copy(),
         }
         fitness: str | TrialFitness = "predicted"
+        trial_batches: int | None = None
         if settings.fitness == "trial":
             train_dataset, val_dataset, train_batch_size = trainer_datasets(trainer)
             val_loader = DataLoader(val_dataset, batch_size=settings.influence_batch_size, shuffle=False)
+            trial_batches = trial_batch_count(
+                settings.trial_batches, trainer.num_training_batches, len(train_dataset), train_batch_size
+            )
             fitness = TrialFitness(
                 influence_model(pl_module),
                 trainer.optimizers[0],
@@ -374,7 +407,7 @@ class InterventionCallback(Callback):
                 val_loader,
                 len(self.class_names),
                 batch_size=train_batch_size,
-                num_batches=settings.trial_batches,
+                num_batches=trial_batches,
                 seed=settings.seed,
             )
         show_progress = None if trainer.progress_bar_callback is not None else False
@@ -406,7 +439,10 @@ class InterventionCallback(Callback):
             )
         except Exception as error:  # noqa: BLE001 - a logging failure must not cost the intervention
             rank_zero_warn(f"{type(self).__name__}: could not log the intervention: {type(error).__name__}: {error}")
-        return _search_weights_or_reason(result, record)
+        weights = _search_weights_or_reason(result, record)
+        if isinstance(fitness, TrialFitness) and record.search is not None:
+            record.search["trial_batches"] = trial_batches  # None: a full epoch
+        return weights
 
     def _save_weights(
         self, log_dir: Path, record: InterventionRecord, weights: np.ndarray, influence: np.ndarray

@@ -60,6 +60,14 @@ class InterventionRecord:
             (``"kept"``, ``"rollback"``, ``"shrink"``, ``"dropped"``; CC: ``"accepted"``, ``"rejected"``).
         extra_epochs: Training epochs the intervention added to the run: CC's redo, the paired guard's
             counterfactual epoch, rolled-back or rejected weighted tries (their cost beside ``seconds``).
+        epoch_seconds: The fit's epoch time the cost is counted in: the median wall time of its
+            epochs so far (training plus validation; epochs an intervention added left out), or
+            ``None`` if none was timed.
+        cost_epochs: The intervention's cost in epochs (seconds / ``epoch_seconds``), filled when it is
+            finished: ``influence``, ``search`` (the weight search, trials included), ``trials`` (trial
+            training alone; 0 with predicted fitness), ``other`` (the rest of ``seconds``: ceiling
+            check, logging, saving), ``extra_epochs`` and ``total`` (``influence + search + other +
+            extra_epochs``); ``None`` without an epoch time (and in records written before it existed).
         weights_file: The searched weights, relative to the log folder: an ``.npz`` with ``index`` (dataset
             index), ``weights``, ``influence`` ``(n, K)``, ``targets`` and ``class_names``
             (``numpy.load``; ``pandas.DataFrame({"index": f["index"], "weight": f["weights"]})``).
@@ -88,6 +96,8 @@ class InterventionRecord:
     guard: list[dict[str, Any]] = field(default_factory=list)
     weights_file: str | None = None
     extra_epochs: int = 0
+    epoch_seconds: float | None = None
+    cost_epochs: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-safe builtins (NaN and infinities become ``None``)."""

@@ -39,7 +39,8 @@ def intervention_table(records: Sequence[InterventionRecord], class_names: Seque
         class_names: One name per class.
 
     Returns:
-        One block per intervention: a header line (mode, epoch, targets, status) and, per class,
+        One block per intervention: a header line (mode, epoch, targets, status; applied ones also their
+        seconds, in epochs of the fit when timed, and the extra epochs they trained) and, per class,
         the accuracy before, after the detrimental epoch (CC), after the weighted epoch(s) and the
         change; target classes are starred. Skipped interventions show their reason.
     """
@@ -55,7 +56,7 @@ def intervention_table(records: Sequence[InterventionRecord], class_names: Seque
         has_bad = record.bad is not None
         columns = ["before", *(["bad"] if has_bad else []), f"after{' ' + epochs if epochs else ''}", "change"]
         lines = [
-            f"{header} ({record.seconds:.1f} s, {record.n_weighted} samples reweighted)",
+            f"{header} ({record.seconds:.1f} s{_cost_text(record)}, {record.n_weighted} samples reweighted)",
             f"{'class':<{width}}" + "".join(f"  {c:>10}" for c in columns),
         ]
         reference = record.bad if has_bad else record.before
@@ -217,6 +218,21 @@ def _tensorboards(trainer: Trainer) -> list[Any]:
 def _code_block(text: str) -> str:
     # TensorBoard renders text as markdown; indenting keeps the table's columns.
     return "\n".join("    " + line for line in text.splitlines())
+
+
+def _cost_text(record: InterventionRecord) -> str:
+    """`` = 3.1 epochs + 1 extra epoch`` after the seconds, or nothing without a cost in epochs."""
+    cost = record.cost_epochs
+    if not cost:
+        return ""
+    try:
+        extra = cost["extra_epochs"]
+        text = f" = {cost['total'] - extra:.1f} epochs"
+    except (KeyError, TypeError):  # a record from elsewhere: its console line goes on without the cost
+        return ""
+    if extra:
+        text += f" + {extra:g} extra epoch{'' if extra == 1 else 's'}"
+    return text
 
 
 def _at(values: Sequence[float | None] | None, c: int) -> float:

@@ -36,7 +36,10 @@ class InterventionSettings:
         fitness: How the GA scores a candidate: ``"predicted"`` (first-order gains, no training, fast) or
             ``"trial"`` (the paper's: train from the same state with the candidate weights and measure
             per-class validation accuracy; Course Correction compares with the detrimental epoch).
-        trial_batches: Batches per trial with ``fitness="trial"``; ``None`` trains a full epoch.
+        trial_batches: Batches per trial with ``fitness="trial"``: ``"auto"`` (default) trains a quarter of
+            a training epoch's batches (rounded up, at least one), so a trial costs about a quarter epoch;
+            an integer trains that many batches; ``None`` a full epoch (the paper's). Candidates predicted
+            to fall well short of the best trialled one are not trained at all (see ``search_weights``).
         preset: GA size: ``"fast"`` (a few evaluations) or ``"paper"`` (20 generations of 24).
         w_min: Smallest sample weight, in ``[0, 1]`` (0 lets a sample be dropped).
         w_max: Largest sample weight, at least 1.
@@ -57,7 +60,7 @@ class InterventionSettings:
     curvature_samples: int | Literal["auto"] | None = "auto"
     modules: Sequence[str] | None = None
     fitness: FitnessMode = "predicted"
-    trial_batches: int | None = None
+    trial_batches: int | Literal["auto"] | None = "auto"
     preset: PresetName = "fast"
     w_min: float = 0.0
     w_max: float = 3.0
@@ -89,9 +92,10 @@ class InterventionSettings:
             object.__setattr__(self, "modules", tuple(self.modules))  # frozen: a list would stay mutable
         if self.fitness not in FITNESS_MODES:
             raise ValueError(f"fitness must be one of {FITNESS_MODES}, got {self.fitness!r}.")
-        if self.trial_batches is not None and not (_is_int(self.trial_batches) and self.trial_batches >= 1):
+        if self.trial_batches not in (None, "auto") and not (_is_int(self.trial_batches) and self.trial_batches >= 1):
             raise ValueError(
-                f"trial_batches must be None (a full epoch) or a positive integer, got {self.trial_batches!r}."
+                "trial_batches must be 'auto' (a quarter epoch), None (a full epoch) or a positive integer, "
+                f"got {self.trial_batches!r}."
             )
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}.")

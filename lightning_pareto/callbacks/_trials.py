@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,7 +19,35 @@ from lightning_pareto.callbacks._accuracy import finite_accuracy, per_class_accu
 from lightning_pareto.callbacks._snapshot import cpu_copy, preserved_rng
 from lightning_pareto.weighting import unpack_batch
 
-__all__ = ["TrialFitness"]
+__all__ = ["TRIAL_EPOCH_FRACTION", "TrialFitness", "trial_batch_count"]
+
+TRIAL_EPOCH_FRACTION = 4
+"""``trial_batches="auto"`` trains one in this many of a training epoch's batches."""
+
+
+def trial_batch_count(
+    setting: int | Literal["auto"] | None, epoch_batches: float, dataset_size: int, batch_size: int
+) -> int | None:
+    """The batches one trial trains: ``trial_batches`` resolved against the run.
+
+    Args:
+        setting: ``InterventionSettings.trial_batches``: a count, ``"auto"`` or ``None`` (a full epoch).
+        epoch_batches: The Trainer's training batches per epoch (``trainer.num_training_batches``; it
+            follows ``limit_train_batches`` and, under DDP, is one rank's share); ignored unless finite
+            and positive.
+        dataset_size: Training samples, for the trial loader's own epoch.
+        batch_size: The trial's batch size.
+
+    Returns:
+        The count for :class:`TrialFitness` (``None``: its loader's full epoch). ``"auto"`` gives a
+        quarter of the Trainer's epoch, rounded up (at least one, at most the trial loader's epoch).
+    """
+    if setting != "auto":
+        return setting
+    loader_batches = max(1, math.ceil(dataset_size / max(1, batch_size)))
+    finite = isinstance(epoch_batches, (int, float)) and math.isfinite(epoch_batches) and epoch_batches >= 1
+    batches = min(int(epoch_batches), loader_batches) if finite else loader_batches
+    return max(1, math.ceil(batches / TRIAL_EPOCH_FRACTION))
 
 
 class TrialFitness:

@@ -136,9 +136,12 @@ class CourseCorrection(InterventionCallback):
             self._correct(trainer, pl_module)
         else:
             self._snapshot = TrainingSnapshot.take(trainer, pl_module)
+        # The epoch's time starts after the correction's work; a redo is an epoch the correction added.
+        self.epoch_clock.start(added=self._redo is not None)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """After validation: close a redo, or detect a drop and mark a rollback for the next epoch start."""
+        super().on_train_epoch_end(trainer, pl_module)
         self._in_epoch = False
         epoch = trainer.current_epoch
         accuracy = self.accuracy_at(epoch)

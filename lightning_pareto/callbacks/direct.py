@@ -213,10 +213,11 @@ class DirectImprovement(InterventionCallback):
         super().on_train_epoch_start(trainer, pl_module)
         self._in_epoch = True
         action, self._next = self._next, None
+        redo = False
         if action is not None:
             self._paired_start(trainer, pl_module, action)
         elif self._rollback and self._snapshot is not None:
-            self._rollback = False
+            self._rollback, redo = False, True
             self._snapshot.restore(trainer, pl_module)  # RNG included: the same batches again
             follow_restored_rng(trainer, self._snapshot.sampler_epoch)
             if self._scale == 0.0:
@@ -225,9 +226,12 @@ class DirectImprovement(InterventionCallback):
                 self._snapshot.epoch = trainer.current_epoch
         elif self._active is not None and (self.guard == "rollback" or self._phase == "plain"):
             self._snapshot = TrainingSnapshot.take(trainer, pl_module)
+        # The epoch's time starts after the guard's work; its redos and the paired guard's epochs are added ones.
+        self.epoch_clock.start(added=redo or self._phase in ("plain", "weighted"))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """After the epoch's validation: check a weighted epoch, close a finished window, intervene if chosen."""
+        super().on_train_epoch_end(trainer, pl_module)
         self._in_epoch = False
         epoch = trainer.current_epoch
         accuracy = self.accuracy_at(epoch)

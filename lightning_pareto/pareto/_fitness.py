@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,10 @@ NOT_IMPROVED_FITNESS = -1e6
 _NO_CANDIDATE_FITNESS = -2e6  # LP without weights, or (trial mode) no predicted target gain: never trained
 _SKIPPED_FITNESS = -3e6  # not evaluated: the time budget ran out
 
+TRIAL_SCREEN_RATIO = 0.5
+"""Trial fitness: a candidate predicted (first order) to reach less than this fraction of the predicted fitness
+of the best trialled candidate so far is not trained (``search_weights(trial_screen=...)``)."""
+
 # Genes live in [0, 1]. A threshold gene maps log-uniformly to tau_c / (trust * mean |I[:, c]|) in
 # [1e-3, 1]: from "no loss allowed" to the loss the whole trust budget could cause on an average sample.
 _THRESHOLD_DECADES = 3.0
@@ -32,6 +37,8 @@ class _Candidate:
     fitness: float
     improved: bool
     trial_accuracy: np.ndarray | None
+    # Trial mode: the first-order fitness the screen compares with (None: not computed).
+    predicted_fitness: float | None = None
 
 
 class _Evaluator:
@@ -45,6 +52,7 @@ class _Evaluator:
         degradation_penalty: float,
         trust: float,
         search_trust: bool,
+        trial_screen: float | None = None,
     ) -> None:
         self.lp = lp
         self.trial = trial
@@ -61,6 +69,9 @@ class _Evaluator:
         self._fresh_bases: list[list[tuple[int, Basis]]] = []
         self.trial_cache: dict[bytes, np.ndarray] = {}
         self.trials = 0
+        self.trial_screen = trial_screen
+        self.trials_skipped = 0  # candidates the screen scored without a trial
+        self.trial_seconds = 0.0  # wall time inside the trial function
         self.target_mask = np.zeros(lp.num_classes, dtype=bool)
         self.target_mask[list(lp.targets)] = True
 
@@ -147,13 +158,44 @@ class _Evaluator:
             return self._judge(solution, solution.predicted_gain / self.lp.column_scale, None)
         if solution.objective <= MIN_RELATIVE_GAIN:
             return _Candidate(solution, _NO_CANDIDATE_FITNESS, improved=False, trial_accuracy=None)
+        predicted = self._judge(solution, solution.predicted_gain / self.lp.column_scale, None).fitness
+        if _trial_key(solution.weights) not in self.trial_cache:  # a repeated weighting costs no trial: never screened
+            estimate = self._screened_fitness(predicted)
+            if estimate is not None:
+                self.trials_skipped += 1
+                return _Candidate(solution, estimate, improved=False, trial_accuracy=None, predicted_fitness=predicted)
         accuracy = self._run_trial(solution.weights)
-        return self._judge(solution, accuracy - self.reference, accuracy)
+        return dataclasses.replace(
+            self._judge(solution, accuracy - self.reference, accuracy), predicted_fitness=predicted
+        )
+
+    def _screened_fitness(self, predicted: float) -> float | None:
+        """The fitness a candidate gets without a trial, or ``None`` when it must be trained.
+
+        Once a trialled candidate improved, one whose predicted fitness is below ``trial_screen`` times the
+        predicted fitness of the best trialled candidate is not trained. The yardstick is the current
+        winner's prediction, not the highest prediction trialled: where large predicted gains overshoot in
+        training and a modest candidate wins, the bar falls with it. The score is the candidate's predicted
+        fitness on the trial scale (times the winner's realised-to-predicted ratio), at most
+        ``trial_screen`` times the winner's fitness and at least minus it: it can never become the best,
+        and the GA still ranks screened candidates by their prediction.
+        """
+        if self.trial_screen is None or self._best_key is None:
+            return None
+        best = self.candidates[self._best_key]
+        if not best.improved or best.trial_accuracy is None or not (best.predicted_fitness or 0.0) > 0.0:
+            return None  # nothing trialled has won yet, or its prediction gives no scale
+        ratio = predicted / best.predicted_fitness
+        if ratio >= self.trial_screen:
+            return None
+        return max(ratio, -1.0) * best.fitness
 
     def _run_trial(self, weights: np.ndarray) -> np.ndarray:
-        key = np.round(weights, 9).tobytes()
+        key = _trial_key(weights)
         if key not in self.trial_cache:
+            started = time.perf_counter()
             accuracy = as_float_array(self.trial(weights))
+            self.trial_seconds += time.perf_counter() - started
             if accuracy.shape != (self.lp.num_classes,) or not np.all(np.isfinite(accuracy)):
                 raise ValueError(
                     f"The trial function must return a finite per-class accuracy of shape ({self.lp.num_classes},); "
@@ -192,6 +234,8 @@ class _Evaluator:
                 generations=generations,
                 seconds=seconds,
                 stopped_early=stopped_early,
+                trials_skipped=self.trials_skipped,
+                trial_seconds=self.trial_seconds,
             )
         # The first of equal candidates (as max() would pick): evaluation order is seeded, so this is
         # deterministic. It is the only one that kept its weights.
@@ -222,12 +266,19 @@ class _Evaluator:
             generations=generations,
             seconds=seconds,
             stopped_early=stopped_early,
+            trials_skipped=self.trials_skipped,
+            trial_seconds=self.trial_seconds,
         )
 
 
 def _key(genes: np.ndarray) -> tuple[float, ...]:
     """A gene vector clipped to [0, 1], as a hashable key."""
     return tuple(np.clip(genes, 0.0, 1.0).tolist())
+
+
+def _trial_key(weights: np.ndarray) -> bytes:
+    """Weights rounded to 1e-9, as the trial cache's key: equal weightings are trained once."""
+    return np.round(weights, 9).tobytes()
 
 
 def _without_weights(candidate: _Candidate) -> _Candidate:

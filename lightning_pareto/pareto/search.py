@@ -18,7 +18,7 @@ import numpy as np
 import pygad
 
 from lightning_pareto.pareto._arrays import as_float_array
-from lightning_pareto.pareto._fitness import _SKIPPED_FITNESS, NOT_IMPROVED_FITNESS, _Evaluator
+from lightning_pareto.pareto._fitness import _SKIPPED_FITNESS, NOT_IMPROVED_FITNESS, TRIAL_SCREEN_RATIO, _Evaluator
 from lightning_pareto.pareto._workers import SolverWorkers, WorkerFailure, fork_workers_available
 from lightning_pareto.pareto.presets import PRESETS, GAPreset, resolve_preset
 from lightning_pareto.pareto.reweight import Scale, WeightLP
@@ -28,6 +28,7 @@ __all__ = [
     "NOT_IMPROVED_FITNESS",
     "PARALLEL_MIN_SAMPLES",
     "PRESETS",
+    "TRIAL_SCREEN_RATIO",
     "GAPreset",
     "SearchResult",
     "SearchStatus",
@@ -56,6 +57,7 @@ def search_weights(
     trust: float = 0.5,
     scale: Scale = "mean_abs",
     workers: int | None = None,
+    trial_screen: float | None = TRIAL_SCREEN_RATIO,
 ) -> SearchResult:
     """Searches the LP's per-class thresholds with a genetic algorithm (Algorithm 1 of the Pareto-LP-GA paper).
 
@@ -70,7 +72,11 @@ def search_weights(
     - ``fitness=trial``: ``d = trial(weights) - reference``, per-class accuracy after training from the
       same state with the candidate's weights minus the reference accuracy (the paper's way; for Course
       Correction the reference is the detrimental epoch's accuracy). Candidates whose LP gives no
-      weights or no predicted target gain are not trained; equal weights are trained once.
+      weights or no predicted target gain are not trained; equal weights are trained once. Once a
+      trialled candidate has improved, a candidate whose predicted fitness (the first-order one above)
+      is below ``trial_screen`` times the predicted fitness of the best trialled candidate is not
+      trained either (``trials_skipped``): it scores its predicted fitness times the best's
+      realised-to-predicted ratio, which stays below the best's fitness, so it cannot be chosen.
 
     Fitness (Algorithm 1 line 7): if some target t has ``d_t <= 0``, ``-1e6 - sum_t max(0, -d_t)``;
     otherwise ``sum_t d_t - degradation_penalty * sum_{c not target} max(0, -d_c)``. The search has
@@ -100,6 +106,9 @@ def search_weights(
             fitness only). ``None`` uses two from ``PARALLEL_MIN_SAMPLES`` training samples on when two
             CPUs are usable (at n = 50,000 the paper search took about half the time), else one;
             ``1`` solves every LP in this process. The result does not depend on it beyond round-off.
+        trial_screen: Trial fitness: the fraction of the best trialled candidate's predicted fitness below
+            which a candidate is scored without a trial, in ``(0, 1]``; ``None`` trains every candidate
+            (the paper's way). Unused with predicted fitness.
 
     Returns:
         A :class:`SearchResult`; without a candidate that improves every target its status is
@@ -123,8 +132,14 @@ def search_weights(
 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"`workers` must be None or an integer >= 1; got {workers!r}.")
+    if trial_screen is not None and (
+        isinstance(trial_screen, bool) or not isinstance(trial_screen, (int, float)) or not 0 < trial_screen <= 1
+    ):
+        raise ValueError(f"`trial_screen` must be None or a fraction in (0, 1]; got {trial_screen!r}.")
 
-    evaluator = _Evaluator(lp, trial, reference_accuracy, degradation_penalty, trust, search_trust)
+    evaluator = _Evaluator(
+        lp, trial, reference_accuracy, degradation_penalty, trust, search_trust, trial_screen=trial_screen
+    )
     deadline = None if time_budget is None else start + time_budget
     num_genes = len(lp.non_targets) + int(search_trust)
     generations_done, stopped_early = 0, False

@@ -36,8 +36,12 @@ class SearchResult:
         evaluations: Distinct candidates evaluated (one LP solve each).
         trials: Calls of the trial function.
         generations: Generations completed.
-        seconds: Wall-clock time of the search.
+        seconds: Wall-clock time of the search, trials included.
         stopped_early: Whether the time budget stopped the search.
+        trials_skipped: Trial fitness: candidates scored without a trial because their predicted fitness
+            fell well short of the best trialled candidate's (see ``search_weights(trial_screen=...)``).
+        trial_seconds: Wall-clock time inside the trial function, part of ``seconds`` (0 with predicted
+            fitness).
     """
 
     status: SearchStatus
@@ -53,6 +57,8 @@ class SearchResult:
     generations: int
     seconds: float
     stopped_early: bool
+    trials_skipped: int = 0
+    trial_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Returns everything but the weights as JSON-serialisable builtins."""
@@ -69,4 +75,6 @@ class SearchResult:
             "generations": self.generations,
             "seconds": self.seconds,
             "stopped_early": self.stopped_early,
+            "trials_skipped": self.trials_skipped,
+            "trial_seconds": self.trial_seconds,
         }

@@ -233,6 +233,10 @@ def test_resume_with_a_pending_rollback_restores_the_same_state(
         == [(1, "applied", [2])]
     )
     assert run.current_epoch == 5
+    # The epoch times go on from the checkpoint's (epochs 0 and 1); the redo is not a normal epoch.
+    assert resumed.epoch_clock.normal_seconds[:2] == correction.epoch_clock.normal_seconds[:2]
+    assert len(resumed.epoch_clock.normal_seconds) == len(correction.epoch_clock.normal_seconds) == 4
+    assert resumed.records[0].cost_epochs is not None and resumed.records[0].cost_epochs["extra_epochs"] == 1.0
 
     # A checkpoint taken after the redo: the resumed run gets the extra epoch again.
     after_redo = CourseCorrection(drop_threshold=0.05, log_figures=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -181,6 +182,32 @@ def test_trial_fitness_trains_candidates_without_touching_the_run(
     assert torch.equal(after["torch_rng"], plain["torch_rng"]) and np.array_equal(
         after["numpy_rng"], plain["numpy_rng"]
     )
+
+
+def test_trial_batches_auto_trains_a_quarter_of_the_epoch_per_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    trial_batch_sizes: list[int] = []
+
+    def counting_loss(pl_module: ClassifierModule) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        # The trials alone call the loss the callback hands them: one call per trained batch.
+        def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            trial_batch_sizes.append(len(y))
+            return pl_module.per_sample_loss(logits, y)
+
+        return loss
+
+    monkeypatch.setattr("lightning_pareto.callbacks._intervention.loss_function", counting_loss)
+    improvement = DirectImprovement(targets=[1], at_epochs=[1], fitness="trial", log_figures=False)
+    run = _fit(tmp_path, [PerClassAccuracy(log_figure_every_n_epochs=0), improvement], max_epochs=3)
+
+    (record,) = improvement.records
+    assert run.num_training_batches == 6  # 180 samples in batches of 32
+    assert record.search["trial_batches"] == 2  # ceil(6 / 4)
+    trials = record.search["trials"]
+    assert trials >= 1 and len(trial_batch_sizes) == 2 * trials
+    assert record.cost_epochs is not None and 0 < record.cost_epochs["trials"] <= record.cost_epochs["search"]
 
 
 def test_resume_mid_window_keeps_weights_and_callback_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,22 @@ def test_record_json_is_strict_and_round_trips() -> None:
     assert restored.before == [0.5, None] and restored.bad == [0.25, 0.5] and restored.weighted_epochs == [4]
 
 
+def test_a_record_keeps_its_cost_and_one_written_before_the_cost_still_loads() -> None:
+    record = InterventionRecord(
+        epoch=2,
+        mode="direct_improvement",
+        targets=[0],
+        before=[0.5],
+        epoch_seconds=1.25,
+        cost_epochs={"influence": 1.0, "search": 0.5, "trials": 0.0, "other": 0.1, "extra_epochs": 1.0, "total": 2.6},
+    )
+    restored = InterventionRecord.from_dict(json.loads(json.dumps(record.to_dict(), allow_nan=False)))
+    assert restored.epoch_seconds == 1.25 and restored.cost_epochs == record.cost_epochs
+    old_line = {key: value for key, value in record.to_dict().items() if key not in ("epoch_seconds", "cost_epochs")}
+    old = InterventionRecord.from_dict({**old_line, "a_key_from_the_future": 1})
+    assert old.epoch_seconds is None and old.cost_epochs is None and old.targets == [0]
+
+
 def test_update_from_takes_over_every_field() -> None:
     decided = InterventionRecord(
         epoch=2,

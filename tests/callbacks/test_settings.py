@@ -19,6 +19,9 @@ from lightning_pareto.callbacks import InterventionSettings
         ({"curvature_samples": 0}, ValueError, "curvature_samples"),
         ({"curvature_samples": 2.5}, ValueError, "curvature_samples"),
         ({"trial_batches": 0}, ValueError, "trial_batches"),
+        ({"trial_batches": "half"}, ValueError, "trial_batches"),
+        ({"trial_batches": 2.5}, ValueError, "trial_batches"),
+        ({"trial_batches": True}, ValueError, "trial_batches"),
         ({"preset": "huge"}, ValueError, "preset"),
         ({"w_min": 1.5}, ValueError, "w_min"),
         ({"trust": 0.0}, ValueError, "trust"),
@@ -29,6 +32,16 @@ from lightning_pareto.callbacks import InterventionSettings
 def test_settings_name_the_bad_argument(kwargs: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         InterventionSettings(**kwargs)
+
+
+def test_trial_batches_default_to_a_quarter_epoch_and_a_bad_one_fails_at_construction() -> None:
+    assert InterventionSettings().trial_batches == "auto"
+    assert InterventionSettings(trial_batches=None).trial_batches is None
+    assert InterventionSettings(trial_batches=3).trial_batches == 3
+    with pytest.raises(ValueError, match="trial_batches must be 'auto'"):
+        DirectImprovement(targets=[0], at_epochs=[0], fitness="trial", trial_batches="quarter")
+    with pytest.raises(ValueError, match="trial_batches"):
+        CourseCorrection(fitness="trial", trial_batches=-1)
 
 
 def test_both_callbacks_take_the_settings_as_keywords() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from _intervention_helpers import states_equal
@@ -12,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_pareto import IndexedDataset
-from lightning_pareto.callbacks._trials import TrialFitness
+from lightning_pareto.callbacks._trials import TrialFitness, trial_batch_count
 
 
 def _toy_problem() -> tuple[nn.Module, torch.optim.Optimizer, IndexedDataset, DataLoader]:
@@ -86,3 +87,23 @@ def test_trial_fitness_matches_a_plain_training_loop_and_restores_everything() -
     expected = _reference_trial(model, optimizer, train, val, weights, batches=4, seed=5)
     np.testing.assert_allclose(accuracy, expected, atol=1e-12)
     assert not np.allclose(accuracy, unweighted)  # the weights matter
+
+
+@pytest.mark.parametrize(
+    ("setting", "epoch_batches", "expected"),
+    [
+        ("auto", 6, 2),  # a quarter of 6 batches, rounded up
+        ("auto", 8, 2),
+        ("auto", 1, 1),  # at least one
+        ("auto", 2.0, 1),  # limit_train_batches: the Trainer's epoch, not the data set's
+        ("auto", float("inf"), 25),  # no finite epoch: the trial loader's (100 batches of 10 samples)
+        ("auto", 0, 25),
+        ("auto", 400, 25),  # never more than the trial loader's epoch
+        (7, 6, 7),  # an explicit count as it is
+        (None, 6, None),  # a full epoch
+    ],
+)
+def test_trial_batch_count_resolves_auto_to_a_quarter_epoch(
+    setting: object, epoch_batches: float, expected: object
+) -> None:
+    assert trial_batch_count(setting, epoch_batches, dataset_size=1000, batch_size=10) == expected

@@ -160,8 +160,9 @@ def _load(path: Path) -> Any:
 
 
 def _without_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # Each rank times its own intervention; everything else is rank zero's decision.
-    return [{key: value for key, value in record.items() if key != "seconds"} for record in records]
+    # Each rank times its own intervention and epochs; everything else is rank zero's decision.
+    timing = ("seconds", "epoch_seconds", "cost_epochs")
+    return [{key: value for key, value in record.items() if key not in timing} for record in records]
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
@@ -223,6 +224,7 @@ def test_both_ranks_train_with_the_same_weights(ddp_run: Path) -> None:
     assert _without_timing(records[0]) == _without_timing(records[1])
     (record,) = records[0]
     assert record["status"] == "applied", record["reason"]
+    assert record["epoch_seconds"] > 0 and record["cost_epochs"]["extra_epochs"] == record["extra_epochs"]
     weighted = [seen for seen in ranks[0] if seen["weights"] is not None]
     assert [seen["epoch"] for seen in weighted] == [2]  # the epoch after the intervention
     for first, second in zip(ranks[0], ranks[1]):

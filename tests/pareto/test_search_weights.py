@@ -97,6 +97,42 @@ def test_trial_mode_rejects_what_training_does_not_confirm(influence: np.ndarray
     assert result.trials >= 1
 
 
+def test_trial_mode_skips_candidates_predicted_to_fall_well_short_of_the_winner(influence: np.ndarray) -> None:
+    # The trust gene spans a decade, so candidates with a small trust radius are predicted a fraction
+    # of a large one's gain. This "training" realises exactly the first-order prediction (in accuracy
+    # units), so a screened candidate's score is the one its trial would have given.
+    reference = np.array([0.5, 0.6, 0.7, 0.8])
+    trained: list[np.ndarray] = []
+
+    def trial(weights: np.ndarray) -> np.ndarray:
+        trained.append(weights.copy())
+        return reference + 0.01 * _relative_gains(influence, weights)
+
+    screened = search_weights(influence, [0, 2], fitness=trial, reference=reference, seed=1)
+    trials_screened = len(trained)
+    trained.clear()
+    every = search_weights(influence, [0, 2], fitness=trial, reference=reference, seed=1, trial_screen=None)
+
+    assert screened.trials_skipped >= 1 and every.trials_skipped == 0
+    assert screened.trials == trials_screened and screened.trials + screened.trials_skipped <= screened.evaluations
+    # The winner was trained; the screen saved trials and changed nothing else.
+    assert screened.status == "improved" and screened.trial_accuracy is not None
+    np.testing.assert_allclose(screened.trial_accuracy, trial(screened.weights))
+    assert screened.trials + screened.trials_skipped == every.trials
+    assert screened.evaluations == every.evaluations and screened.fitness == pytest.approx(every.fitness, rel=1e-12)
+    np.testing.assert_array_equal(screened.weights, every.weights)
+    assert 0 < screened.trial_seconds <= screened.seconds
+
+
+def test_predicted_fitness_never_screens(influence: np.ndarray) -> None:
+    default = search_weights(influence, [0, 2], preset="paper", seed=4)
+    assert default.trials == default.trials_skipped == 0 and default.trial_seconds == 0.0
+    for screen in (None, 1.0):
+        other = search_weights(influence, [0, 2], preset="paper", seed=4, trial_screen=screen)
+        np.testing.assert_array_equal(other.weights, default.weights)
+        assert (other.fitness, other.evaluations, other.trust) == (default.fitness, default.evaluations, default.trust)
+
+
 def test_time_budget_stops_the_search(influence: np.ndarray) -> None:
     def slow_trial(weights: np.ndarray) -> np.ndarray:
         time.sleep(0.1)
@@ -134,6 +170,7 @@ def test_result_serialises(influence: np.ndarray) -> None:
     data = search_weights(influence, [0], preset=_settings(generations=1, population=2, elites=0)).to_dict()
     assert data["status"] in {"improved", "no_improvement", "infeasible"}
     assert len(data["thresholds"]) == 4 and "weights" not in data
+    assert data["trials_skipped"] == 0 and data["trial_seconds"] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -150,6 +187,9 @@ def test_result_serialises(influence: np.ndarray) -> None:
         ({"time_budget": 0.0}, ValueError, "time_budget"),
         ({"trust": -0.1}, ValueError, "trust"),
         ({"targets": []}, ValueError, "targets"),
+        ({"trial_screen": 0.0}, ValueError, "trial_screen"),
+        ({"trial_screen": 1.5}, ValueError, "trial_screen"),
+        ({"trial_screen": True}, ValueError, "trial_screen"),
     ],
 )
 def test_bad_input_names_the_argument(influence: np.ndarray, kwargs: dict, error: type, message: str) -> None:
