@@ -424,6 +424,7 @@ class InterventionCallback(Callback):
                 w_min=settings.w_min,
                 w_max=settings.w_max,
                 trust=settings.trust,
+                trial_screen=settings.trial_screen,
             )
         try:
             log_search(

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from lightning_pareto.pareto._fitness import TRIAL_SCREEN_RATIO
+
 __all__ = ["InterventionSettings"]
 
 CurvatureName = Literal["ekfac", "kfac", "exact"]
@@ -38,8 +40,10 @@ class InterventionSettings:
             per-class validation accuracy; Course Correction compares with the detrimental epoch).
         trial_batches: Batches per trial with ``fitness="trial"``: ``"auto"`` (default) trains a quarter of
             a training epoch's batches (rounded up, at least one), so a trial costs about a quarter epoch;
-            an integer trains that many batches; ``None`` a full epoch (the paper's). Candidates predicted
-            to fall well short of the best trialled one are not trained at all (see ``search_weights``).
+            an integer trains that many batches; ``None`` a full epoch (the paper's).
+        trial_screen: With ``fitness="trial"``, a candidate whose first-order predicted fitness is below
+            this fraction (default 0.5) of the best trialled candidate's is not trained (it cannot win);
+            ``None`` trains every candidate, as the paper does.
         preset: GA size: ``"fast"`` (a few evaluations) or ``"paper"`` (20 generations of 24).
         w_min: Smallest sample weight, in ``[0, 1]`` (0 lets a sample be dropped).
         w_max: Largest sample weight, at least 1.
@@ -61,6 +65,7 @@ class InterventionSettings:
     modules: Sequence[str] | None = None
     fitness: FitnessMode = "predicted"
     trial_batches: int | Literal["auto"] | None = "auto"
+    trial_screen: float | None = TRIAL_SCREEN_RATIO
     preset: PresetName = "fast"
     w_min: float = 0.0
     w_max: float = 3.0
@@ -96,6 +101,10 @@ class InterventionSettings:
             raise ValueError(
                 "trial_batches must be 'auto' (a quarter epoch), None (a full epoch) or a positive integer, "
                 f"got {self.trial_batches!r}."
+            )
+        if self.trial_screen is not None and not (_is_number(self.trial_screen) and 0 < self.trial_screen <= 1):
+            raise ValueError(
+                f"trial_screen must be None (train every candidate) or a fraction in (0, 1], got {self.trial_screen!r}."
             )
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}.")

@@ -611,3 +611,27 @@ def test_the_searched_weights_are_saved_by_dataset_index_next_to_the_log(
     # What the batches of the weighted epoch were multiplied by, looked up by their dataset indices.
     torch.testing.assert_close(torch.from_numpy(saved["weights"]), _weights_seen(probe, 2, n))
     torch.testing.assert_close(torch.from_numpy(saved["influence"]), random_influence(calls[0], 3))
+
+
+@pytest.mark.parametrize("trial_screen", [None, 0.8])
+def test_the_trial_screen_setting_reaches_the_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trial_screen: float | None
+) -> None:
+    import lightning_pareto.pareto.search as search
+
+    patch_influence(monkeypatch, random_influence)
+    screens: list[float | None] = []
+    original = search.search_weights
+
+    def recording(*args, **kwargs):
+        screens.append(kwargs["trial_screen"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(search, "search_weights", recording)
+    improvement = DirectImprovement(
+        targets=[1], at_epochs=[1], fitness="trial", trial_screen=trial_screen, log_figures=False
+    )
+    _fit(tmp_path, [PerClassAccuracy(log_figure_every_n_epochs=0), improvement], max_epochs=3)
+    assert screens == [trial_screen]
+    if trial_screen is None:  # the paper's protocol: every candidate trained
+        assert improvement.records[0].search["trials_skipped"] == 0
