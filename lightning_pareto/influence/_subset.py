@@ -22,7 +22,8 @@ import torch
 from lightning_pareto.influence.batches import unpack_batch
 
 DEFAULT_CORRECTION_SAMPLES = 2000
-"""Samples the EKFAC eigenvalue correction sees by default (``correction_samples="auto"``).
+"""Samples the EKFAC eigenvalue correction sees by default (``correction_samples="auto"``) when the factor
+pass cannot keep every training sample's rows (then it corrects on all of them, see ``fit_curvature``).
 
 Chosen from the agreement-vs-time curve of ``python benchmarks/influence.py --part tradeoffs``
 (``benchmarks/RESULTS.md``): the smallest subset whose scores agree with the all-samples correction

@@ -114,8 +114,10 @@ def fit_curvature(
             for K-FAC/EKFAC when the loader's sized ``dataset`` is larger, else every sample; ``None``
             for every sample. The passes cost time in proportion to the samples they see.
         correction_samples: Samples of EKFAC's eigenvalue-correction pass (a seeded subset, at most
-            ``curvature_samples``): ``"auto"`` (default) ``DEFAULT_CORRECTION_SAMPLES`` (2,000) when the
-            loader has a sized ``dataset``, an int, or ``None`` for every sample.
+            ``curvature_samples``): ``"auto"`` (default) every sample when the factor pass can keep all
+            of their rows (within ``kfac.factors.STASH_BYTES``, so the correction costs no pass), else
+            ``DEFAULT_CORRECTION_SAMPLES`` (2,000) when the loader has a sized ``dataset``; an int, or
+            ``None`` for every sample.
         progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
         timings: Filled with the seconds of the ``factors``, ``eigen`` and ``correction`` phases.
 
@@ -179,6 +181,8 @@ def fit_tracked_curvature(
         curvature_samples = None if curvature_samples == "auto" else curvature_samples
     else:
         curvature_samples = factor_subset(curvature_samples, train_loader)
+    # "auto" widens to every sample where the factor pass keeps them all (factors_keeping_rows).
+    widen_correction = correction_samples == "auto"
     correction_samples = correction_subset(curvature_samples, correction_samples, train_loader)
     correction_loader = curvature_batches(train_loader, correction_samples, seed)
     # With the empirical Fisher over every row, the factor pass keeps the correction's rows (one pass fewer).
@@ -209,11 +213,12 @@ def fit_tracked_curvature(
                         seed=seed,
                         progress=progress,
                         rows=correction_rows,
-                        samples=None if scored is None else dataset_size(train_loader),
+                        samples=dataset_size(train_loader),
+                        widen=widen_correction,
                     )
                     stored = kept.correction_batches(LayerCapture(tracked))
-                    if scored is not None:
-                        scored.extend(kept.scored)
+                    if scored is not None:  # the score phase matches rows by dataset index
+                        scored.extend(batch for batch in kept.scored if batch.index is not None)
                 else:
                     factors = kronecker_factors(
                         model, train_loader, tracked, fisher=fisher, seed=seed, progress=progress

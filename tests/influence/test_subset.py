@@ -117,6 +117,7 @@ def _eigenvalues(curvature) -> dict[str, Tensor]:
 
 def test_the_correction_sees_its_own_subset_capped_by_the_factor_subset(digits64, monkeypatch) -> None:
     from lightning_pareto.influence import _subset
+    from lightning_pareto.influence.kfac import factors
 
     x, y = digits64
     model = train(mlp().double(), x, y, steps=60)
@@ -131,7 +132,11 @@ def test_the_correction_sees_its_own_subset_capped_by_the_factor_subset(digits64
     everything = fitted(correction_samples=None)
     assert not same(fitted(correction_samples=100), everything)
     monkeypatch.setattr(_subset, "DEFAULT_CORRECTION_SAMPLES", 100)
-    assert same(fitted(), fitted(correction_samples=100))  # "auto" is the default
+    # "auto" (the default): every sample while the factor pass keeps them all, else the default subset.
+    assert same(fitted(), everything)
+    for room in (0, 400_000):  # nothing kept; part of the 600 samples' 660 kB kept
+        monkeypatch.setattr(factors, "STASH_BYTES", room)
+        assert same(fitted(), fitted(correction_samples=100))
     assert same(
         fitted(curvature_samples=200, correction_samples=400), fitted(curvature_samples=200, correction_samples=200)
     )

@@ -74,7 +74,8 @@ def category_influence(
             ``"auto"`` (default): 10,000 for K-FAC/EKFAC when the training set is larger, else all;
             ``None``: all. Not used with a fitted ``Curvature``.
         correction_samples: Samples of EKFAC's eigenvalue-correction pass (see ``fit_curvature``):
-            ``"auto"`` (default) 2,000 for a loader with a sized ``dataset``, an int, or ``None`` for all.
+            ``"auto"`` (default) every sample where the factor pass keeps them all, else 2,000 for a
+            loader with a sized ``dataset``; an int, or ``None`` for all.
             Not used with a fitted ``Curvature``.
         progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
         timings: Filled with the seconds of each phase.

@@ -152,8 +152,8 @@ class KeptRows:
     Attributes:
         correction: The EKFAC correction's rows, batch by batch (``correction_batches``), or ``None``
             when they outgrew ``STASH_BYTES`` (the correction then runs its own pass).
-        scored: Whole indexed batches, in pass order, that the score phase takes instead of a
-            forward and backward pass of its own (``scores.score``).
+        scored: Whole batches, in pass order; the score phase takes indexed ones instead of a forward
+            and backward pass of its own (``scores.score``).
     """
 
     correction: list[StoredBatch | tuple[StoredBatch, Tensor]] | None = field(default_factory=list)
@@ -177,6 +177,7 @@ def factors_keeping_rows(
     progress: bool | None,
     rows: SystematicRows | None,
     samples: int | None = None,
+    widen: bool = False,
 ) -> tuple[dict[str, tuple[Tensor, Tensor]], KeptRows]:
     """``kronecker_factors`` (empirical Fisher) that also keeps copies of rows the later phases take.
 
@@ -186,7 +187,7 @@ def factors_keeping_rows(
 
     - the correction's rows (a subset, ``rows``), which saves the correction's pass; these come first:
       room for the rest of them is reserved before anything else is kept;
-    - whole indexed batches while the rest fits (``samples`` given): the score phase scores them from
+    - whole batches while the rest fits (``samples`` given): the score phase scores indexed ones from
       the copies, and its pass runs over the other rows only. On a training set that fits whole (the
       MNIST CNN's 4,000 samples need about 320 MiB) the scores need no pass at all.
 
@@ -200,6 +201,10 @@ def factors_keeping_rows(
             ``None`` for every row.
         samples: The number of samples the loader yields (its dataset's size), to reserve room for the
             correction's rows; ``None`` keeps no whole batch for the scores.
+        widen: When every batch was kept whole (on every rank: a collective under DDP), the correction
+            takes every row instead of ``rows``' subset: it then needs no copy, and its cost grows by the
+            rotations alone (the MNIST CNN's 4,000 samples: 1.78 s against 1.71 s for the whole influence,
+            ``benchmarks/RESULTS.md``), for scores equal to the every-sample correction's.
 
     Returns:
         The factors, and the kept rows.
@@ -207,6 +212,7 @@ def factors_keeping_rows(
     sums = FactorSums(tracked)
     kept = KeptRows()
     held, seen = 0, 0
+    every_batch_whole = samples is not None
     copier = LayerCapture(tracked)  # writes the stored batches' rows, apart from the pass's buffers
     fraction = 1.0 if rows is None else rows.fraction
     for batch in captured_batches(
@@ -216,7 +222,7 @@ def factors_keeping_rows(
         seen += batch.size
         chosen = torch.arange(batch.size) if rows is None else rows.take(batch.size)
         whole = batch.nbytes
-        if samples is not None and batch.index is not None:
+        if samples is not None:
             # Room the correction's rows still to come need, at this batch's bytes per sample.
             reserve = whole / batch.size * fraction * max(samples - seen, 0)
             if held + whole + reserve <= STASH_BYTES:
@@ -226,6 +232,7 @@ def factors_keeping_rows(
                 if kept.correction is not None and chosen.numel():
                     kept.correction.append(stored if chosen.numel() == batch.size else (stored, chosen))
                 continue
+        every_batch_whole = False
         if kept.correction is None or chosen.numel() == 0:
             continue
         stored = batch.subset(chosen, copier)
@@ -234,4 +241,9 @@ def factors_keeping_rows(
             kept.correction = None
         else:
             kept.correction.append(stored)
+    if widen and samples is not None:
+        # Summed over ranks so that all of them take the same decision (and the collective runs on each).
+        partial = all_reduce_sum(torch.tensor(0.0 if every_batch_whole and kept.scored else 1.0))
+        if float(partial) == 0.0:
+            kept.correction = list(kept.scored)
     return sums.factors(), kept
