@@ -36,8 +36,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from influence import _loader, _mnist5k, _train_epoch  # noqa: E402
 
 from lightning_pareto.influence import category_influence  # noqa: E402
-from lightning_pareto.influence.capture import tracked_modules  # noqa: E402
-from lightning_pareto.influence.curvature import fit_tracked_curvature  # noqa: E402
 from lightning_pareto.influence.kfac.accumulator import FactorAccumulator  # noqa: E402
 from lightning_pareto.nets import MnistCNN  # noqa: E402
 
@@ -83,7 +81,6 @@ def main() -> None:
             _steps(model, _loader(train_x, train_y, 64), None)
         model.train()
         reference = category_influence(model, train_loader, val_loader, 10, correction_samples=None)
-        tracked = tracked_modules(model)
         row = {}
         for name, accumulator in [
             ("whole_last_epoch", whole),
@@ -91,19 +88,7 @@ def main() -> None:
             ("frozen_train_mode", frozen_train),
             ("frozen_eval_mode", frozen_eval),
         ]:
-            fitted = fit_tracked_curvature(
-                model,
-                train_loader,
-                tracked,
-                curvature="ekfac",
-                damping=None,
-                fisher="empirical",
-                seed=0,
-                correction_samples=None,
-                factors=accumulator.factors(),
-                progress=False,
-                timings=None,
-            )
+            fitted = accumulator.curvature(train_loader, correction_samples=None, progress=False)
             scores = category_influence(model, train_loader, val_loader, 10, curvature=fitted)
             row[name] = _median_spearman(scores, reference)
         results[f"dropout_{dropout}"] = row
