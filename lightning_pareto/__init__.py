@@ -8,6 +8,7 @@ from lightning_pareto.callbacks import (
     ClassUpweighting,
     CourseCorrection,
     DirectImprovement,
+    InfluenceAudit,
     InfluenceTrimming,
     PerClassAccuracy,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "CourseCorrection",
     "DirectImprovement",
     "IndexedDataset",
+    "InfluenceAudit",
     "InfluenceTrimming",
     "PerClassAccuracy",
     "SampleWeightStore",
