@@ -27,7 +27,7 @@ from lightning_pareto.influence.kfac import eigen
 from lightning_pareto.influence.kfac._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram
 from lightning_pareto.influence.kfac._gram import accumulate_gram, symmetrized
 
-__all__ = ["FactorSums", "KeptRows", "factors_keeping_rows", "stash_budget", "kronecker_factors", "plain_linear"]
+__all__ = ["FactorSums", "KeptRows", "factors_keeping_rows", "kronecker_factors", "plain_linear", "stash_budget"]
 
 
 def plain_linear(module: nn.Module, inputs: list[Tensor]) -> bool:
