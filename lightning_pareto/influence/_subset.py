@@ -15,7 +15,7 @@ loader, and under DDP about ``samples`` over all ranks (each rank keeps ``f`` of
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 
 import torch
 
@@ -154,15 +154,42 @@ class _SystematicSubset:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         chooser = SystematicRows(self.fraction, self.seed)
-        for batch in self.loader:
-            x, y, index = unpack_batch(batch)
-            y = torch.as_tensor(y)
-            index = None if index is None else torch.as_tensor(index, dtype=torch.int64)
-            rows = chooser.take(len(y))
-            if rows.numel() == 0:
-                continue
-            kept = rows.to(x.device) if isinstance(x, torch.Tensor) else rows
-            yield (x[kept], y[rows.to(y.device)]) + (() if index is None else (index[rows],))
+        return _kept_rows(self.loader, lambda y, index: chooser.take(len(y)))
 
     def __len__(self) -> int:
         return math.ceil(len(self.loader) * self.fraction)  # type: ignore[arg-type]
+
+
+class RowsOtherThan:
+    """The batches of an indexed ``loader`` without the rows whose dataset index is in ``done``.
+
+    Args:
+        loader: Yields ``(x, y, index)`` batches.
+        done: int64 dataset indices to leave out.
+    """
+
+    def __init__(self, loader: Iterable, done: torch.Tensor) -> None:
+        self.loader, self.done = loader, done
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        def others(y: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+            if index is None:
+                raise ValueError("train_loader mixes (x, y) and (x, y, index) batches")
+            return (~torch.isin(index, self.done)).nonzero().squeeze(1)
+
+        return _kept_rows(self.loader, others)
+
+
+def _kept_rows(
+    loader: Iterable, choose: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The rows ``choose(y, index)`` picks (positions in the batch) of each batch; batches left empty are skipped."""
+    for batch in loader:
+        x, y, index = unpack_batch(batch)
+        y = torch.as_tensor(y)
+        index = None if index is None else torch.as_tensor(index, dtype=torch.int64)
+        rows = choose(y, index)
+        if rows.numel() == 0:
+            continue
+        kept = rows.to(x.device) if isinstance(x, torch.Tensor) else rows
+        yield (x[kept], y[rows.to(y.device)]) + (() if index is None else (index[rows],))

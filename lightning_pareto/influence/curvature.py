@@ -40,7 +40,7 @@ from lightning_pareto.influence._subset import (
     subset_rows,
 )
 from lightning_pareto.influence._timings import InfluenceTimings, timed
-from lightning_pareto.influence.capture import LayerCapture, tracked_modules
+from lightning_pareto.influence.capture import tracked_modules
 from lightning_pareto.influence.exact import MAX_EXACT_PARAMETERS, ExactCurvature, dense_curvature
 from lightning_pareto.influence.kfac.correction import corrected_eigenvalues
 from lightning_pareto.influence.kfac.curvature import KroneckerCurvature
@@ -216,7 +216,7 @@ def fit_tracked_curvature(
                         samples=dataset_size(train_loader),
                         widen=widen_correction,
                     )
-                    stored = kept.correction_batches(LayerCapture(tracked))
+                    stored = kept.correction_batches()
                     if scored is not None:  # the score phase matches rows by dataset index
                         scored.extend(batch for batch in kept.scored if batch.index is not None)
                 else:

@@ -219,6 +219,14 @@ class _Evaluator:
     def result(self, seconds: float, generations: int, stopped_early: bool) -> SearchResult:
         """The search's outcome from the best candidate scored so far."""
         num_classes = self.lp.num_classes
+        counts = {
+            "trials": self.trials,
+            "generations": generations,
+            "seconds": seconds,
+            "stopped_early": stopped_early,
+            "trials_skipped": self.trials_skipped,
+            "trial_seconds": self.trial_seconds,
+        }
         if not self.candidates:
             return SearchResult(
                 status="no_improvement",
@@ -230,12 +238,7 @@ class _Evaluator:
                 predicted_gain=np.full(num_classes, np.nan),
                 trial_accuracy=None,
                 evaluations=0,
-                trials=self.trials,
-                generations=generations,
-                seconds=seconds,
-                stopped_early=stopped_early,
-                trials_skipped=self.trials_skipped,
-                trial_seconds=self.trial_seconds,
+                **counts,
             )
         # The first of equal candidates (as max() would pick): evaluation order is seeded, so this is
         # deterministic. It is the only one that kept its weights.
@@ -262,12 +265,7 @@ class _Evaluator:
             predicted_gain=best.solution.predicted_gain,
             trial_accuracy=best.trial_accuracy,
             evaluations=len(self.candidates),
-            trials=self.trials,
-            generations=generations,
-            seconds=seconds,
-            stopped_early=stopped_early,
-            trials_skipped=self.trials_skipped,
-            trial_seconds=self.trial_seconds,
+            **counts,
         )
 
 

@@ -169,17 +169,20 @@ class KeptRows:
             when they outgrew ``STASH_BYTES`` (the correction then runs its own pass).
         scored: Whole batches, in pass order; the score phase takes indexed ones instead of a forward
             and backward pass of its own (``scores.score``).
+        capture: Writes the kept batches' rows, apart from the pass's own buffers.
     """
 
+    capture: LayerCapture
     correction: list[StoredBatch | tuple[StoredBatch, Tensor]] | None = field(default_factory=list)
     scored: list[StoredBatch] = field(default_factory=list)
 
-    def correction_batches(self, capture: LayerCapture) -> Iterator[StoredBatch] | None:
+    def correction_batches(self) -> Iterator[StoredBatch] | None:
         """The correction's rows, copied out of a whole kept batch where they are part of one; ``None`` if not kept."""
         if self.correction is None:
             return None
         return (
-            entry if isinstance(entry, StoredBatch) else entry[0].subset(entry[1], capture) for entry in self.correction
+            entry if isinstance(entry, StoredBatch) else entry[0].subset(entry[1], self.capture)
+            for entry in self.correction
         )
 
 
@@ -225,11 +228,10 @@ def factors_keeping_rows(
         The factors, and the kept rows.
     """
     sums = FactorSums(tracked)
-    kept = KeptRows()
+    kept = KeptRows(LayerCapture(tracked))
     budget = stash_budget(model_device(model))
     held, seen = 0, 0
     every_batch_whole = samples is not None
-    copier = LayerCapture(tracked)  # writes the stored batches' rows, apart from the pass's buffers
     fraction = 1.0 if rows is None else rows.fraction
     for batch in captured_batches(
         model, loader, tracked, fisher="empirical", seed=seed, desc="influence: factors", progress=progress
@@ -242,7 +244,7 @@ def factors_keeping_rows(
             # Room the correction's rows still to come need, at this batch's bytes per sample.
             reserve = whole / batch.size * fraction * max(samples - seen, 0)
             if held + whole + reserve <= budget:
-                stored = batch.subset(torch.arange(batch.size), copier)
+                stored = batch.subset(torch.arange(batch.size), kept.capture)
                 held += whole
                 kept.scored.append(stored)
                 if kept.correction is not None and chosen.numel():
@@ -251,7 +253,7 @@ def factors_keeping_rows(
         every_batch_whole = False
         if kept.correction is None or chosen.numel() == 0:
             continue
-        stored = batch.subset(chosen, copier)
+        stored = batch.subset(chosen, kept.capture)
         held += stored.nbytes
         if held > budget:
             kept.correction = None

@@ -7,15 +7,14 @@ chunks where that is cheaper than the contraction) and memory is bounded by the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from lightning_pareto._distributed import is_distributed, merge_rows
 from lightning_pareto.influence._passes import CapturedBatch, StoredBatch, captured_batches
-from lightning_pareto.influence._subset import dataset_size
-from lightning_pareto.influence.batches import unpack_batch
+from lightning_pareto.influence._subset import RowsOtherThan, dataset_size
 from lightning_pareto.influence.kfac._conv_grads import grouped_gradients_pay, per_sample_conv_gradients
 from lightning_pareto.influence.kfac._factored_queries import FactoredQuery, keeps_rows
 
@@ -65,32 +64,13 @@ def score(
     if stored:
         done = torch.cat([batch.index for batch in stored])
         if done.unique().numel() < (dataset_size(loader) or 0):
-            remaining = _RowsOtherThan(loader, done)
+            remaining = RowsOtherThan(loader, done)
         else:
             remaining = []  # every row is scored (a loader that yields more is checked by _assemble)
     for batch in captured_batches(model, remaining, tracked, desc="influence: scores", progress=progress):
         rows.append((batch.index, batch_scores(batch)))
     width = next(iter(queries.values())).shape[0] if queries else next(iter(factored.values())).kept.shape[0]
     return _assemble(loader, rows, width=width)
-
-
-class _RowsOtherThan:
-    """The batches of ``loader`` without the rows whose dataset index is in ``done`` (batches left empty are skipped)."""
-
-    def __init__(self, loader: Iterable, done: Tensor) -> None:
-        self.loader, self.done = loader, done
-
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        for batch in self.loader:
-            x, y, index = unpack_batch(batch)
-            if index is None:
-                raise ValueError("train_loader mixes (x, y) and (x, y, index) batches")
-            index = torch.as_tensor(index, dtype=torch.int64)
-            rows = (~torch.isin(index, self.done)).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
-            y = torch.as_tensor(y)
-            yield x[rows.to(x.device) if isinstance(x, Tensor) else rows], y[rows.to(y.device)], index[rows]
 
 
 def _per_sample_scores(module: nn.Module, inputs: list[Tensor], grads: list[Tensor], query: Tensor) -> Tensor:
