@@ -6,7 +6,7 @@ cifar50k``: ``SmallCNN`` on the n = 50,000 synthetic CIFAR-sized set of ``pareto
 5,000 validation images, batch 128, ``ArrayDataModule``). SGD, ``--epochs`` epochs, ``--threads`` CPU
 threads. Arm ``plain``: the fit without callbacks beyond ``PerClassAccuracy``; arm ``di``: the same fit
 (same seed) with ``DirectImprovement(targets="worst:2", at_epochs=[--at-epoch])`` and every other
-option at its default (EKFAC over all layers, ``fitness="predicted"``, ``guard="paired"``). The two
+option at its default (EKFAC over all layers, ``fitness="predicted"``, ``guard="paired_on_drop"``). The two
 arms are run in pairs, their order alternating (``--pairs``, default 3), after one untimed warm-up fit.
 
 Per pair: the fit's wall time per arm; the epoch is the plain fit's training loop (first epoch start to
@@ -14,8 +14,8 @@ the end of training: training, validation, data loading and callbacks; the one-t
 over its epochs; the overhead in epochs is ``(di - plain) / epoch``. The intervention is broken down by
 timing the callback's calls in place: the influence phases (``InfluenceTimings``: factors, eigen,
 correction, queries, precondition, scores), the weight search (ceiling check excluded), the extra
-training epochs the guard adds (``guard="paired"`` trains one counterfactual epoch per intervention by
-design: counted apart, from the epochs' own wall times) and the rest (snapshots, the guard's checks,
+training epochs the guard adds (a counterfactual epoch when the first weighted epoch lowered a class,
+a retry when the weights did: counted apart, from the epochs' own wall times) and the rest (snapshots, the guard's checks,
 records). Medians over pairs. Writes ``benchmarks/results/overhead.json``.
 
 Usage::
@@ -203,7 +203,7 @@ def breakdown(plain: dict[str, Any], di: dict[str, Any], args: argparse.Namespac
     )
     search = sum(di["search"])
     extra = di["epochs_trained"] - plain["epochs_trained"]
-    # An extra epoch (the paired guard's counterfactual, a retry) costs what any epoch of the DI fit costs.
+    # An extra epoch (the guard's counterfactual, a retry) costs what any epoch of the DI fit costs.
     extra_seconds = extra * statistics.median(di["epoch_seconds"]) if extra > 0 else 0.0
     total = di["seconds"] - plain["seconds"]
     in_epochs = {

@@ -56,8 +56,11 @@ class InterventionRecord:
             the chosen candidate's trial accuracy.
         guard: One entry per weighted epoch checked on validation: ``epoch``, ``scale`` (the
             fraction of the searched ``|w - 1|`` in force), realised per-class ``change`` against the
-            epoch before, ``violations`` (non-targets that fell past the tolerance) and ``action``
-            (``"kept"``, ``"rollback"``, ``"shrink"``, ``"dropped"``; CC: ``"accepted"``, ``"rejected"``).
+            epoch before (the paired guards: against the counterfactual epoch, ``against`` when it came
+            after), ``violations`` (non-targets that fell past the tolerance) and ``action`` (``"kept"``,
+            ``"rollback"``, ``"shrink"``, ``"retry"``, ``"dropped"``, ``"confirm"``: a counterfactual
+            epoch follows; CC: ``"accepted"``, ``"rejected"``); the paired guards' counterfactual
+            epochs are entries with ``action="counterfactual"``.
         extra_epochs: Training epochs the intervention added to the run: CC's redo, the paired guard's
             counterfactual epoch, rolled-back or rejected weighted tries (their cost beside ``seconds``).
         epoch_seconds: The fit's epoch time the cost is counted in: the median wall time of its

@@ -21,7 +21,7 @@ from lightning_pareto.weighting import require_sample_weights
 
 __all__ = ["DirectImprovement"]
 
-GuardMode = Literal["rollback", "paired", "shrink", "off"]
+GuardMode = Literal["paired_on_drop", "paired", "rollback", "shrink", "off"]
 GUARD_MODES: tuple[str, ...] = get_args(GuardMode)
 
 
@@ -36,24 +36,26 @@ class DirectImprovement(InterventionCallback):
     of a single reweighted epoch fades within a few epochs; ``every_n_epochs`` re-estimates them
     from a fresh influence matrix on that schedule.
 
-    **The guard.** Every weighted epoch is checked on validation against the epoch before it: a
-    non-target class that fell by more than ``tolerance``, and by more than twice the sampling noise
-    of its validation accuracy (``sqrt(2 p (1 - p) / n)`` for ``n`` samples at accuracy ``p``), is a
-    violation. With ``guard="rollback"``
-    the epoch is rolled back (model, optimizer, schedulers, RNG: the same batches are replayed) and
-    trained again with the weights moved ``shrink`` of the way back towards one (a smaller trust
-    radius); after ``max_retries`` violations in a row the weights are dropped and the epoch is
-    trained without them. A redone epoch is one more epoch: ``max_epochs`` grows by one per rollback,
-    so the run still trains the epochs it was given, and ``at_epochs`` / ``every_n_epochs`` count the
-    epochs that stand (a rolled-back epoch and its redo are one).
+    **The guard.** A weighted epoch is checked on validation: a non-target class that fell by more
+    than ``tolerance``, and by more than twice the sampling noise of its validation accuracy
+    (``sqrt(2 p (1 - p) / n)`` for ``n`` samples at accuracy ``p``), is a violation. By default
+    (``guard="paired_on_drop"``) the first weighted epoch is checked against the epoch before it and
+    stands at no extra cost when nothing fell. When a class fell, the guard tells the weights' part
+    from the epoch's: it rolls back (model, optimizer, schedulers, RNG: the same batches are replayed)
+    and trains the same epoch without the weights, the counterfactual the run would have had. The
+    weighted epoch stands (the run goes back to its end) if no non-target class is below the
+    counterfactual past the tolerance; else it is retried from the same start with the weights moved
+    ``shrink`` of the way back towards one (a smaller trust radius) and judged against the
+    counterfactual again, and after ``max_retries`` the unweighted epoch is kept and the weights
+    dropped. Later epochs are not checked. ``guard="paired"`` always trains the counterfactual first
+    and the weighted epoch after it (one extra epoch per intervention, more on violations).
+    ``guard="rollback"`` checks every weighted epoch against the epoch before and, on a violation,
+    redoes it with shrunk weights (after ``max_retries`` violations in a row, without them).
     ``guard="shrink"`` shrinks the weights for the next epoch without rolling back; ``"off"`` trusts
-    the LP. ``guard="paired"`` checks against a counterfactual instead of the epoch before: the first
-    epoch after an intervention is trained without the weights (exactly the epoch the run would have
-    had), then rolled back and trained again, same batches, with them; the weighted result stands if
-    no non-target class is below the unweighted one past the tolerance, else the weights are shrunk and
-    the epoch retried, and after ``max_retries`` the unweighted epoch is kept and the weights dropped
-    (one extra epoch per intervention, more on violations; later epochs are not checked). Each check
-    is an entry of the record's ``guard`` list.
+    the LP. An added epoch (a counterfactual, a redo) is one more epoch: ``max_epochs`` grows by one
+    for each, so the run still trains the epochs it was given, and ``at_epochs`` /
+    ``every_n_epochs`` count the epochs that stand (a rolled-back epoch and its redo are one). Each
+    check is an entry of the record's ``guard`` list.
 
     ``before`` is the per-class validation accuracy after epoch ``e``, ``after`` the one after the
     last weighted epoch; each intervention is a line of ``interventions.jsonl`` in the log directory
@@ -78,7 +80,9 @@ class DirectImprovement(InterventionCallback):
         guard: What a weighted epoch that lowers a non-target class past ``tolerance`` causes:
             ``"rollback"`` (redo the epoch with shrunk weights), ``"paired"`` (compare the first
             weighted epoch with the same epoch trained without weights; retry it with shrunk weights),
-            ``"shrink"`` (shrink the weights from the next epoch on) or ``"off"``.
+            ``"paired_on_drop"`` (the same comparison, made only when the first weighted epoch lowered
+            a non-target class against the epoch before), ``"shrink"`` (shrink the weights from the
+            next epoch on) or ``"off"``.
         tolerance: Validation accuracy drop (a fraction: 0.03 = 3 points) of a non-target class in
             one weighted epoch that the guard accepts.
         shrink: Factor on ``|w - 1|`` after a violation, in ``(0, 1)``.
@@ -106,7 +110,7 @@ class DirectImprovement(InterventionCallback):
         at_epochs: list[int] | None = None,
         every_n_epochs: int | None = None,
         apply_epochs: int | None = None,
-        guard: GuardMode = "paired",
+        guard: GuardMode = "paired_on_drop",
         tolerance: float = 0.03,
         shrink: float = 0.5,
         max_retries: int = 2,
@@ -174,6 +178,10 @@ class DirectImprovement(InterventionCallback):
         self._held = None  # the weights held back during the counterfactual epoch
         self._plain: list[float] | None = None  # validation accuracy of the counterfactual epoch
         self._plain_end: TrainingSnapshot | None = None  # the state after it
+        # guard="paired_on_drop": the first weighted epoch, when it lowered a class and waits for its counterfactual
+        self._tried: list[float] | None = None  # its validation accuracy
+        self._tried_epoch: int | None = None
+        self._tried_end: TrainingSnapshot | None = None  # the state after it (before the epoch's scheduler step)
 
     # ---------------------------------------------------------------- Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -224,7 +232,7 @@ class DirectImprovement(InterventionCallback):
                 self._drop(trainer, pl_module, "the guard dropped the weights after repeated violations")
             else:  # the state it holds is this epoch's start now: the retry can be rolled back too
                 self._snapshot.epoch = trainer.current_epoch
-        elif self._active is not None and (self.guard == "rollback" or self._phase == "plain"):
+        elif self._active is not None and (self.guard == "rollback" or self._phase in ("plain", "first")):
             self._snapshot = TrainingSnapshot.take(trainer, pl_module)
         # The epoch's time starts after the guard's work; its redos and the paired guard's epochs are added ones.
         self.epoch_clock.start(added=redo or self._phase in ("plain", "weighted"))
@@ -237,13 +245,17 @@ class DirectImprovement(InterventionCallback):
         accuracy = self.accuracy_at(epoch)
         if self._active is not None:
             self.weights_unused(pl_module, self._active)
-            if not self._check(trainer, pl_module, epoch, accuracy):
-                return  # rolled back: this epoch does not count
-            self._active.weighted_epochs.append(epoch)
-            if self._remaining is not None:
-                self._remaining -= 1
-            if self._remaining == 0 or (self._remaining is None and self._is_chosen(trainer, epoch)):
-                self._close(trainer, pl_module, accuracy)
+            stood = self._check(trainer, pl_module, epoch, accuracy)
+            if stood is None:
+                return  # rolled back, or a counterfactual: this epoch does not count
+            # The weighted epoch that stands: this one, or the one a counterfactual epoch just confirmed.
+            weighted_epoch, accuracy = stood
+            if self._active is not None:  # (the shrink guard may have dropped the weights)
+                self._active.weighted_epochs.append(weighted_epoch)
+                if self._remaining is not None:
+                    self._remaining -= 1
+                if self._remaining == 0 or (self._remaining is None and self._is_chosen(trainer, epoch)):
+                    self._close(trainer, pl_module, accuracy)
         if self._active is None and self._is_chosen(trainer, epoch):
             self._start(trainer, pl_module, epoch, accuracy)
 
@@ -252,6 +264,8 @@ class DirectImprovement(InterventionCallback):
         if self._active is not None:
             if self._phase in ("plain", "weighted"):
                 self._active.reason = "the run ended before the guard's paired check finished"
+                if self._tried_end is not None:  # the weighted epoch waiting for its counterfactual stands
+                    self._keep_tried(trainer, pl_module)
             elif self._remaining:
                 self._active.reason = "the run ended before the weighted epochs finished"
             weighted = self._active.weighted_epochs
@@ -277,6 +291,9 @@ class DirectImprovement(InterventionCallback):
             held=self._held,
             plain=self._plain,
             plain_end=None if self._plain_end is None else self._plain_end.state_dict(),
+            tried=self._tried,
+            tried_epoch=self._tried_epoch,
+            tried_end=None if self._tried_end is None else self._tried_end.state_dict(),
         )
         return state
 
@@ -295,6 +312,9 @@ class DirectImprovement(InterventionCallback):
         self._held, self._plain = state_dict.get("held"), state_dict.get("plain")
         plain_end = state_dict.get("plain_end")
         self._plain_end = None if plain_end is None else TrainingSnapshot.from_state_dict(plain_end)
+        self._tried, self._tried_epoch = state_dict.get("tried"), state_dict.get("tried_epoch")
+        tried_end = state_dict.get("tried_end")
+        self._tried_end = None if tried_end is None else TrainingSnapshot.from_state_dict(tried_end)
         snapshot = state_dict.get("snapshot")
         self._snapshot = None if snapshot is None else TrainingSnapshot.from_state_dict(snapshot)
 
@@ -319,6 +339,7 @@ class DirectImprovement(InterventionCallback):
             if self.intervene(trainer, pl_module, record, reference=before):
                 self._active, self._remaining, self._reference = record, self.apply_epochs, list(before)
                 self._scale, self._retries = 1.0, 0
+                self._phase = "first" if self.guard == "paired_on_drop" else None
                 if self.guard == "paired":
                     # The next epoch runs without the weights: the counterfactual the weighted try is judged by.
                     store = require_sample_weights(pl_module, type(self).__name__)
@@ -332,28 +353,40 @@ class DirectImprovement(InterventionCallback):
                         f"paired guard; an extra epoch: max_epochs is now {trainer.max_epochs}).",
                     )
                 else:
+                    check = (
+                        " (the paired guard checks the first against the same epoch trained without them if it "
+                        "lowers another class)"
+                        if self.guard == "paired_on_drop"
+                        else ""
+                    )
                     self.notify(
                         trainer,
                         f"#{record.number} after epoch {epoch}: weights found for {self._names(record)} "
-                        "are in force from the next epoch on.",
+                        f"are in force from the next epoch on{check}.",
                     )
                 return
         self.finish(trainer, record)
 
-    def _check(self, trainer: Trainer, pl_module: LightningModule, epoch: int, accuracy: list[float] | None) -> bool:
-        """The guard on a weighted epoch; ``False`` when it rolls the epoch back."""
+    def _check(
+        self, trainer: Trainer, pl_module: LightningModule, epoch: int, accuracy: list[float] | None
+    ) -> tuple[int, list[float] | None] | None:
+        """The guard on a weighted epoch: the weighted epoch that stands and its accuracy, or ``None`` (none yet)."""
         record = self._active
         assert record is not None
-        if self.guard == "paired" and self._phase != "done":
-            return self._check_paired(trainer, epoch, accuracy)
-        if accuracy is None or self._reference is None or self.guard in ("off", "paired"):
+        if self._phase == "first":
+            return self._check_first(trainer, pl_module, epoch, accuracy)
+        if self._phase == "plain" and self._tried is not None:
+            return self._check_counterfactual(trainer, pl_module, epoch, accuracy)
+        if self.guard in ("paired", "paired_on_drop") and self._phase not in (None, "done"):
+            return (epoch, accuracy) if self._check_paired(trainer, epoch, accuracy) else None
+        if accuracy is None or self._reference is None or self.guard in ("off", "paired", "paired_on_drop"):
             self._reference = accuracy if accuracy is not None else self._reference
-            return True
+            return epoch, accuracy
         entry = self._judge(record, epoch, self._reference, accuracy)
         hurt = entry["violations"]
         if not hurt:
             self._retries, self._reference = 0, list(accuracy)
-            return True
+            return epoch, accuracy
         self._retries += 1
         give_up = self._retries > self.max_retries
         names = [self.class_names[c] for c in hurt]
@@ -373,7 +406,7 @@ class DirectImprovement(InterventionCallback):
                 + ("without the weights" if give_up else f"with |w - 1| x{self._scale:g}")
                 + f" (an extra epoch: max_epochs is now {trainer.max_epochs}).",
             )
-            return False
+            return None
         self._reference = list(accuracy)
         if give_up:
             entry["action"] = "dropped"
@@ -383,7 +416,7 @@ class DirectImprovement(InterventionCallback):
             self._scale *= self.shrink
             store = require_sample_weights(pl_module, type(self).__name__)
             store.set(shrink_weights(store.weights, self.shrink))
-        return True
+        return epoch, accuracy
 
     def _judge(
         self, record: InterventionRecord, epoch: int, reference: list[float], accuracy: list[float]
@@ -451,6 +484,99 @@ class DirectImprovement(InterventionCallback):
             )
         return False
 
+    def _check_first(
+        self, trainer: Trainer, pl_module: LightningModule, epoch: int, accuracy: list[float] | None
+    ) -> tuple[int, list[float] | None] | None:
+        """``guard="paired_on_drop"``: the first weighted epoch against the one before; a drop calls for its counterfactual."""
+        record = self._active
+        assert record is not None
+        self._phase = "done"
+        if accuracy is None or self._reference is None:
+            return epoch, accuracy
+        entry = self._judge(record, epoch, self._reference, accuracy)
+        if not entry["violations"]:
+            self._reference = list(accuracy)
+            return epoch, accuracy
+        # Its end state is kept before the epoch's scheduler step, to come back to at the end of the counterfactual.
+        entry["action"] = "confirm"
+        self._tried, self._tried_epoch = list(accuracy), epoch
+        self._tried_end = TrainingSnapshot.take(trainer, pl_module)
+        store = require_sample_weights(pl_module, type(self).__name__)
+        self._held, self._phase, self._plain, self._plain_end = store.weights.clone(), "plain", None, None
+        self._next = "counterfactual"
+        self.add_epochs(trainer, record, 1)
+        names = [self.class_names[c] for c in entry["violations"]]
+        self.notify(
+            trainer,
+            f"#{record.number}: weighted epoch {epoch} lowered {names} against epoch {epoch - 1}; epoch {epoch + 1} "
+            f"trains it again without the weights to tell the weights' part from the epoch's (the paired guard; "
+            f"an extra epoch: max_epochs is now {trainer.max_epochs}).",
+        )
+        return None
+
+    def _check_counterfactual(
+        self, trainer: Trainer, pl_module: LightningModule, epoch: int, accuracy: list[float] | None
+    ) -> tuple[int, list[float] | None] | None:
+        """``guard="paired_on_drop"``: the weighted epoch that lowered a class, judged against its counterfactual."""
+        record = self._active
+        assert record is not None and self._tried is not None and self._tried_epoch is not None
+        record.guard.append({"epoch": epoch, "action": "counterfactual"})
+        tried, tried_epoch = self._tried, self._tried_epoch
+        entry: dict[str, Any] = {}
+        if accuracy is not None:
+            entry = self._judge(record, tried_epoch, accuracy, tried)
+            entry["against"] = epoch
+        hurt = entry.get("violations", [])
+        if not hurt:
+            self.discard(trainer, epoch, "counterfactual of the paired guard")
+            self._keep_tried(trainer, pl_module)
+            self.notify(
+                trainer,
+                f"#{record.number}: weighted epoch {tried_epoch} kept (no other class below the same epoch trained "
+                f"without the weights, epoch {epoch}, past the tolerance).",
+            )
+            return tried_epoch, tried
+        self._tried = self._tried_epoch = self._tried_end = None
+        self.discard(trainer, tried_epoch, "guard: weighted try rejected")
+        self._retries += 1
+        names = [self.class_names[c] for c in hurt]
+        if self._retries > self.max_retries:  # the counterfactual, the latest epoch, stands: nothing to restore
+            entry["action"], self._plain_end, self._held = "dropped", None, None
+            self._drop(
+                trainer,
+                pl_module,
+                "the guard dropped the weights: they lowered a non-target class against the "
+                "same epoch trained without them",
+                accuracy,
+            )
+            return None
+        # From here on as guard="paired" after a rejected try: retries from the start, judged against this epoch.
+        entry["action"], self._plain, self._phase, self._next = "retry", accuracy, "weighted", "weighted_try"
+        self.add_epochs(trainer, record, 1)
+        self._scale *= self.shrink
+        self._held = shrink_weights(self._held, self.shrink)
+        self.notify(
+            trainer,
+            f"#{record.number}: weighted epoch {tried_epoch} lowered {names} against the same epoch without the "
+            f"weights (epoch {epoch}); epoch {epoch + 1} redoes it with |w - 1| x{self._scale:g} (an extra epoch: "
+            f"max_epochs is now {trainer.max_epochs}).",
+        )
+        return None
+
+    def _keep_tried(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Back to the end of the weighted epoch that its counterfactual confirmed, its weights in force again.
+
+        Restored at the counterfactual's end, before Lightning's epoch-end scheduler step, as the
+        snapshot was taken before the weighted epoch's: the run goes on as after that epoch.
+        """
+        assert self._tried_end is not None
+        self._tried_end.restore(trainer, pl_module)
+        store = require_sample_weights(pl_module, type(self).__name__)
+        if self._held is not None:
+            store.set(self._held)
+        self._reference = self._tried
+        self._phase, self._held, self._tried, self._tried_epoch, self._tried_end = "done", None, None, None, None
+
     def _discard_counterfactual(self, trainer: Trainer, plain_epoch: int | None) -> None:
         """The weighted try stands: the counterfactual epoch it was judged against was rolled back."""
         if plain_epoch is not None:
@@ -460,9 +586,14 @@ class DirectImprovement(InterventionCallback):
         return [self.class_names[c] for c in record.targets]
 
     def _paired_start(self, trainer: Trainer, pl_module: LightningModule, action: str) -> None:
-        """Start a weighted try from the counterfactual epoch's start, or go back to the counterfactual's end and drop."""
+        """Start a counterfactual or a weighted try from the snapshot epoch's start, or go back to the counterfactual's end and drop."""
         assert self._snapshot is not None
         store = require_sample_weights(pl_module, type(self).__name__)
+        if action == "counterfactual":  # guard="paired_on_drop": the weighted epoch again, without the weights
+            self._snapshot.restore(trainer, pl_module)  # RNG included: the weighted epoch's batches again
+            follow_restored_rng(trainer, self._snapshot.sampler_epoch)
+            store.clear()
+            return
         if self._plain_end is None:  # right after the counterfactual epoch: keep its end state
             self._plain_end = TrainingSnapshot.take(trainer, pl_module)
         if action == "weighted_try":
@@ -492,6 +623,7 @@ class DirectImprovement(InterventionCallback):
         record, self._active, self._remaining = self._active, None, None
         self._reference, self._snapshot, self._rollback = None, None, False
         self._phase = self._next = self._held = self._plain = self._plain_end = None
+        self._tried = self._tried_epoch = self._tried_end = None
         require_sample_weights(pl_module, type(self).__name__).clear()
         assert record is not None
         record.after = after

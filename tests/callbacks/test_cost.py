@@ -97,7 +97,7 @@ def test_cost_in_epochs_divides_each_part_by_the_epoch_time() -> None:
 
 def test_a_fit_records_the_cost_in_its_own_epochs(tmp_path: Path) -> None:
     # An intervention at the very first epoch's end: the epoch that just ended gives the epoch time.
-    improvement = DirectImprovement(targets=["b"], at_epochs=[0], curvature="exact", log_figures=False)
+    improvement = DirectImprovement(targets=["b"], at_epochs=[0], curvature="exact", guard="paired", log_figures=False)
     L.seed_everything(0)
     run = trainer(tmp_path, [PerClassAccuracy(log_figure_every_n_epochs=0), improvement], max_epochs=3)
     run.fit(classifier(), blobs_datamodule())

@@ -324,12 +324,12 @@ def test_weights_hold_until_the_end_of_training_by_default(tmp_path: Path, monke
     patch_influence(monkeypatch, random_influence)
     improvement, probe, run = _guarded_run(tmp_path, {})
     n = len(run.datamodule.train_dataset)
-    # The default paired guard trains epoch 2 without the weights first (the counterfactual), then again with them.
-    assert probe.weighted_epochs() == [3, 4, 5]
-    assert torch.equal(_weights_seen(probe, 3, n), _weights_seen(probe, 5, n))
+    # No class falls in the first weighted epoch, so the default guard (paired_on_drop) trains no counterfactual.
+    assert probe.weighted_epochs() == [2, 3, 4] and run.current_epoch == 5
+    assert torch.equal(_weights_seen(probe, 2, n), _weights_seen(probe, 4, n))
     (record,) = improvement.records
-    assert record.status == "applied" and record.weighted_epochs == [3, 4, 5] and record.reason == ""
-    assert [entry["action"] for entry in record.guard] == ["counterfactual", "kept"]
+    assert record.status == "applied" and record.weighted_epochs == [2, 3, 4] and record.reason == ""
+    assert [entry["action"] for entry in record.guard] == ["kept"] and record.extra_epochs == 0
     assert not run.lightning_module.sample_weights.active  # cleared once fit ends
 
 
@@ -576,11 +576,17 @@ def test_resume_between_the_counterfactual_and_the_weighted_try(
 ) -> None:
     patch_influence(monkeypatch, random_influence)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
-    improvement, probe = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False), IndexProbe()
+    improvement, probe = (
+        DirectImprovement(targets=["a"], at_epochs=[1], guard="paired", log_figures=False),
+        IndexProbe(),
+    )
     _fit(
         tmp_path / "a", [ScriptedAccuracy({}), improvement, probe, checkpoints], max_epochs=4, enable_checkpointing=True
     )
-    resumed, resumed_probe = DirectImprovement(targets=["a"], at_epochs=[1], log_figures=False), IndexProbe()
+    resumed, resumed_probe = (
+        DirectImprovement(targets=["a"], at_epochs=[1], guard="paired", log_figures=False),
+        IndexProbe(),
+    )
     run = _fit(
         tmp_path / "b",
         [ScriptedAccuracy({}), resumed, resumed_probe],
@@ -635,3 +641,110 @@ def test_the_trial_screen_setting_reaches_the_search(
     assert screens == [trial_screen]
     if trial_screen is None:  # the paper's protocol: every candidate trained
         assert improvement.records[0].search["trials_skipped"] == 0
+
+
+def test_paired_on_drop_guard_adds_no_epoch_when_no_class_falls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    improvement, probe, run = _guarded_run(tmp_path, {}, guard="paired_on_drop", tolerance=0.05)
+    assert probe.weighted_epochs() == [2, 3, 4] and run.fit_loop.max_epochs == 5 and run.current_epoch == 5
+    (record,) = improvement.records
+    assert [(e["epoch"], e["action"]) for e in record.guard] == [(2, "kept")]
+    assert record.weighted_epochs == [2, 3, 4] and record.extra_epochs == 0 and record.status == "applied"
+
+
+def test_paired_on_drop_guard_keeps_a_weighted_epoch_whose_drop_the_counterfactual_shares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    # Epoch 2 (weighted) lowers c by 50 points against epoch 1; its counterfactual (epoch 3, no weights, same
+    # batches) lowers it as much: the drop is the epoch's, not the weights'. The run goes on from epoch 2's end.
+    hurt = (0.9, 0.8, 0.3)
+    improvement, probe, run = _guarded_run(tmp_path, {2: hurt, 3: hurt}, guard="paired_on_drop", tolerance=0.05)
+    unguarded, unguarded_probe = (
+        DirectImprovement(targets=["a"], at_epochs=[1], guard="off", log_figures=False),
+        IndexProbe(),
+    )
+    reference = _fit(tmp_path / "off", [ScriptedAccuracy({2: hurt, 3: hurt}), unguarded, unguarded_probe], max_epochs=5)
+    n = len(run.datamodule.train_dataset)
+    assert probe.weighted_epochs() == [2, 4, 5] and run.fit_loop.max_epochs == 6
+    assert _same_start(probe.starts[3], probe.starts[2])  # the counterfactual replays the weighted epoch's start
+    assert probe.batch_order(3) == probe.batch_order(2)
+    # After it, the run is where the unguarded run was after the weighted epoch: state, RNG, batches, weights.
+    assert _same_start(probe.starts[4], unguarded_probe.starts[3])
+    assert probe.batch_order(4) == unguarded_probe.batch_order(3)
+    assert torch.equal(_weights_seen(probe, 4, n), _weights_seen(unguarded_probe, 3, n))
+    assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
+    (record,) = improvement.records
+    assert [(e["epoch"], e["action"]) for e in record.guard] == [(2, "confirm"), (3, "counterfactual"), (2, "kept")]
+    assert record.guard[0]["violations"] == [2] and record.guard[2]["violations"] == []
+    assert record.weighted_epochs == [2, 4, 5] and record.extra_epochs == 1 and record.status == "applied"
+
+
+def test_paired_on_drop_guard_retries_a_weighted_epoch_below_its_counterfactual(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    # Epoch 2 (weighted) lowers c; the counterfactual (epoch 3) does not: the weights did. Epoch 4 retries it with
+    # |w - 1| halved, from the same start, and stands.
+    improvement, probe, run = _guarded_run(tmp_path, {2: (0.9, 0.8, 0.3)}, guard="paired_on_drop", tolerance=0.05)
+    n = len(run.datamodule.train_dataset)
+    assert probe.weighted_epochs() == [2, 4, 5, 6] and run.fit_loop.max_epochs == 7
+    assert _same_start(probe.starts[3], probe.starts[2]) and _same_start(probe.starts[4], probe.starts[2])
+    torch.testing.assert_close(_weights_seen(probe, 4, n), 1.0 + 0.5 * (_weights_seen(probe, 2, n) - 1.0))
+    (record,) = improvement.records
+    assert [(e["epoch"], e["action"]) for e in record.guard] == [
+        (2, "confirm"),
+        (3, "counterfactual"),
+        (2, "retry"),
+        (4, "kept"),
+    ]
+    assert record.guard[2]["change"] == pytest.approx([0.1, 0.0, -0.5]) and record.guard[2]["against"] == 3
+    assert record.weighted_epochs == [4, 5, 6] and record.extra_epochs == 2
+
+
+def test_paired_on_drop_guard_without_retries_keeps_the_counterfactual(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    with pytest.warns(UserWarning, match="dropped the weights"):
+        improvement, probe, run = _guarded_run(
+            tmp_path, {2: (0.9, 0.8, 0.3)}, guard="paired_on_drop", tolerance=0.05, max_retries=0
+        )
+    reference = _fit(tmp_path / "plain", [ScriptedAccuracy({})], max_epochs=5)
+    (record,) = improvement.records
+    assert record.status == "dropped" and [e["action"] for e in record.guard] == [
+        "confirm",
+        "counterfactual",
+        "dropped",
+    ]
+    assert probe.weighted_epochs() == [2] and run.fit_loop.max_epochs == 6 and record.extra_epochs == 1
+    # The counterfactual stands: the run ends exactly where the run without the callback ends.
+    assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
+
+
+def test_resume_during_the_paired_on_drop_counterfactual_ends_as_the_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    hurt = (0.9, 0.8, 0.3)
+    script = {2: hurt, 3: hurt}
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    kwargs = {"targets": ["a"], "at_epochs": [1], "guard": "paired_on_drop", "tolerance": 0.05, "log_figures": False}
+    improvement = DirectImprovement(**kwargs)
+    run = _fit(
+        tmp_path / "a", [ScriptedAccuracy(script), improvement, checkpoints], max_epochs=5, enable_checkpointing=True
+    )
+    resumed = DirectImprovement(**kwargs)
+    again = _fit(
+        tmp_path / "b",
+        [ScriptedAccuracy(script), resumed],
+        max_epochs=5,
+        ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"),
+    )
+    assert [(e["epoch"], e["action"]) for e in resumed.records[0].guard] == [
+        (e["epoch"], e["action"]) for e in improvement.records[0].guard
+    ]
+    assert resumed.records[0].weighted_epochs == improvement.records[0].weighted_epochs == [2, 4, 5]
+    assert states_equal(again.lightning_module.state_dict(), run.lightning_module.state_dict())

@@ -87,7 +87,9 @@ def test_tensorboard_gets_figures_histogram_text_and_scalars(tmp_path: Path, mon
     logger = TensorBoardLogger(tmp_path, name="tb")
     L.seed_everything(0)
     monitor = ScriptedAccuracy({})
-    run = trainer(tmp_path, [monitor, DirectImprovement(targets=["c"], at_epochs=[0])], 2, logger=logger)
+    run = trainer(
+        tmp_path, [monitor, DirectImprovement(targets=["c"], at_epochs=[0], guard="paired")], 2, logger=logger
+    )
     run.fit(classifier(), blobs_datamodule())
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "histograms": 0, "tensors": 0}).Reload()
     tags = events.Tags()
