@@ -11,8 +11,9 @@ For every scenario and seed, one run per arm from the same seed, data and initia
 
 Reported per arm against ``none`` (test-accuracy points, per class), at the epoch after the
 intervention and at the **end of training**: targets (mean), non-targets (mean), worst non-target,
-all classes (mean); medians over seeds. Each run's test accuracy is also checked identical to ``none``
-up to the intervention (``same_until_intervention``). Scenarios (real data that ships offline):
+all classes (mean); medians over seeds; and the training epochs each intervention added (the guard's
+counterfactual and retries, CC's redos; mean over the arm's interventions). Each run's test accuracy
+is also checked identical to ``none`` up to the intervention (``same_until_intervention``). Scenarios (real data that ships offline):
 
 - ``digits_symmetric``: scikit-learn digits, 20% of the training labels flipped uniformly; MLP; DI on
   the worst two classes after epoch 3.
@@ -355,6 +356,8 @@ def compare(name: str, seed: int, runs: dict[str, dict[str, Any]]) -> list[dict[
             "targets": targets,
             "same_until_intervention": same,
             "statuses": [r["status"] for r in records],
+            # Training epochs the interventions added (guard counterfactuals and retries, CC's redos).
+            "extra_epochs": [r.get("extra_epochs", 0) for r in records],
             "seconds": run["seconds"],
             "end": _changes(run["test"][last], plain["test"][plain_last], targets or []),
             "end_val": _changes(
@@ -381,6 +384,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "same_until_intervention": all(r["same_until_intervention"] for r in members),
             "seconds_median": statistics.median(r["seconds"] for r in members),
         }
+        added = [e for r in members for e in r.get("extra_epochs", [])]
+        if added:
+            entry["extra_epochs_per_intervention"] = {
+                "mean": statistics.mean(added),
+                "median": statistics.median(added),
+                "interventions": len(added),
+            }
         for when in ("next", "end"):
             present = [r[when] for r in members if when in r]
             if present:
@@ -399,8 +409,8 @@ def table(summary: dict[str, Any]) -> str:
     """The summary as a markdown table (end of training, then the epoch after the intervention)."""
     lines = [
         "| scenario | arm | end: targets | non-targets | worst non-target | all classes | worst class "
-        "| next epoch: targets | non-targets | worst non-target |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| next epoch: targets | non-targets | worst non-target | extra epochs per intervention |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, arms in summary.items():
         for arm, entry in arms.items():
@@ -409,10 +419,11 @@ def table(summary: dict[str, Any]) -> str:
                 end.get(k) for k in ("targets_pp", "nontargets_pp", "worst_nontarget_pp", "all_pp", "worst_class_pp")
             ]
             cells += [nxt.get(k) for k in ("targets_pp", "nontargets_pp", "worst_nontarget_pp")]
+            added = entry.get("extra_epochs_per_intervention")
             lines.append(
                 f"| {name} | {arm} | "
                 + " | ".join("-" if c is None or math.isnan(c) else f"{c:+.1f}" for c in cells)
-                + " |"
+                + (f" | {added['mean']:.2f} |" if added else " | - |")
             )
     return "\n".join(lines)
 
