@@ -32,7 +32,7 @@ def leading_eigh(matrix: Tensor, tolerance: float, seed: int = 0) -> tuple[Tenso
         to (then a dense eigendecomposition is cheaper).
     """
     # The range finder runs in float32 (its error, ~1e-7 of the largest eigenvalue, is far below the
-    # 1e-4 cut) at twice float64's speed; the Rayleigh-Ritz eigenproblem that gives the pairs is
+    # 1e-3 cut) at twice float64's speed; the Rayleigh-Ritz eigenproblem that gives the pairs is
     # float64, its projection ``Q^T M Q`` in the matrix's own dtype (a float32 matrix's entries carry
     # float32 rounding already).
     single = matrix.float()

@@ -8,8 +8,8 @@ discarded eigenvalues (K-FAC), or the mean second moment of the gradients' compo
 see ``correction``), per output eigendirection. A dense ``d x d`` eigendecomposition and the
 ``n x d x d`` rotations become ``d x d x k`` and ``n x d x k`` work. The price:
 ``(lambda_j + damping)^{-1}`` of a discarded direction is replaced by that of the block's mean, an
-error below ``TRUNCATION_TOLERANCE`` times the layer's largest eigenvalue over the damping (about
-1e-3 at the default damping).
+error below ``TRUNCATION_TOLERANCE`` times the layer's largest eigenvalue over the damping (at most
+1e-2 at the default damping, for the layer with the curvature's largest eigenvalue).
 """
 
 from __future__ import annotations
@@ -28,8 +28,13 @@ __all__ = ["TRUNCATE_INPUTS_ABOVE", "TRUNCATION_TOLERANCE", "eigenbases", "symme
 
 TRUNCATE_INPUTS_ABOVE = 2048
 """Input factors wider than this keep only their leading eigenvectors (see the module docstring)."""
-TRUNCATION_TOLERANCE = 1e-4
-"""Kept eigenvalues of a truncated input factor reach down to this fraction of its largest."""
+TRUNCATION_TOLERANCE = 1e-3
+"""Kept eigenvalues of a truncated input factor reach down to this fraction of its largest.
+
+1e-3 rather than 1e-4: on the MNIST CNN of ``benchmarks/influence.py`` after 4-8 epochs the input
+factor of its 3,137-wide layer keeps 121-147 directions instead of 323-389, found in one round of
+subspace iteration instead of two, and the scores agree with 1e-4's at Spearman 1.0000 (every class).
+"""
 
 
 def eigenbases(factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, KroneckerFactors]:
