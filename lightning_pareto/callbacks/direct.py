@@ -172,7 +172,8 @@ class DirectImprovement(InterventionCallback):
         self._snapshot: TrainingSnapshot | None = None
         self._rollback = False
         self._in_epoch = False
-        # guard="paired": "plain" (the counterfactual epoch runs), "weighted" (a weighted try runs), "done"
+        # The paired guards: "first" (paired_on_drop's first weighted epoch runs), "plain" (the counterfactual
+        # epoch runs), "weighted" (a weighted try runs), "done"
         self._phase: str | None = None
         self._next: str | None = None  # what the next epoch start does: "weighted_try" or "keep_plain"
         self._held = None  # the weights held back during the counterfactual epoch
