@@ -473,17 +473,25 @@ class DirectImprovement(InterventionCallback):
                 f"without the weights (epoch {plain_epoch}); keeping that epoch and dropping the weights.",
             )
         else:
-            entry["action"], self._next = "retry", "weighted_try"
-            self.add_epochs(trainer, record, 1)  # this try does not count
-            self._scale *= self.shrink
-            self._held = shrink_weights(self._held, self.shrink)
-            self.notify(
-                trainer,
-                f"#{record.number}: weighted epoch {epoch} lowered {names} against the same epoch "
-                f"without the weights (epoch {plain_epoch}); epoch {epoch + 1} redoes it with "
-                f"|w - 1| x{self._scale:g} (an extra epoch: max_epochs is now {trainer.max_epochs}).",
-            )
+            self._retry(trainer, entry, epoch, plain_epoch, names)
         return False
+
+    def _retry(
+        self, trainer: Trainer, entry: dict[str, Any], tried_epoch: int, plain_epoch: int | None, names: list[str]
+    ) -> None:
+        """A rejected weighted try: the next epoch retries it from the same start with ``|w - 1|`` shrunk."""
+        record = self._active
+        assert record is not None
+        entry["action"], self._next = "retry", "weighted_try"
+        self.add_epochs(trainer, record, 1)  # the rejected try does not count
+        self._scale *= self.shrink
+        self._held = shrink_weights(self._held, self.shrink)
+        self.notify(
+            trainer,
+            f"#{record.number}: weighted epoch {tried_epoch} lowered {names} against the same epoch without the "
+            f"weights (epoch {plain_epoch}); epoch {trainer.current_epoch + 1} redoes it with |w - 1| "
+            f"x{self._scale:g} (an extra epoch: max_epochs is now {trainer.max_epochs}).",
+        )
 
     def _check_first(
         self, trainer: Trainer, pl_module: LightningModule, epoch: int, accuracy: list[float] | None
@@ -552,16 +560,8 @@ class DirectImprovement(InterventionCallback):
             )
             return None
         # From here on as guard="paired" after a rejected try: retries from the start, judged against this epoch.
-        entry["action"], self._plain, self._phase, self._next = "retry", accuracy, "weighted", "weighted_try"
-        self.add_epochs(trainer, record, 1)
-        self._scale *= self.shrink
-        self._held = shrink_weights(self._held, self.shrink)
-        self.notify(
-            trainer,
-            f"#{record.number}: weighted epoch {tried_epoch} lowered {names} against the same epoch without the "
-            f"weights (epoch {epoch}); epoch {epoch + 1} redoes it with |w - 1| x{self._scale:g} (an extra epoch: "
-            f"max_epochs is now {trainer.max_epochs}).",
-        )
+        self._plain, self._phase = accuracy, "weighted"
+        self._retry(trainer, entry, tried_epoch, epoch, names)
         return None
 
     def _keep_tried(self, trainer: Trainer, pl_module: LightningModule) -> None:
