@@ -253,23 +253,8 @@ def _class_search(labels: torch.Tensor, factor: float) -> Callable[..., SearchRe
     """A stand-in for the weight search that returns naive class upweighting of the targets (CC's baseline arm)."""
 
     def search(influence: Any, targets: Any, **kwargs: Any) -> SearchResult:
-        n, k = np.asarray(influence).shape
-        weights = class_weights(labels, list(targets), factor).double().numpy()
-        return SearchResult(
-            status="improved",
-            reason="",
-            weights=weights,
-            thresholds=np.full(k, np.nan),
-            trust=0.0,
-            fitness=0.0,
-            predicted_gain=np.zeros(k),
-            trial_accuracy=None,
-            evaluations=0,
-            trials=0,
-            generations=0,
-            seconds=0.0,
-            stopped_early=False,
-        )
+        num_classes = np.asarray(influence).shape[1]
+        return SearchResult.given(class_weights(labels, list(targets), factor).double().numpy(), num_classes)
 
     return search
 

@@ -200,21 +200,7 @@ def cc_counterfactual_check(dataset: str, seed: int) -> dict[str, Any]:
 
     def uniform(influence: Any, targets: Any, **kwargs: Any) -> SearchResult:
         n, k = np.asarray(influence).shape
-        return SearchResult(
-            status="improved",
-            reason="",
-            weights=np.ones(n),
-            thresholds=np.full(k, np.nan),
-            trust=0.0,
-            fitness=0.0,
-            predicted_gain=np.zeros(k),
-            trial_accuracy=None,
-            evaluations=1,
-            trials=0,
-            generations=0,
-            seconds=0.0,
-            stopped_early=False,
-        )
+        return SearchResult.given(np.ones(n), k, evaluations=1)
 
     original = search_module.search_weights
     search_module.search_weights = uniform

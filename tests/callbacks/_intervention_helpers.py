@@ -67,6 +67,23 @@ def trainer(root: Any, callbacks: list[Callback], max_epochs: int, **overrides: 
     return L.Trainer(**options)
 
 
+# Keys every line of interventions.jsonl carries, whichever callback wrote it.
+RECORD_KEYS = (
+    "epoch",
+    "mode",
+    "targets",
+    "before",
+    "after",
+    "bad",
+    "status",
+    "reason",
+    "seconds",
+    "ceiling",
+    "n_weighted",
+    "thresholds",
+)
+
+
 class ScriptedAccuracy(PerClassAccuracy):
     """A PerClassAccuracy whose history is scripted per epoch, so drops happen exactly where a test wants them.
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _intervention_helpers import (
+    RECORD_KEYS,
     Probe,
     ScriptedAccuracy,
     blobs_datamodule,
@@ -66,21 +67,7 @@ def test_rollback_restores_model_optimizer_scheduler_and_rng_bit_for_bit(
     assert record.before == pytest.approx(GOOD) and record.bad == pytest.approx([0.6, 0.8, 0.8])
     assert record.after == pytest.approx(GOOD)
     line = json.loads((tmp_path / "interventions.jsonl").read_text().splitlines()[0])
-    for key in (
-        "epoch",
-        "mode",
-        "targets",
-        "before",
-        "after",
-        "bad",
-        "status",
-        "reason",
-        "seconds",
-        "ceiling",
-        "n_weighted",
-        "thresholds",
-    ):
-        assert key in line
+    assert set(RECORD_KEYS) <= set(line)
     assert line["mode"] == "course_correction" and line["bad"] == pytest.approx([0.6, 0.8, 0.8])
     assert line["n_weighted"] > 0 and line["ceiling"]["verdict"] in ("improvable", "at the ceiling within tolerance")
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _intervention_helpers import (
+    RECORD_KEYS,
     Probe,
     ScriptedAccuracy,
     blobs_datamodule,
@@ -66,21 +67,7 @@ def test_weights_apply_exactly_for_the_chosen_epochs_then_clear(tmp_path: Path) 
     assert record.before == pytest.approx(accuracy[1]) and record.after == pytest.approx(accuracy[3])
     assert record.n_weighted == int((first != 1).sum())
     line = json.loads((tmp_path / "interventions.jsonl").read_text())
-    for key in (
-        "epoch",
-        "mode",
-        "targets",
-        "before",
-        "after",
-        "bad",
-        "status",
-        "reason",
-        "seconds",
-        "ceiling",
-        "n_weighted",
-        "thresholds",
-    ):
-        assert key in line
+    assert set(RECORD_KEYS) <= set(line)
     assert line["mode"] == "direct_improvement" and line["epoch"] == 1 and line["bad"] is None
     assert line["seconds"] > 0 and line["thresholds"][1] is None  # no threshold for the target
 
@@ -748,3 +735,35 @@ def test_resume_during_the_paired_on_drop_counterfactual_ends_as_the_uninterrupt
     ]
     assert resumed.records[0].weighted_epochs == improvement.records[0].weighted_epochs == [2, 4, 5]
     assert states_equal(again.lightning_module.state_dict(), run.lightning_module.state_dict())
+
+
+class _StopAfter(L.Callback):
+    """Stops the fit at the end of one trainer epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+def test_a_fit_stopped_before_the_paired_on_drop_counterfactual_keeps_the_weighted_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    hurt = (0.9, 0.8, 0.3)
+    kwargs = {"targets": ["a"], "at_epochs": [1], "tolerance": 0.05, "log_figures": False}
+    # Epoch 2 (weighted) lowers c, which calls for a counterfactual, but the fit stops right after it.
+    improvement = DirectImprovement(guard="paired_on_drop", **kwargs)
+    run = _fit(tmp_path / "a", [ScriptedAccuracy({2: hurt}), improvement, _StopAfter(2)], max_epochs=5)
+    reference = _fit(
+        tmp_path / "b", [ScriptedAccuracy({2: hurt}), DirectImprovement(guard="off", **kwargs), _StopAfter(2)], 5
+    )
+    # The weighted epoch, the last trained, stands: the model is the unguarded fit's after it.
+    assert run.current_epoch == reference.current_epoch == 3
+    assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
+    (record,) = improvement.records
+    assert record.weighted_epochs == [2] and [e["action"] for e in record.guard] == ["confirm"]
+    assert "before the guard's paired check finished" in record.reason
+    assert not run.lightning_module.sample_weights.active

@@ -31,9 +31,8 @@ TRUNCATE_INPUTS_ABOVE = 2048
 TRUNCATION_TOLERANCE = 1e-3
 """Kept eigenvalues of a truncated input factor reach down to this fraction of its largest.
 
-1e-3 rather than 1e-4: on the MNIST CNN of ``benchmarks/influence.py`` after 4-8 epochs the input
-factor of its 3,137-wide layer keeps 121-147 directions instead of 323-389, found in one round of
-subspace iteration instead of two, and the scores agree with 1e-4's at Spearman 1.0000 (every class).
+1e-3 keeps a flattening spectrum (later in training) within one round of subspace iteration, with
+scores as 1e-4's (``benchmarks/RESULTS.md``, influence engine: truncation).
 """
 
 
