@@ -359,6 +359,7 @@ class InterventionCallback(Callback):
                 curvature_samples=settings.curvature_samples,
                 modules=settings.module_names,
                 seed=settings.seed,
+                matmul_precision=settings.matmul_precision,
                 progress=show_progress,
                 timings=timings,
             )

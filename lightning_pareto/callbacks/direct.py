@@ -92,7 +92,7 @@ class DirectImprovement(InterventionCallback):
         **settings: The influence and weight-search options shared with ``CourseCorrection``
             (``curvature``, ``damping``, ``curvature_samples``, ``modules``, ``fitness``, ``trial_batches``,
             ``preset``, ``w_min``, ``w_max``, ``time_budget``, ``seed``, ``log_figures``,
-            ``influence_batch_size``): see :class:`~lightning_pareto.callbacks.InterventionSettings`.
+            ``influence_batch_size``, ``matmul_precision``): see :class:`~lightning_pareto.callbacks.InterventionSettings`.
 
     Example::
 

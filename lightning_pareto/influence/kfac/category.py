@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from lightning_pareto._distributed import is_distributed
 from lightning_pareto.influence._base import Curvature
 from lightning_pareto.influence._passes import StoredBatch, influence_mode
+from lightning_pareto.influence._precision import check_matmul_precision, float32_matmul_precision
 from lightning_pareto.influence._subset import curvature_batches, factor_subset
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.capture import tracked_modules
@@ -47,6 +48,7 @@ def category_influence(
     seed: int = 0,
     curvature_samples: int | str | None = "auto",
     correction_samples: int | str | None = "auto",
+    matmul_precision: str | None = None,
     progress: bool | None = None,
     timings: InfluenceTimings | None = None,
 ) -> Tensor:
@@ -77,6 +79,11 @@ def category_influence(
             ``"auto"`` (default) every sample where the factor pass keeps them all, else 2,000 for a
             loader with a sized ``dataset``; an int, or ``None`` for all.
             Not used with a fitted ``Curvature``.
+        matmul_precision: ``torch.set_float32_matmul_precision`` for this call only (restored after):
+            ``"medium"`` lets the float32 products use bfloat16 internally where the hardware has fast
+            bfloat16 (CPUs with AMX or AVX512-BF16; TF32/bfloat16 on CUDA), several times faster on the
+            large Grams and rotations and agreeing with ``"highest"`` at Spearman 0.999 on the MNIST CNN
+            (``benchmarks/RESULTS.md``); ``None`` (default) keeps the caller's setting.
         progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
         timings: Filled with the seconds of each phase.
 
@@ -131,6 +138,7 @@ def category_influence(
         seed=seed,
         curvature_samples=curvature_samples,
         correction_samples=correction_samples,
+        matmul_precision=matmul_precision,
         progress=progress,
         timings=timings,
         group_names=[f"class {c}" for c in range(num_classes)],
@@ -150,6 +158,7 @@ def influence_value(
     seed: int = 0,
     curvature_samples: int | str | None = "auto",
     correction_samples: int | str | None = "auto",
+    matmul_precision: str | None = None,
     progress: bool | None = None,
     timings: InfluenceTimings | None = None,
 ) -> Tensor:
@@ -185,6 +194,7 @@ def influence_value(
         seed=seed,
         curvature_samples=curvature_samples,
         correction_samples=correction_samples,
+        matmul_precision=matmul_precision,
         progress=progress,
         timings=timings,
         group_names=["validation set"],
@@ -206,63 +216,66 @@ def _influence(
     seed: int,
     curvature_samples: int | str | None,
     correction_samples: int | str | None,
+    matmul_precision: str | None,
     progress: bool | None,
     timings: InfluenceTimings | None,
     group_names: Sequence[str],
 ) -> Tensor:
-    if isinstance(curvature, Curvature):
-        if modules is not None:
-            raise ValueError("modules must be None when a fitted Curvature is passed: it fixes the tracked layers")
-        _check_owned(model, curvature)
-        tracked = curvature.tracked
-        fitted: Curvature | None = curvature.with_damping(damping) if damping is not None else curvature
-    else:
-        check_options(
-            curvature,
-            fisher,
-            damping=damping,
-            curvature_samples=curvature_samples,
-            correction_samples=correction_samples,
-        )
-        curvature_batches(
-            train_loader, factor_subset(curvature_samples, train_loader), seed
-        )  # a loader it cannot subset fails here
-        tracked = tracked_modules(model, modules)
-        fitted = None
-    # The validation pass runs first so that bad labels fail before the training passes.
-    with influence_mode(model) as device, timed(timings, "queries", device):
-        # Under DDP the validation rows are sharded over ranks: only the summed dense queries are whole.
-        queries, rows, counts = mean_gradients(
-            model, val_loader, tracked, num_groups, group_of, group_names, progress, keep_rows=not is_distributed()
-        )
-    scored: list[StoredBatch] = []  # batches the factor pass kept whole: scored without a pass of their own
-    if fitted is None:
-        fitted = fit_tracked_curvature(
-            model,
-            train_loader,
-            tracked,
-            curvature=curvature,
-            damping=damping,
-            fisher=fisher,
-            seed=seed,
-            curvature_samples=curvature_samples,
-            correction_samples=correction_samples,
-            progress=progress,
-            timings=timings,
-            scored=scored,
-        )
-    with influence_mode(model) as device:
-        with timed(timings, "precondition", device):
-            preconditioned, factored = precondition(fitted, queries, rows, counts)
-        with timed(timings, "scores", device):
-            scores = score(model, train_loader, tracked, preconditioned, factored, progress, stored=scored)
-        scored.clear()
-    cause = non_finite_cause(scores)
-    if cause:
-        warnings.warn(
-            f"{cause}; the scores are returned as they are, filter them before use", UserWarning, stacklevel=3
-        )
-    return scores
+    check_matmul_precision(matmul_precision)
+    with float32_matmul_precision(matmul_precision):
+        if isinstance(curvature, Curvature):
+            if modules is not None:
+                raise ValueError("modules must be None when a fitted Curvature is passed: it fixes the tracked layers")
+            _check_owned(model, curvature)
+            tracked = curvature.tracked
+            fitted: Curvature | None = curvature.with_damping(damping) if damping is not None else curvature
+        else:
+            check_options(
+                curvature,
+                fisher,
+                damping=damping,
+                curvature_samples=curvature_samples,
+                correction_samples=correction_samples,
+            )
+            curvature_batches(
+                train_loader, factor_subset(curvature_samples, train_loader), seed
+            )  # a loader it cannot subset fails here
+            tracked = tracked_modules(model, modules)
+            fitted = None
+        # The validation pass runs first so that bad labels fail before the training passes.
+        with influence_mode(model) as device, timed(timings, "queries", device):
+            # Under DDP the validation rows are sharded over ranks: only the summed dense queries are whole.
+            queries, rows, counts = mean_gradients(
+                model, val_loader, tracked, num_groups, group_of, group_names, progress, keep_rows=not is_distributed()
+            )
+        scored: list[StoredBatch] = []  # batches the factor pass kept whole: scored without a pass of their own
+        if fitted is None:
+            fitted = fit_tracked_curvature(
+                model,
+                train_loader,
+                tracked,
+                curvature=curvature,
+                damping=damping,
+                fisher=fisher,
+                seed=seed,
+                curvature_samples=curvature_samples,
+                correction_samples=correction_samples,
+                progress=progress,
+                timings=timings,
+                scored=scored,
+            )
+        with influence_mode(model) as device:
+            with timed(timings, "precondition", device):
+                preconditioned, factored = precondition(fitted, queries, rows, counts)
+            with timed(timings, "scores", device):
+                scores = score(model, train_loader, tracked, preconditioned, factored, progress, stored=scored)
+            scored.clear()
+        cause = non_finite_cause(scores)
+        if cause:
+            warnings.warn(
+                f"{cause}; the scores are returned as they are, filter them before use", UserWarning, stacklevel=3
+            )
+        return scores
 
 
 def non_finite_cause(scores: Tensor) -> str:
