@@ -133,12 +133,14 @@ def _kronfluence_status() -> dict[str, Any]:
 # Options of each timed configuration: the whole network with the defaults (the issue's target; the
 # EKFAC correction on DEFAULT_CORRECTION_SAMPLES), the same with every sample in every pass (the
 # reference the others' agreement is measured against), the whole network with the curvature fitted on
-# half the training samples (every sample still scored), and the head only (what a callback on a large
-# network would use).
+# half the training samples (every sample still scored), the whole network with float32 products in
+# bfloat16 where the CPU has it (the callbacks' default matmul_precision), and the head only (what a
+# callback on a large network would use).
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "all_layers": {"modules": None},
     "all_layers_all_samples": {"modules": None, "correction_samples": None},
     "all_layers_curvature_on_2000": {"modules": None, "curvature_samples": 2000},
+    "all_layers_medium_precision": {"modules": None, "matmul_precision": "medium"},
     "head_only": {"modules": ["head"]},
 }
 

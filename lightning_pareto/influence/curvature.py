@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from lightning_pareto.influence._base import Curvature, resolve_damping
 from lightning_pareto.influence._layout import tracked_parameter_count
 from lightning_pareto.influence._passes import FISHERS, StoredBatch, influence_mode
+from lightning_pareto.influence._precision import check_matmul_precision, float32_matmul_precision
 from lightning_pareto.influence._subset import (
     check_curvature_samples,
     correction_subset,
@@ -89,6 +90,7 @@ def fit_curvature(
     seed: int = 0,
     curvature_samples: int | str | None = "auto",
     correction_samples: int | str | None = "auto",
+    matmul_precision: str | None = None,
     progress: bool | None = None,
     timings: InfluenceTimings | None = None,
 ) -> Curvature:
@@ -118,6 +120,8 @@ def fit_curvature(
             of their rows (within ``kfac.factors.STASH_BYTES``, so the correction costs no pass), else
             ``DEFAULT_CORRECTION_SAMPLES`` (2,000) when the loader has a sized ``dataset``; an int, or
             ``None`` for every sample.
+        matmul_precision: ``torch.set_float32_matmul_precision`` for this call only, as in
+            ``category_influence``; ``None`` (default) keeps the caller's setting.
         progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
         timings: Filled with the seconds of the ``factors``, ``eigen`` and ``correction`` phases.
 
@@ -137,20 +141,22 @@ def fit_curvature(
         curvature_samples=curvature_samples,
         correction_samples=correction_samples,
     )
+    check_matmul_precision(matmul_precision)
     tracked = tracked_modules(model, modules)
-    return fit_tracked_curvature(
-        model,
-        train_loader,
-        tracked,
-        curvature=curvature,
-        damping=damping,
-        fisher=fisher,
-        seed=seed,
-        curvature_samples=curvature_samples,
-        correction_samples=correction_samples,
-        progress=progress,
-        timings=timings,
-    )
+    with float32_matmul_precision(matmul_precision):
+        return fit_tracked_curvature(
+            model,
+            train_loader,
+            tracked,
+            curvature=curvature,
+            damping=damping,
+            fisher=fisher,
+            seed=seed,
+            curvature_samples=curvature_samples,
+            correction_samples=correction_samples,
+            progress=progress,
+            timings=timings,
+        )
 
 
 def fit_tracked_curvature(

@@ -30,6 +30,7 @@ from lightning_pareto.callbacks import InterventionSettings
         ({"trust": 0.0}, ValueError, "trust"),
         ({"time_budget": 0}, ValueError, "time_budget"),
         ({"influence_batch_size": 0}, ValueError, "influence_batch_size"),
+        ({"matmul_precision": "low"}, ValueError, "matmul_precision"),
     ],
 )
 def test_settings_name_the_bad_argument(kwargs: dict, error: type, message: str) -> None:
