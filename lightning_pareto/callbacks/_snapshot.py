@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TrainingSnapshot",
+    "blend_training_states",
     "capture_rng_state",
     "cpu_copy",
     "follow_restored_rng",
@@ -234,3 +235,35 @@ class TrainingSnapshot:
             **{key: state[key] for key in ("epoch", "model", "optimizers", "schedulers", "precision", "rng")},
             sampler_epoch=state.get("sampler_epoch"),
         )
+
+
+def blend_training_states(
+    trainer: Trainer, pl_module: LightningModule, start: TrainingSnapshot, end: TrainingSnapshot, fraction: float
+) -> None:
+    """Set the model and optimizer states to ``start + fraction * (end - start)``.
+
+    Floating-point tensors (parameters, buffers, optimizer moments) are interpolated; everything else
+    (integer buffers, step counts, hyperparameters) is taken from ``start``. Schedulers, precision
+    plugin and RNG are left as they are: the two snapshots are meant to be the ends of the same epoch
+    trained two ways, where those agree.
+
+    Args:
+        trainer: The running Trainer, with as many optimizers as the snapshots hold.
+        pl_module: Its LightningModule.
+        start: The state at ``fraction = 0``.
+        end: The state at ``fraction = 1``.
+        fraction: Where on the line between the two.
+    """
+
+    def mix(a: Any, b: Any) -> Any:
+        if isinstance(a, Tensor):
+            return a + fraction * (b - a) if a.is_floating_point() else a.clone()
+        if isinstance(a, dict):
+            return {key: mix(value, b[key]) for key, value in a.items()}
+        if isinstance(a, (list, tuple)):
+            return type(a)(mix(x, y) for x, y in zip(a, b))
+        return a
+
+    pl_module.load_state_dict(mix(start.model, end.model), strict=True)
+    for optimizer, first, last in zip(trainer.optimizers, start.optimizers, end.optimizers, strict=True):
+        optimizer.load_state_dict(mix(first, last))

@@ -9,20 +9,27 @@ from typing import Any, Literal, get_args
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
 
+from lightning_pareto.callbacks._accuracy import per_class_accuracy
 from lightning_pareto.callbacks._guard import accuracy_change, noise_tolerance, shrink_weights, violations
 from lightning_pareto.callbacks._intervention import InterventionCallback
 from lightning_pareto.callbacks._record import InterventionRecord
+from lightning_pareto.callbacks._run import influence_model, trainer_datasets
 from lightning_pareto.callbacks._settings import InterventionSettings
-from lightning_pareto.callbacks._snapshot import TrainingSnapshot, follow_restored_rng
+from lightning_pareto.callbacks._snapshot import TrainingSnapshot, blend_training_states, follow_restored_rng
 from lightning_pareto.callbacks._targets import check_targets, worst_classes
 from lightning_pareto.callbacks.monitor import class_indices
 from lightning_pareto.weighting import require_sample_weights
 
 __all__ = ["DirectImprovement"]
 
+_DROPPED = "the guard dropped the weights: they lowered a non-target class against the same epoch trained without them"
+
 GuardMode = Literal["paired_on_drop", "paired", "rollback", "shrink", "off"]
 GUARD_MODES: tuple[str, ...] = get_args(GuardMode)
+RetryMode = Literal["train", "blend"]
+RETRY_MODES: tuple[str, ...] = get_args(RetryMode)
 
 
 class DirectImprovement(InterventionCallback):
@@ -87,6 +94,12 @@ class DirectImprovement(InterventionCallback):
             one weighted epoch that the guard accepts.
         shrink: Factor on ``|w - 1|`` after a violation, in ``(0, 1)``.
         max_retries: Violations in a row before the guard drops the weights.
+        retry: How ``guard="paired_on_drop"`` retries a weighted epoch that fell below its counterfactual:
+            ``"train"`` trains the epoch again with ``|w - 1|`` shrunk (an extra epoch per retry);
+            ``"blend"`` moves the run to ``plain + s (weighted - plain)`` between the two epochs' end
+            states (model and optimizer), ``s = shrink, shrink^2, ...``, what that retry gives to first
+            order in ``w - 1``, and judges each by a validation pass instead of a training epoch
+            (single-process runs; under DDP it trains).
         trust: Trust radius: the mean ``|w - 1|`` allowed. The default 0.2 did best at the end of training
             in ``benchmarks/effect.py`` (0.15-0.5 tried).
         **settings: The influence and weight-search options shared with ``CourseCorrection``
@@ -114,6 +127,7 @@ class DirectImprovement(InterventionCallback):
         tolerance: float = 0.03,
         shrink: float = 0.5,
         max_retries: int = 2,
+        retry: RetryMode = "train",
         trust: float = 0.2,
         **settings: Any,
     ) -> None:
@@ -133,6 +147,8 @@ class DirectImprovement(InterventionCallback):
             raise ValueError(f"shrink must lie in (0, 1) (the factor on |w - 1| after a violation), got {shrink!r}.")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}.")
+        if retry not in RETRY_MODES:
+            raise ValueError(f"retry must be one of {RETRY_MODES}, got {retry!r}.")
         if (at_epochs is None) == (every_n_epochs is None):
             raise ValueError(
                 "give exactly one of at_epochs (a list of epochs) and every_n_epochs (a period); got "
@@ -163,6 +179,7 @@ class DirectImprovement(InterventionCallback):
         self.tolerance = float(tolerance)
         self.shrink = float(shrink)
         self.max_retries = max_retries
+        self.retry = retry
         self._target_indices: list[int] = []
         self._active: InterventionRecord | None = None
         self._remaining: int | None = None
@@ -547,20 +564,18 @@ class DirectImprovement(InterventionCallback):
                 f"without the weights, epoch {epoch}, past the tolerance).",
             )
             return tried_epoch, tried
+        weighted_end = self._tried_end
         self._tried = self._tried_epoch = self._tried_end = None
         self.discard(trainer, tried_epoch, "guard: weighted try rejected")
         self._retries += 1
         names = [self.class_names[c] for c in hurt]
         if self._retries > self.max_retries:  # the counterfactual, the latest epoch, stands: nothing to restore
             entry["action"], self._plain_end, self._held = "dropped", None, None
-            self._drop(
-                trainer,
-                pl_module,
-                "the guard dropped the weights: they lowered a non-target class against the "
-                "same epoch trained without them",
-                accuracy,
-            )
+            self._drop(trainer, pl_module, _DROPPED, accuracy)
             return None
+        if self.retry == "blend" and trainer.world_size == 1 and accuracy is not None and weighted_end is not None:
+            entry["action"] = "blend"
+            return self._blend(trainer, pl_module, weighted_end, epoch, accuracy)
         # From here on as guard="paired" after a rejected try: retries from the start, judged against this epoch.
         self._plain, self._phase = accuracy, "weighted"
         self._retry(trainer, entry, tried_epoch, epoch, names)
@@ -579,6 +594,58 @@ class DirectImprovement(InterventionCallback):
             store.set(self._held)
         self._reference = self._tried
         self._phase, self._held, self._tried, self._tried_epoch, self._tried_end = "done", None, None, None, None
+
+    def _blend(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        weighted_end: TrainingSnapshot,
+        plain_epoch: int,
+        plain: list[float],
+    ) -> tuple[int, list[float]] | None:
+        """``retry="blend"``: the retries of a weighted epoch that fell below its counterfactual, without training.
+
+        Both epochs started from the same state and drew the same batches, so to first order in
+        ``w - 1`` the epoch trained with ``|w - 1|`` scaled by ``s`` ends at ``plain + s (weighted -
+        plain)``. Each retry sets that state (``s = shrink, shrink^2, ...``) and judges its validation
+        accuracy against the counterfactual's, as a trained retry is judged. The first that passes
+        stands, with its scaled weights in force; when none does, the counterfactual's end is put
+        back and the weights are dropped.
+
+        Returns:
+            ``(plain_epoch, accuracy of the blend that stands)``, or ``None`` when the weights were dropped.
+        """
+        record = self._active
+        assert record is not None and self._held is not None
+        plain_end = TrainingSnapshot.take(trainer, pl_module)
+        _, val_dataset, _ = trainer_datasets(trainer)
+        val_loader = DataLoader(val_dataset, batch_size=self.settings.influence_batch_size)
+        fraction = 1.0
+        while True:
+            fraction *= self.shrink
+            blend_training_states(trainer, pl_module, plain_end, weighted_end, fraction)
+            accuracy = per_class_accuracy(influence_model(pl_module), val_loader, len(self.class_names)).tolist()
+            entry = self._judge(record, plain_epoch, plain, accuracy)
+            entry["blend"], entry["scale"] = fraction, self._scale * fraction
+            if not entry["violations"]:
+                break
+            self._retries += 1
+            if self._retries > self.max_retries:
+                entry["action"], self._held = "dropped", None
+                plain_end.restore(trainer, pl_module)
+                self._drop(trainer, pl_module, _DROPPED, plain)
+                return None
+            entry["action"] = "retry"
+        self._scale *= fraction
+        require_sample_weights(pl_module, type(self).__name__).set(shrink_weights(self._held, fraction))
+        self._reference, self._phase, self._held = accuracy, "done", None
+        self.notify(
+            trainer,
+            f"#{record.number}: the run goes on between the weighted epoch and its counterfactual (epoch "
+            f"{plain_epoch}), {fraction:g} of the way to the weighted one, with |w - 1| x{self._scale:g}: no other "
+            "class below the counterfactual past the tolerance on validation (no extra epoch).",
+        )
+        return plain_epoch, accuracy
 
     def _discard_counterfactual(self, trainer: Trainer, plain_epoch: int | None) -> None:
         """The weighted try stands: the counterfactual epoch it was judged against was rolled back."""
@@ -607,12 +674,7 @@ class DirectImprovement(InterventionCallback):
         self._plain_end.restore(trainer, pl_module)
         follow_restored_rng(trainer, self._plain_end.sampler_epoch)
         self._plain_end = self._held = None
-        self._drop(
-            trainer,
-            pl_module,
-            "the guard dropped the weights: they lowered a non-target class against the "
-            "same epoch trained without them",
-        )
+        self._drop(trainer, pl_module, _DROPPED)
 
     def _drop(
         self, trainer: Trainer, pl_module: LightningModule, reason: str, after: list[float] | None = None

@@ -241,6 +241,7 @@ def test_resume_mid_window_keeps_weights_and_callback_state(tmp_path: Path, monk
         ({"targets": [0], "at_epochs": [-1]}, "at_epochs"),
         ({"targets": [0], "at_epochs": [1], "w_max": 0.5}, "w_max"),
         ({"targets": [0], "at_epochs": [1], "curvature": "diag"}, "curvature"),
+        ({"targets": [0], "at_epochs": [1], "retry": "again"}, "retry"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs: dict, message: str) -> None:
@@ -767,3 +768,75 @@ def test_a_fit_stopped_before_the_paired_on_drop_counterfactual_keeps_the_weight
     assert record.weighted_epochs == [2] and [e["action"] for e in record.guard] == ["confirm"]
     assert "before the guard's paired check finished" in record.reason
     assert not run.lightning_module.sample_weights.active
+
+
+def _scripted_blends(monkeypatch: pytest.MonkeyPatch, accuracies: list[tuple[float, ...]]) -> list[dict]:
+    """Make each validation pass of ``retry="blend"`` return the next of ``accuracies``; records the model seen."""
+    import lightning_pareto.callbacks.direct as direct
+
+    seen: list[dict] = []
+
+    def scripted(model: torch.nn.Module, loader: object, num_classes: int) -> np.ndarray:
+        seen.append({key: value.clone() for key, value in model.state_dict().items()})
+        return np.array(accuracies[len(seen) - 1])
+
+    monkeypatch.setattr(direct, "per_class_accuracy", scripted)
+    return seen
+
+
+def test_blended_retry_continues_between_the_weighted_epoch_and_its_counterfactual(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patch_influence(monkeypatch, random_influence)
+    # Epoch 2 (weighted) lowers c; its counterfactual (epoch 3) does not. The first blend (half way) keeps c.
+    seen = _scripted_blends(monkeypatch, [(0.8, 0.8, 0.8)])
+    improvement, probe, run = _guarded_run(
+        tmp_path, {2: (0.9, 0.8, 0.3)}, guard="paired_on_drop", tolerance=0.05, retry="blend"
+    )
+    off, off_probe = DirectImprovement(targets=["a"], at_epochs=[1], guard="off", log_figures=False), IndexProbe()
+    _fit(tmp_path / "off", [ScriptedAccuracy({}), off, off_probe], max_epochs=5)
+    plain_probe = IndexProbe()
+    _fit(tmp_path / "plain", [ScriptedAccuracy({}), plain_probe], max_epochs=5)
+    # No retry epoch: the counterfactual is the only added one.
+    assert probe.weighted_epochs() == [2, 4, 5] and run.fit_loop.max_epochs == 6
+    # Epoch 4 starts half way between the weighted epoch's end (the unguarded run) and the plain run's.
+    weighted, plain = off_probe.starts[3], plain_probe.starts[3]
+    for key, value in probe.starts[4]["params"].items():
+        torch.testing.assert_close(value, 0.5 * (weighted["params"][key] + plain["params"][key]))
+    # The validation pass judged that state (the network inside the module).
+    assert states_equal({f"net.{key}": value for key, value in seen[0].items()}, probe.starts[4]["params"])
+    for state, w, p in zip(
+        probe.starts[4]["optimizer"]["state"].values(),
+        weighted["optimizer"]["state"].values(),
+        plain["optimizer"]["state"].values(),
+    ):
+        torch.testing.assert_close(state["momentum_buffer"], 0.5 * (w["momentum_buffer"] + p["momentum_buffer"]))
+    assert states_equal(probe.starts[4]["scheduler"], plain["scheduler"])
+    n = len(run.datamodule.train_dataset)
+    torch.testing.assert_close(_weights_seen(probe, 4, n), 1.0 + 0.5 * (_weights_seen(probe, 2, n) - 1.0))
+    (record,) = improvement.records
+    assert [(e["epoch"], e["action"]) for e in record.guard] == [
+        (2, "confirm"),
+        (3, "counterfactual"),
+        (2, "blend"),
+        (3, "kept"),
+    ]
+    assert record.guard[3]["blend"] == 0.5 and record.guard[3]["scale"] == 0.5
+    assert record.weighted_epochs == [3, 4, 5] and record.extra_epochs == 1 and record.status == "applied"
+
+
+def test_blended_retry_drops_the_weights_when_no_blend_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_influence(monkeypatch, random_influence)
+    hurt = (0.9, 0.8, 0.3)
+    seen = _scripted_blends(monkeypatch, [hurt, hurt])
+    with pytest.warns(UserWarning, match="dropped the weights"):
+        improvement, probe, run = _guarded_run(
+            tmp_path, {2: hurt}, guard="paired_on_drop", tolerance=0.05, retry="blend", max_retries=2
+        )
+    reference = _fit(tmp_path / "plain", [ScriptedAccuracy({})], max_epochs=5)
+    (record,) = improvement.records
+    assert [e["action"] for e in record.guard] == ["confirm", "counterfactual", "blend", "retry", "dropped"]
+    assert [e.get("blend") for e in record.guard[3:]] == [0.5, 0.25] and len(seen) == 2
+    # The counterfactual's end is back in place: the run ends exactly where the run without the callback ends.
+    assert record.status == "dropped" and run.fit_loop.max_epochs == 6
+    assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
