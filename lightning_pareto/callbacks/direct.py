@@ -95,11 +95,12 @@ class DirectImprovement(InterventionCallback):
         shrink: Factor on ``|w - 1|`` after a violation, in ``(0, 1)``.
         max_retries: Violations in a row before the guard drops the weights.
         retry: How ``guard="paired_on_drop"`` retries a weighted epoch that fell below its counterfactual:
-            ``"train"`` trains the epoch again with ``|w - 1|`` shrunk (an extra epoch per retry);
-            ``"blend"`` moves the run to ``plain + s (weighted - plain)`` between the two epochs' end
-            states (model and optimizer), ``s = shrink, shrink^2, ...``, what that retry gives to first
-            order in ``w - 1``, and judges each by a validation pass instead of a training epoch
-            (single-process runs; under DDP it trains).
+            ``"blend"`` (default) moves the run to ``plain + s (weighted - plain)`` between the two
+            epochs' end states (model and optimizer), ``s = shrink, shrink^2, ...``, what a retry with
+            ``|w - 1|`` scaled by ``s`` gives to first order in ``w - 1``, and judges each by a
+            validation pass instead of a training epoch (single-process runs; under DDP it trains);
+            ``"train"`` trains the epoch again with ``|w - 1|`` shrunk, an extra epoch per retry.
+            In ``benchmarks/effect.py`` "blend" ends as well as "train" with fewer epochs.
         trust: Trust radius: the mean ``|w - 1|`` allowed. The default 0.2 did best at the end of training
             in ``benchmarks/effect.py`` (0.15-0.5 tried).
         **settings: The influence and weight-search options shared with ``CourseCorrection``
@@ -127,7 +128,7 @@ class DirectImprovement(InterventionCallback):
         tolerance: float = 0.03,
         shrink: float = 0.5,
         max_retries: int = 2,
-        retry: RetryMode = "train",
+        retry: RetryMode = "blend",
         trust: float = 0.2,
         **settings: Any,
     ) -> None:

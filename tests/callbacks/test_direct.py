@@ -676,7 +676,9 @@ def test_paired_on_drop_guard_retries_a_weighted_epoch_below_its_counterfactual(
     patch_influence(monkeypatch, random_influence)
     # Epoch 2 (weighted) lowers c; the counterfactual (epoch 3) does not: the weights did. Epoch 4 retries it with
     # |w - 1| halved, from the same start, and stands.
-    improvement, probe, run = _guarded_run(tmp_path, {2: (0.9, 0.8, 0.3)}, guard="paired_on_drop", tolerance=0.05)
+    improvement, probe, run = _guarded_run(
+        tmp_path, {2: (0.9, 0.8, 0.3)}, guard="paired_on_drop", tolerance=0.05, retry="train"
+    )
     n = len(run.datamodule.train_dataset)
     assert probe.weighted_epochs() == [2, 4, 5, 6] and run.fit_loop.max_epochs == 7
     assert _same_start(probe.starts[3], probe.starts[2]) and _same_start(probe.starts[4], probe.starts[2])
