@@ -51,10 +51,12 @@ class DirectImprovement(InterventionCallback):
     from the epoch's: it rolls back (model, optimizer, schedulers, RNG: the same batches are replayed)
     and trains the same epoch without the weights, the counterfactual the run would have had. The
     weighted epoch stands (the run goes back to its end) if no non-target class is below the
-    counterfactual past the tolerance; else it is retried from the same start with the weights moved
-    ``shrink`` of the way back towards one (a smaller trust radius) and judged against the
-    counterfactual again, and after ``max_retries`` the unweighted epoch is kept and the weights
-    dropped. Later epochs are not checked. ``guard="paired"`` always trains the counterfactual first
+    counterfactual past the tolerance; else it is retried with the weights moved ``shrink`` of the way
+    back towards one (a smaller trust radius) and judged against the counterfactual again, and after
+    ``max_retries`` the unweighted epoch is kept and the weights dropped. A retry is not trained by
+    default (``retry="blend"``): the run moves to the same fraction of the way from the counterfactual's
+    end state to the weighted epoch's, what the retried epoch gives to first order, and a validation
+    pass judges it. Later epochs are not checked. ``guard="paired"`` always trains the counterfactual first
     and the weighted epoch after it (one extra epoch per intervention, more on violations).
     ``guard="rollback"`` checks every weighted epoch against the epoch before and, on a violation,
     redoes it with shrunk weights (after ``max_retries`` violations in a row, without them).
