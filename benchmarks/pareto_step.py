@@ -209,6 +209,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 val_batches,
                 NUM_CLASSES,
                 curvature="ekfac",
+                matmul_precision=args.matmul_precision,
                 progress=False,
                 **options,
             )
@@ -294,6 +295,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "parameters": sum(p.numel() for p in model.parameters()),
             "batch_size": args.batch_size,
             "influence_batch": args.influence_batch,
+            "matmul_precision": args.matmul_precision,
             "warmup_epochs": args.warmup_epochs,
             "lr": args.lr,
             "label_noise": LABEL_NOISE,
@@ -340,6 +342,13 @@ def main() -> None:
         default="none",
         help="also time the influence with the curvature on this many samples ('none', the default: every "
         "sample in every curvature pass, the reference the default's scores are compared with; 'skip': not run)",
+    )
+    parser.add_argument(
+        "--matmul-precision",
+        default="medium",
+        choices=["highest", "high", "medium"],
+        help="matmul_precision of the influence passes ('medium', the callbacks' default: float32 products in "
+        "bfloat16 where the hardware has it fast)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line on stdout")
     parser.add_argument("--output", type=Path, default=REPOSITORY / "benchmarks" / "results" / "pareto_step.json")
