@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -277,13 +278,16 @@ def main(argv: list[str] | None = None) -> None:
         "case": CASES[args.case],
         "options": {key: value for key, value in vars(args).items() if key != "out"},
         "median": _median_tree([pair["breakdown"] for pair in pairs]),
+        # The process's peak resident size over the whole run (data, model, every fit): the fits with the
+        # callback, whose influence passes keep batches, hold the most.
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "pairs": pairs,
     }
     median = result["median"]["epochs"]
     print(
         f"median over {args.pairs} pairs: {median['total']:.2f} epochs per intervention (influence "
         f"{median['influence']:.2f}, search {median['search']:.2f}, extra epochs {median['extra_training_epochs']:.2f}, "
-        f"rest {median['rest']:.2f})"
+        f"rest {median['rest']:.2f}); process peak resident size {result['peak_rss_mib'] / 1024:.2f} GiB"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
