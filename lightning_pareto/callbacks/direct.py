@@ -604,7 +604,7 @@ class DirectImprovement(InterventionCallback):
         pl_module: LightningModule,
         weighted_end: TrainingSnapshot,
         plain_epoch: int,
-        plain: list[float],
+        monitored: list[float],
     ) -> tuple[int, list[float]] | None:
         """``retry="blend"``: the retries of a weighted epoch that fell below its counterfactual, without training.
 
@@ -613,7 +613,10 @@ class DirectImprovement(InterventionCallback):
         plain)``. Each retry sets that state (``s = shrink, shrink^2, ...``) and judges its validation
         accuracy against the counterfactual's, as a trained retry is judged. The first that passes
         stands, with its scaled weights in force; when none does, the counterfactual's end is put
-        back and the weights are dropped.
+        back and the weights are dropped. The counterfactual is measured by the same validation pass
+        as the blends (``monitored`` is its accuracy as the monitor logged it), so that both sides of
+        each comparison see the same samples even when Lightning validates on fewer
+        (``limit_val_batches``).
 
         Returns:
             ``(plain_epoch, accuracy of the blend that stands)``, or ``None`` when the weights were dropped.
@@ -623,11 +626,13 @@ class DirectImprovement(InterventionCallback):
         plain_end = TrainingSnapshot.take(trainer, pl_module)
         _, val_dataset, _ = trainer_datasets(trainer)
         val_loader = DataLoader(val_dataset, batch_size=self.settings.influence_batch_size)
+        model, classes = influence_model(pl_module), len(self.class_names)
+        plain = per_class_accuracy(model, val_loader, classes).tolist()
         fraction = 1.0
         while True:
             fraction *= self.shrink
             blend_training_states(trainer, pl_module, plain_end, weighted_end, fraction)
-            accuracy = per_class_accuracy(influence_model(pl_module), val_loader, len(self.class_names)).tolist()
+            accuracy = per_class_accuracy(model, val_loader, classes).tolist()
             entry = self._judge(record, plain_epoch, plain, accuracy)
             entry["blend"], entry["scale"] = fraction, self._scale * fraction
             if not entry["violations"]:
@@ -636,7 +641,7 @@ class DirectImprovement(InterventionCallback):
             if self._retries > self.max_retries:
                 entry["action"], self._held = "dropped", None
                 plain_end.restore(trainer, pl_module)
-                self._drop(trainer, pl_module, _DROPPED, plain)
+                self._drop(trainer, pl_module, _DROPPED, monitored)
                 return None
             entry["action"] = "retry"
         self._scale *= fraction

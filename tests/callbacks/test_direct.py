@@ -791,7 +791,8 @@ def test_blended_retry_continues_between_the_weighted_epoch_and_its_counterfactu
 ) -> None:
     patch_influence(monkeypatch, random_influence)
     # Epoch 2 (weighted) lowers c; its counterfactual (epoch 3) does not. The first blend (half way) keeps c.
-    seen = _scripted_blends(monkeypatch, [(0.8, 0.8, 0.8)])
+    # (The blends' validation passes: the counterfactual's state first, then each blend.)
+    seen = _scripted_blends(monkeypatch, [(0.8, 0.8, 0.8), (0.8, 0.8, 0.8)])
     improvement, probe, run = _guarded_run(
         tmp_path, {2: (0.9, 0.8, 0.3)}, guard="paired_on_drop", tolerance=0.05, retry="blend"
     )
@@ -805,8 +806,9 @@ def test_blended_retry_continues_between_the_weighted_epoch_and_its_counterfactu
     weighted, plain = off_probe.starts[3], plain_probe.starts[3]
     for key, value in probe.starts[4]["params"].items():
         torch.testing.assert_close(value, 0.5 * (weighted["params"][key] + plain["params"][key]))
-    # The validation pass judged that state (the network inside the module).
-    assert states_equal({f"net.{key}": value for key, value in seen[0].items()}, probe.starts[4]["params"])
+    # The validation passes measured the counterfactual's end (the plain run's), then judged the blend.
+    assert states_equal({f"net.{key}": value for key, value in seen[0].items()}, plain["params"])
+    assert states_equal({f"net.{key}": value for key, value in seen[1].items()}, probe.starts[4]["params"])
     for state, w, p in zip(
         probe.starts[4]["optimizer"]["state"].values(),
         weighted["optimizer"]["state"].values(),
@@ -830,7 +832,7 @@ def test_blended_retry_continues_between_the_weighted_epoch_and_its_counterfactu
 def test_blended_retry_drops_the_weights_when_no_blend_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     patch_influence(monkeypatch, random_influence)
     hurt = (0.9, 0.8, 0.3)
-    seen = _scripted_blends(monkeypatch, [hurt, hurt])
+    seen = _scripted_blends(monkeypatch, [(0.8, 0.8, 0.8), hurt, hurt])
     with pytest.warns(UserWarning, match="dropped the weights"):
         improvement, probe, run = _guarded_run(
             tmp_path, {2: hurt}, guard="paired_on_drop", tolerance=0.05, retry="blend", max_retries=2
@@ -838,7 +840,7 @@ def test_blended_retry_drops_the_weights_when_no_blend_passes(tmp_path: Path, mo
     reference = _fit(tmp_path / "plain", [ScriptedAccuracy({})], max_epochs=5)
     (record,) = improvement.records
     assert [e["action"] for e in record.guard] == ["confirm", "counterfactual", "blend", "retry", "dropped"]
-    assert [e.get("blend") for e in record.guard[3:]] == [0.5, 0.25] and len(seen) == 2
+    assert [e.get("blend") for e in record.guard[3:]] == [0.5, 0.25] and len(seen) == 3
     # The counterfactual's end is back in place: the run ends exactly where the run without the callback ends.
     assert record.status == "dropped" and run.fit_loop.max_epochs == 6
     assert states_equal(run.lightning_module.state_dict(), reference.lightning_module.state_dict())
