@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from lightning_pareto.influence._precision import MATMUL_PRECISIONS, MatmulPrecision
+from lightning_pareto.influence._precision import MatmulPrecision, check_matmul_precision
 from lightning_pareto.pareto._fitness import TRIAL_SCREEN_RATIO
 
 __all__ = ["InterventionSettings"]
@@ -129,11 +129,7 @@ class InterventionSettings:
             raise TypeError(f"seed must be an integer, got {self.seed!r}.")
         if not _is_int(self.influence_batch_size) or self.influence_batch_size < 1:
             raise ValueError(f"influence_batch_size must be a positive integer, got {self.influence_batch_size!r}.")
-        if self.matmul_precision is not None and self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError(
-                f"matmul_precision must be None (the run's own) or one of {MATMUL_PRECISIONS}, "
-                f"got {self.matmul_precision!r}."
-            )
+        check_matmul_precision(self.matmul_precision)
 
     @property
     def module_names(self) -> list[str] | None:

@@ -285,9 +285,7 @@ class DirectImprovement(InterventionCallback):
         if self._active is not None:
             if self._phase in ("plain", "weighted"):
                 self._active.reason = "the run ended before the guard's paired check finished"
-                if (
-                    self._tried_epoch is not None
-                ):  # its counterfactual never ran: the weighted epoch, the last one, stands
+                if self._tried_epoch is not None:  # its counterfactual never ran: that weighted epoch stands
                     self._active.weighted_epochs.append(self._tried_epoch)
             elif self._remaining:
                 self._active.reason = "the run ended before the weighted epochs finished"

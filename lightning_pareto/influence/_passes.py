@@ -259,6 +259,6 @@ def _channels_last(x: Tensor) -> Tensor:
     """An image batch in channels-last memory order, which the model's layers then keep.
 
     CPU max pooling runs several times faster on channels-last tensors than on contiguous ones (see
-    ``benchmarks/RESULTS.md``, intervention overhead); the values, and so every statistic, are the same.
+    ``benchmarks/RESULTS.md``, influence engine); the values, and so every statistic, are the same.
     """
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from lightning_pareto.influence._base import Curvature, resolve_damping
 from lightning_pareto.influence._layout import tracked_parameter_count
 from lightning_pareto.influence._passes import FISHERS, StoredBatch, influence_mode
-from lightning_pareto.influence._precision import check_matmul_precision, float32_matmul_precision
+from lightning_pareto.influence._precision import float32_matmul_precision
 from lightning_pareto.influence._subset import (
     check_curvature_samples,
     correction_subset,
@@ -141,9 +141,8 @@ def fit_curvature(
         curvature_samples=curvature_samples,
         correction_samples=correction_samples,
     )
-    check_matmul_precision(matmul_precision)
     tracked = tracked_modules(model, modules)
-    with float32_matmul_precision(matmul_precision):
+    with float32_matmul_precision(matmul_precision):  # checks the value before any pass
         return fit_tracked_curvature(
             model,
             train_loader,

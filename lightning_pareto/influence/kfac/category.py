@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from lightning_pareto._distributed import is_distributed
 from lightning_pareto.influence._base import Curvature
 from lightning_pareto.influence._passes import StoredBatch, influence_mode
-from lightning_pareto.influence._precision import check_matmul_precision, float32_matmul_precision
+from lightning_pareto.influence._precision import float32_matmul_precision
 from lightning_pareto.influence._subset import curvature_batches, factor_subset
 from lightning_pareto.influence._timings import InfluenceTimings, timed
 from lightning_pareto.influence.capture import tracked_modules
@@ -221,8 +221,7 @@ def _influence(
     timings: InfluenceTimings | None,
     group_names: Sequence[str],
 ) -> Tensor:
-    check_matmul_precision(matmul_precision)
-    with float32_matmul_precision(matmul_precision):
+    with float32_matmul_precision(matmul_precision):  # checks the value before any pass
         if isinstance(curvature, Curvature):
             if modules is not None:
                 raise ValueError("modules must be None when a fitted Curvature is passed: it fixes the tracked layers")
