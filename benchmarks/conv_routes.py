@@ -6,8 +6,11 @@ For the conv layers of SmallCNN (``benchmarks/pareto_step.py``, 3x32x32) and the
 - ``factors``: the K-FAC statistics ``sum p p^T`` and ``sum g g^T`` of a batch, from unfolded patches
   (``layer_inputs`` + ``accumulate_gram``) against feature-map correlations (``conv_input_gram`` +
   ``conv_output_gram``; stride-1 layers only);
-- ``per_sample``: per-sample gradients ``sum_t g_t p_t^T``, from unfolded patches + ``bmm`` against one
-  grouped weight gradient (``per_sample_conv_gradients``), and which route the engine picks.
+- ``per_sample``: per-sample gradients ``sum_t g_t p_t^T``, from unfolded patches + ``bmm`` (the rows as
+  the passes' ``LayerCapture`` writes them, into kept buffers) against one grouped weight gradient
+  (``per_sample_conv_gradients``), and which route the engine picks.
+
+Inputs and output gradients are channels-last, as the passes record them (their batches are).
 
 Routes take turns in every repeat; medians in milliseconds are printed and written to
 ``benchmarks/results/conv_routes.json``.
@@ -33,7 +36,7 @@ from torch import Tensor, nn
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from lightning_pareto.influence.capture import layer_inputs, layer_output_grads  # noqa: E402
+from lightning_pareto.influence.capture import LayerCapture, layer_inputs, layer_output_grads  # noqa: E402
 from lightning_pareto.influence.kfac._conv_grads import grouped_gradients_pay, per_sample_conv_gradients  # noqa: E402
 from lightning_pareto.influence.kfac._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram  # noqa: E402
 from lightning_pareto.influence.kfac._gram import accumulate_gram  # noqa: E402
@@ -44,6 +47,7 @@ LAYERS: dict[str, tuple[nn.Conv2d, int]] = {
     "SmallCNN conv2 (16->32, 16x16)": (nn.Conv2d(16, 32, 3, padding=1), 16),
     "MnistCNN conv1 (1->32, stride 2, 28x28)": (nn.Conv2d(1, 32, 3, stride=2, padding=1), 28),
     "MnistCNN conv2 (32->64, stride 2, 14x14)": (nn.Conv2d(32, 64, 3, stride=2, padding=1), 14),
+    "8->16, 32x32 (the fewest input channels the grouped route takes)": (nn.Conv2d(8, 16, 3, padding=1), 32),
 }
 
 
@@ -63,9 +67,12 @@ def _median_ms(functions: dict[str, Callable[[], Any]], repeats: int) -> dict[st
 def benchmark_layer(layer: nn.Conv2d, size: int, batch: int, repeats: int) -> dict[str, Any]:
     """Factor and per-sample-gradient timings of one layer on random inputs and output gradients."""
     generator = torch.Generator().manual_seed(0)
+    channels_last = torch.channels_last
     inputs = torch.randn(batch, layer.in_channels, size, size, generator=generator).relu()
+    inputs = inputs.contiguous(memory_format=channels_last)
     with torch.no_grad():
-        grads = torch.randn(layer(inputs).shape, generator=generator)
+        grads = torch.randn(layer(inputs).shape, generator=generator).contiguous(memory_format=channels_last)
+    capture = LayerCapture({"layer": layer}, reuse_buffers=True)
     rows_a, rows_g = layer_inputs(layer, inputs), layer_output_grads(layer, grads)
     width_a, width_g = rows_a.shape[2], rows_g.shape[2]
     total_a, total_g = torch.zeros(width_a, width_a), torch.zeros(width_g, width_g)
@@ -81,7 +88,7 @@ def benchmark_layer(layer: nn.Conv2d, size: int, batch: int, repeats: int) -> di
         total_g.add_(conv_output_gram(grads))
 
     def patch_per_sample() -> Tensor:
-        a, g = layer_inputs(layer, inputs, out=buffer_a), layer_output_grads(layer, grads, out=buffer_g)
+        a, g = capture.rows("layer", [inputs], [grads])
         return g.transpose(1, 2) @ a
 
     def grouped_per_sample() -> Tensor:

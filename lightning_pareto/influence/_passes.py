@@ -179,13 +179,22 @@ def _copied_rows(
 ) -> StoredBatch:
     """A ``StoredBatch`` of copies of ``rows`` (positions in the batch) of every layer's recorded tensors."""
     copied = {
-        name: (
-            [x.index_select(0, rows.to(x.device)) for x in inputs],
-            [g.index_select(0, rows.to(g.device)) for g in grads],
-        )
+        name: ([_selected(x, rows) for x in inputs], [_selected(g, rows) for g in grads])
         for name, (inputs, grads) in raw.items()
     }
     return StoredBatch(capture, copied, rows.numel(), None if index is None else index[rows])
+
+
+def _selected(tensor: Tensor, rows: Tensor) -> Tensor:
+    """Copies of ``tensor[rows]`` in the tensor's memory order (channels-last stays channels-last).
+
+    The later phases read a Conv2d's channels-last output gradients as rows without a copy (see
+    ``capture._writes``), so the kept copies keep that order; a plain ``index_select`` would not.
+    """
+    rows = rows.to(tensor.device)
+    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        return tensor.permute(0, 2, 3, 1).index_select(0, rows).permute(0, 3, 1, 2)
+    return tensor.index_select(0, rows)
 
 
 class _LayerRows(Mapping):

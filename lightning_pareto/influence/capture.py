@@ -143,9 +143,16 @@ def _grad_rows_shape(module: nn.Module, grads: Tensor) -> tuple[int, int, int]:
     return grads.shape[0], _prod(grads.shape[1:-1]), grads.shape[-1]
 
 
-def _writes(module: nn.Module, kind: str) -> bool:
-    """Whether the rows of ``kind`` ("inputs" or "grads") are a copy, not a view of the captured tensor."""
-    return isinstance(module, nn.Conv2d) or (kind == "inputs" and module.bias is not None)
+def _writes(module: nn.Module, kind: str, tensor: Tensor) -> bool:
+    """Whether the rows of ``kind`` ("inputs" or "grads") of ``tensor`` are a copy, not a view of it.
+
+    A Conv2d's output gradients in channels-last memory order (those of the passes' channels-last
+    batches) are their rows already: ``(batch, H W, C)`` is a view, where a copy into a kept buffer
+    would be a gather as slow as the layer's per-sample gradients.
+    """
+    if isinstance(module, nn.Conv2d):
+        return kind == "inputs" or not tensor.permute(0, 2, 3, 1).is_contiguous()
+    return kind == "inputs" and module.bias is not None
 
 
 def _write_inputs(module: nn.Module, inputs: Tensor, out: Tensor | None, cache: dict) -> Tensor:
@@ -190,8 +197,9 @@ def _write_output_grads(module: nn.Module, grads: Tensor, out: Tensor | None, ca
     batch, positions, channels = shape
     if isinstance(module, nn.Conv2d):
         channels_last = grads.permute(0, 2, 3, 1)
-        if out is None and channels_last.is_contiguous():
-            return channels_last.reshape(shape)
+        if channels_last.is_contiguous():  # channels-last gradients: their rows as they lie
+            rows = channels_last.reshape(shape)
+            return rows if out is None else out.copy_(rows)
         # (batch, C, T) -> (batch, T, C) as a gather: on CPU faster than a strided copy_.
         key = ("grads", channels, positions, grads.device)
         index = cache.get(key)
@@ -401,7 +409,7 @@ class LayerCapture:
     ) -> Tensor:
         """The rows of every call of a layer, written in place along ``T`` (no ``torch.cat`` copy)."""
         module = self.tracked[name]
-        if len(tensors) == 1 and not (self.reuse_buffers and _writes(module, kind)):
+        if len(tensors) == 1 and not (self.reuse_buffers and _writes(module, kind, tensors[0])):
             return write(module, tensors[0], None, self._cache)
         shapes = [shape_of(module, tensor) for tensor in tensors]
         batch, width = shapes[0][0], shapes[0][2]

@@ -279,3 +279,32 @@ def test_reused_buffers_give_the_same_rows_as_fresh_tensors() -> None:
             assert torch.equal(a[:, 64:], second)
     assert pointers[0]["conv"] == pointers[1]["conv"] == pointers[2]["conv"]
     assert pointers[0]["bare"] == pointers[1]["bare"]
+
+
+def test_channels_last_batches_give_the_same_rows_and_conv_grads_are_not_copied() -> None:
+    # The passes feed channels-last batches: the rows must equal those of the contiguous batch, and a
+    # conv layer called once keeps channels-last output gradients' rows as a view (no gather into a buffer).
+    from lightning_pareto.nets import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(2, 4, 8).double().eval()
+    tracked = tracked_modules(model)
+    x, y = torch.randn(5, 2, 8, 8, dtype=torch.float64), torch.randint(0, 4, (5,))
+    rows, views = [], []
+    for batch in (x, x.contiguous(memory_format=torch.channels_last)):
+        with LayerCapture(tracked, reuse_buffers=True, probe=True) as capture:
+            loss = F.cross_entropy(model(batch), y, reduction="sum")
+            torch.autograd.grad(loss, capture.probes())
+            rows.append({name: tuple(t.clone() for t in capture.layer(name)) for name in tracked})
+            if batch is not x:
+                views = [
+                    name
+                    for name, module in tracked.items()
+                    if isinstance(module, nn.Conv2d)
+                    and capture.raw(name)[1][0].is_contiguous(memory_format=torch.channels_last)
+                    and capture.layer(name)[1].data_ptr() == capture.raw(name)[1][0].data_ptr()
+                ]
+    assert views == ["body.0", "body.3"]
+    for name in tracked:
+        for contiguous_rows, channels_last_rows in zip(rows[0][name], rows[1][name]):
+            torch.testing.assert_close(channels_last_rows, contiguous_rows, rtol=1e-12, atol=1e-12)

@@ -3,9 +3,10 @@
 Sample ``b``'s gradient ``sum_t g_{b,t} p_{b,t}^T`` is the weight gradient of the same convolution
 applied to that sample alone, so a convolution with the batch folded into its channels (``groups =
 batch``) yields all of them in one oneDNN/cuDNN call, without writing the ``kh kw`` times larger
-patches. On CPU that is faster only for narrow layers (``python benchmarks/conv_routes.py``; the table
-is in ``benchmarks/RESULTS.md``): the channel product bound ``_GROUPED_MAX_CHANNEL_PRODUCT`` separates
-the convolutions where it won from those where the patches did.
+patches. On CPU that is faster only for narrow layers with enough input channels for oneDNN's
+vector blocks (``python benchmarks/conv_routes.py``; the table is in ``benchmarks/RESULTS.md``): the
+bounds ``_GROUPED_MIN_IN_CHANNELS`` and ``_GROUPED_MAX_CHANNEL_PRODUCT`` separate the convolutions
+where it won from those where the patches did.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from lightning_pareto.influence.kfac._conv_gram import symmetric_padding
 
 __all__ = ["grouped_gradients_pay", "per_sample_conv_gradients"]
 
-# Largest C_in * C_out for which the grouped weight gradient beats patches + batched matmul on CPU.
-_GROUPED_MAX_CHANNEL_PRODUCT = 512
+# The grouped weight gradient beats patches + batched matmul on CPU from this many input channels
+# (below, e.g. an image's 1 or 3, it ran 2-3x slower than the patches) up to this C_in * C_out.
+_GROUPED_MIN_IN_CHANNELS, _GROUPED_MAX_CHANNEL_PRODUCT = 8, 512
 
 
 def grouped_gradients_pay(module: nn.Module, inputs: Sequence[Tensor]) -> bool:
@@ -34,6 +36,7 @@ def grouped_gradients_pay(module: nn.Module, inputs: Sequence[Tensor]) -> bool:
         isinstance(module, nn.Conv2d)
         and module.groups == 1
         and module.padding_mode == "zeros"
+        and module.in_channels >= _GROUPED_MIN_IN_CHANNELS
         and module.in_channels * module.out_channels <= _GROUPED_MAX_CHANNEL_PRODUCT
         and symmetric_padding(module) is not None
         and all(x.dim() == 4 and x.device.type == "cpu" for x in inputs)

@@ -21,9 +21,9 @@ CONV_CASES = {
 @pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
 def test_per_sample_conv_gradients_equal_vmapped_autograd(case: str) -> None:
     torch.manual_seed(0)
-    conv = nn.Conv2d(3, 4, **CONV_CASES[case]).double()
+    conv = nn.Conv2d(8, 4, **CONV_CASES[case]).double()
     # Two calls of the layer (weight sharing): each sample's gradient sums over both.
-    x1, x2 = torch.randn(6, 3, 9, 8, dtype=torch.float64), torch.randn(6, 3, 9, 8, dtype=torch.float64)
+    x1, x2 = torch.randn(6, 8, 9, 8, dtype=torch.float64), torch.randn(6, 8, 9, 8, dtype=torch.float64)
     target = torch.randn_like(conv(x1))
     params = dict(conv.named_parameters())
 
@@ -42,8 +42,14 @@ def test_per_sample_conv_gradients_equal_vmapped_autograd(case: str) -> None:
 
 @pytest.mark.parametrize(
     "layer",
-    [nn.Conv2d(32, 64, 3), nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(2, 3, 2, padding="same"), nn.Linear(3, 2)],
-    ids=["wide", "grouped", "one-sided same", "linear"],
+    [
+        nn.Conv2d(32, 64, 3),
+        nn.Conv2d(3, 16, 3),
+        nn.Conv2d(8, 8, 3, groups=2),
+        nn.Conv2d(8, 3, 2, padding="same"),
+        nn.Linear(3, 2),
+    ],
+    ids=["wide", "few input channels", "grouped", "one-sided same", "linear"],
 )
 def test_the_grouped_route_is_declined_where_it_is_slower_or_wrong(layer: nn.Module) -> None:
     x = torch.randn(2, 3) if isinstance(layer, nn.Linear) else torch.randn(2, layer.in_channels, 6, 6)
@@ -55,8 +61,8 @@ def test_the_grouped_route_matches_the_patch_route_inside_category_influence() -
     from lightning_pareto.influence.kfac import _conv_grads
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3)).double()
-    x, y = torch.randn(40, 2, 6, 6, dtype=torch.float64), torch.randint(0, 3, (40,))
+    model = nn.Sequential(nn.Conv2d(8, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3)).double()
+    x, y = torch.randn(40, 8, 6, 6, dtype=torch.float64), torch.randint(0, 3, (40,))
     train, val = [(x[:24], y[:24]), (x[24:32], y[24:32])], [(x[32:], y[32:])]
     grouped = category_influence(model, train, val, 3, damping=0.1, progress=False)
     limit = _conv_grads._GROUPED_MAX_CHANNEL_PRODUCT
