@@ -41,6 +41,20 @@ def test_subset_keeps_the_asked_share_spread_over_a_sorted_loader(digits64) -> N
     assert not torch.equal(_kept_indices(curvature_batches(data, 150, seed=4)), kept)
 
 
+def test_kept_rows_come_in_order_in_batches_of_the_loaders_size(digits64) -> None:
+    # A fifth of the rows in a fifth of the batches (the passes cost per batch), the rows those of a
+    # per-batch selection: the same samples, labels and indices, in the same order.
+    x, y = digits64
+    data = DataLoader(TensorDataset(x, y, torch.arange(len(y))), batch_size=64)
+    batches = list(curvature_batches(data, 120, seed=5))
+    sizes = [len(batch[1]) for batch in batches]
+    assert sizes[:-1] == [64] * (len(sizes) - 1) and 0 < sizes[-1] <= 64 and sum(sizes) in (119, 120, 121)
+    kept = _kept_indices(batches)
+    assert torch.equal(kept, torch.sort(kept).values)
+    assert torch.equal(torch.cat([batch[0] for batch in batches]), x[kept])
+    assert torch.equal(torch.cat([batch[1] for batch in batches]), y[kept])
+
+
 def test_all_samples_or_more_leaves_the_loader_alone(digits64) -> None:
     data = loader(*digits64)
     assert curvature_batches(data, None, seed=0) is data
