@@ -268,6 +268,14 @@ def _channels_last(x: Tensor) -> Tensor:
     """An image batch in channels-last memory order, which the model's layers then keep.
 
     CPU max pooling runs several times faster on channels-last tensors than on contiguous ones (see
-    ``benchmarks/RESULTS.md``, influence engine); the values, and so every statistic, are the same.
+    ``benchmarks/RESULTS.md``, influence engine), and a Conv2d's channels-last output gradients are its
+    rows without a copy (``capture._writes``); the values, and so every statistic, are the same. A
+    one-channel batch is contiguous in both orders, so it gets channels-last strides explicitly: from
+    contiguous ones the first convolution would answer in the contiguous order.
     """
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    if x.dim() != 4:
+        return x
+    if x.shape[1] != 1:
+        return x.contiguous(memory_format=torch.channels_last)
+    height, width = x.shape[2:]
+    return torch.empty_strided(x.shape, (height * width, 1, width, 1), dtype=x.dtype, device=x.device).copy_(x)

@@ -308,3 +308,27 @@ def test_channels_last_batches_give_the_same_rows_and_conv_grads_are_not_copied(
     for name in tracked:
         for contiguous_rows, channels_last_rows in zip(rows[0][name], rows[1][name]):
             torch.testing.assert_close(channels_last_rows, contiguous_rows, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_passes_feed_channels_last_batches_also_of_one_channel(channels: int) -> None:
+    # A (b, 1, H, W) batch is contiguous in both orders; the passes give it channels-last strides so
+    # that the convolutions answer channels-last (their gradients are rows without a copy).
+    from lightning_pareto.influence._passes import captured_batches, influence_mode
+    from lightning_pareto.nets import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(channels, 4, 8).double()
+    tracked = tracked_modules(model)
+    x, y = torch.randn(6, channels, 8, 8, dtype=torch.float64), torch.randint(0, 4, (6,))
+    with LayerCapture(tracked) as reference:
+        loss = F.cross_entropy(model.eval()(x), y, reduction="sum")
+        torch.autograd.grad(loss, [m.weight for m in tracked.values()])
+        expected = {name: reference.layer(name) for name in tracked}
+    with influence_mode(model):
+        (batch,) = list(captured_batches(model, [(x, y)], tracked, desc="test", progress=False))
+        for name, module in tracked.items():
+            if isinstance(module, nn.Conv2d):
+                assert batch.raw(name)[1][0].is_contiguous(memory_format=torch.channels_last)
+            for got, want in zip(batch.layers[name], expected[name]):
+                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
