@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from torch import Tensor, nn
 
+from lightning_pareto.influence._allocator import retained_heap
 from lightning_pareto.influence._base import Curvature, resolve_damping
 from lightning_pareto.influence._layout import tracked_parameter_count
 from lightning_pareto.influence._passes import FISHERS, StoredBatch, influence_mode
@@ -201,7 +202,7 @@ def fit_tracked_curvature(
                 f"curvature='exact' builds a dense {count} x {count} matrix, above MAX_EXACT_PARAMETERS="
                 f"{MAX_EXACT_PARAMETERS}: use curvature='ekfac', or track fewer layers with modules=[...]"
             )
-    with influence_mode(model) as device:
+    with retained_heap(), influence_mode(model) as device:
         if curvature == "exact":
             with timed(timings, "factors", device):
                 matrix = dense_curvature(model, train_loader, tracked, fisher=fisher, seed=seed, progress=progress)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_pareto._distributed import is_distributed
+from lightning_pareto.influence._allocator import retained_heap
 from lightning_pareto.influence._base import Curvature
 from lightning_pareto.influence._passes import StoredBatch, influence_mode
 from lightning_pareto.influence._precision import float32_matmul_precision
@@ -221,7 +222,7 @@ def _influence(
     timings: InfluenceTimings | None,
     group_names: Sequence[str],
 ) -> Tensor:
-    with float32_matmul_precision(matmul_precision):  # checks the value before any pass
+    with float32_matmul_precision(matmul_precision), retained_heap():  # checks the value before any pass
         if isinstance(curvature, Curvature):
             if modules is not None:
                 raise ValueError("modules must be None when a fitted Curvature is passed: it fixes the tracked layers")
