@@ -56,7 +56,7 @@ class InterventionSettings:
         influence_batch_size: Batch size of the influence passes.
         matmul_precision: ``torch.set_float32_matmul_precision`` during the influence passes only (the
             training keeps its own): ``"medium"`` (default) lets their float32 products use bfloat16
-            internally where the hardware has it fast (CPUs with AMX or AVX512-BF16, CUDA), scores
+            internally where the hardware has it fast (oneDNN on CPUs with AMX, CUDA), scores
             agreeing with ``"highest"`` at Spearman 0.999; ``"highest"`` for full float32; ``None``
             keeps the run's setting.
 

@@ -82,7 +82,7 @@ def category_influence(
             Not used with a fitted ``Curvature``.
         matmul_precision: ``torch.set_float32_matmul_precision`` for this call only (restored after):
             ``"medium"`` lets the float32 products use bfloat16 internally where the hardware has fast
-            bfloat16 (CPUs with AMX or AVX512-BF16; TF32/bfloat16 on CUDA), several times faster on the
+            bfloat16 (oneDNN on CPUs with AMX; TF32/bfloat16 on CUDA), several times faster on the
             large Grams and rotations and agreeing with ``"highest"`` at Spearman 0.999 on the MNIST CNN
             (``benchmarks/RESULTS.md``); ``None`` (default) keeps the caller's setting.
         progress: Progress bars: ``True``, ``False`` or ``None`` (only when stderr is a terminal).
