@@ -156,3 +156,19 @@ def spearman(a: Tensor, b: Tensor) -> float:
 def relative_error(actual: Tensor, expected: Tensor) -> float:
     """``||actual - expected|| / ||expected||`` in float64."""
     return float((actual.double() - expected.double()).norm() / expected.double().norm())
+
+
+def layer_gradients(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """Per-sample gradients of each Linear/Conv2d as ``(n, out, in [+1 bias column])``, by torch.func."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+
+    named = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            weight = named[f"{name}.weight"].reshape(len(x), module.weight.shape[0], -1)
+            layers[name] = torch.cat([weight, named[f"{name}.bias"][:, :, None]], dim=2)
+    return layers

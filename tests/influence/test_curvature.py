@@ -5,9 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _influence_reference import cnn, dense_ggn, digits, loader, mlp, relative_error, single_thread, train  # noqa: F401
+from _influence_reference import (  # noqa: F401
+    cnn,
+    dense_ggn,
+    digits,
+    layer_gradients,
+    loader,
+    mlp,
+    relative_error,
+    single_thread,
+    train,
+)
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 from lightning_pareto.influence import InfluenceTimings, KroneckerCurvature, fit_curvature
@@ -51,22 +60,6 @@ def trained_wide_cnn(digits64) -> nn.Module:
     return train(WideConv().double(), *digits64, steps=40)
 
 
-def _layer_grads(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-    """Per-sample gradients of each Linear/Conv2d as ``(n, out, in [+1 bias column])``, by torch.func."""
-    params = {name: p.detach() for name, p in model.named_parameters()}
-
-    def loss(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
-
-    named = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
-    layers = {}
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            weight = named[f"{name}.weight"].reshape(len(x), module.weight.shape[0], -1)
-            layers[name] = torch.cat([weight, named[f"{name}.bias"][:, :, None]], dim=2)
-    return layers
-
-
 def _mlp_factors(model: nn.Sequential, x: Tensor, y: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
     """K-FAC factors of the 64-32-10 MLP written out by hand: A = E[a a^T], G = E[g g^T]."""
     first, last = model[0], model[2]
@@ -105,7 +98,7 @@ def test_kfac_inverts_the_damped_kronecker_product(trained_mlp, digits64) -> Non
 def test_ekfac_eigenvalues_are_second_moments_in_the_kfac_eigenbasis(request, model_name, digits64) -> None:
     model = request.getfixturevalue(model_name)
     curvature = fit_curvature(model, loader(*digits64), curvature="ekfac", damping=0.1)
-    per_sample = _layer_grads(model, *digits64)
+    per_sample = layer_gradients(model, *digits64)
     for name, layer in curvature.layers.items():
         rotated = layer.eigvecs_grads.T @ per_sample[name] @ layer.eigvecs_inputs
         torch.testing.assert_close(layer.eigenvalues, rotated.square().mean(dim=0), rtol=1e-8, atol=1e-14)

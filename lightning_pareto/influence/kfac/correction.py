@@ -121,7 +121,8 @@ def corrected_eigenvalues(
                 inner = (part_g @ rotated_a[start : start + chunk]).square_()
                 sums[name] += inner.sum(dim=0).double()
                 if name in outside:
-                    whole = (part_g @ a[start : start + chunk]).square().sum(dim=2)
+                    # A norm, not .square().sum(2): no second (chunk, out, in) array of squares.
+                    whole = torch.linalg.vector_norm(part_g @ a[start : start + chunk], dim=2).square()
                     outside[name] += (whole - inner.sum(dim=2)).clamp(min=0.0).sum(dim=0).double()
     samples = int(all_reduce_sum(torch.tensor(samples, dtype=torch.float64)))
     corrected = {}

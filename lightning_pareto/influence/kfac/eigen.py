@@ -10,6 +10,12 @@ see ``correction``), per output eigendirection. A dense ``d x d`` eigendecomposi
 ``(lambda_j + damping)^{-1}`` of a discarded direction is replaced by that of the block's mean, an
 error below ``TRUNCATION_TOLERANCE`` times the layer's largest eigenvalue over the damping (at most
 1e-2 at the default damping, for the layer with the curvature's largest eigenvalue).
+
+Narrower input factors above ``TRUNCATE_DECAYED_ABOVE`` inputs are decomposed densely and truncated
+the same way when at most ``TRUNCATED_FRACTION`` of their directions reach the tolerance: a
+convolution's unfolded patches have such spectra (the MNIST CNN's second conv, 289 inputs, keeps about
+30), and its EKFAC correction rotates every position of every sample, so ``k`` instead of ``d``
+columns cut that phase's work several-fold.
 """
 
 from __future__ import annotations
@@ -24,7 +30,14 @@ from lightning_pareto.influence._threads import single_threaded_lapack
 from lightning_pareto.influence.kfac._eigensolver import leading_eigh
 from lightning_pareto.influence.kfac.curvature import KroneckerFactors
 
-__all__ = ["TRUNCATE_INPUTS_ABOVE", "TRUNCATION_TOLERANCE", "eigenbases", "symmetric_eigh"]
+__all__ = [
+    "TRUNCATED_FRACTION",
+    "TRUNCATE_DECAYED_ABOVE",
+    "TRUNCATE_INPUTS_ABOVE",
+    "TRUNCATION_TOLERANCE",
+    "eigenbases",
+    "symmetric_eigh",
+]
 
 TRUNCATE_INPUTS_ABOVE = 2048
 """Input factors wider than this keep only their leading eigenvectors (see the module docstring)."""
@@ -34,6 +47,10 @@ TRUNCATION_TOLERANCE = 1e-3
 1e-3 keeps a flattening spectrum (later in training) within one round of subspace iteration, with
 scores as 1e-4's (``benchmarks/RESULTS.md``, influence engine: truncation).
 """
+TRUNCATE_DECAYED_ABOVE = 256
+"""Densely decomposed input factors wider than this are truncated when their spectrum has decayed enough."""
+TRUNCATED_FRACTION = 0.25
+"""Such a factor is truncated when at most this fraction of its eigenvalues reach ``TRUNCATION_TOLERANCE``."""
 
 
 def eigenbases(factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, KroneckerFactors]:
@@ -59,18 +76,30 @@ def eigenbases(factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, Kronec
             )
         values_g, vectors_g = symmetric_eigh(grads)
         values_g = values_g.clamp(min=0.0)
-        leading = leading_eigh(inputs, TRUNCATION_TOLERANCE) if inputs.shape[0] > TRUNCATE_INPUTS_ABOVE else None
+        size = inputs.shape[0]
+        leading = leading_eigh(inputs, TRUNCATION_TOLERANCE) if size > TRUNCATE_INPUTS_ABOVE else None
         if leading is None:
             values_a, vectors_a = symmetric_eigh(inputs)
-            bases[name] = KroneckerFactors(vectors_a, vectors_g, torch.outer(values_g, values_a.clamp(min=0.0)))
-            continue
+            values_a = values_a.clamp(min=0.0)
+            kept = _decayed_rank(values_a) if size > TRUNCATE_DECAYED_ABOVE else None
+            if kept is None:
+                bases[name] = KroneckerFactors(vectors_a, vectors_g, torch.outer(values_g, values_a))
+                continue
+            leading = values_a[-kept:].flip(0), vectors_a[:, -kept:].flip(1)
         values_a, vectors_a = leading
         values_a = values_a.clamp(min=0.0)
-        discarded = (torch.trace(inputs).double() - values_a.sum()).clamp(min=0.0) / (
-            inputs.shape[0] - values_a.shape[0]
-        )
+        discarded = (torch.trace(inputs).double() - values_a.sum()).clamp(min=0.0) / (size - values_a.shape[0])
         bases[name] = KroneckerFactors(vectors_a, vectors_g, torch.outer(values_g, values_a), values_g * discarded)
     return bases
+
+
+def _decayed_rank(values: Tensor) -> int | None:
+    """How many of ``values`` (ascending, non-negative) reach ``TRUNCATION_TOLERANCE`` times the largest.
+
+    ``None`` when that is more than ``TRUNCATED_FRACTION`` of them (the basis is kept whole).
+    """
+    kept = int((values > TRUNCATION_TOLERANCE * values[-1]).sum())
+    return kept if 0 < kept <= TRUNCATED_FRACTION * values.shape[0] else None
 
 
 def symmetric_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:

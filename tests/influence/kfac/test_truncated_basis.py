@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _influence_reference import loader, relative_error, single_thread, spearman  # noqa: F401
+from _influence_reference import (  # noqa: F401
+    cnn,
+    digits,
+    layer_gradients,
+    loader,
+    relative_error,
+    single_thread,
+    spearman,
+    train,
+)
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
@@ -217,3 +226,64 @@ def test_leading_eigh_of_a_float32_matrix_matches_the_dense_float64_pairs() -> N
     torch.testing.assert_close(found_values, values[:keep], rtol=1e-4, atol=1e-8)
     overlap = (found_vectors.T @ vectors[:, :keep]).abs().diagonal()
     assert overlap[: keep // 2].min() > 0.999
+
+
+@pytest.fixture(scope="module")
+def trained_cnn() -> tuple[torch.nn.Module, Tensor, Tensor]:
+    """The digits CNN trained in float64 on 256 digits: conv2 has 55 inputs (6 channels x 3 x 3 + bias)."""
+    x, y = digits(torch.float64)
+    x, y = x[:256], y[:256]
+    return train(cnn().double(), x, y, steps=40), x, y
+
+
+def test_a_decayed_dense_input_factor_is_truncated_a_flat_one_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(eigen, "TRUNCATE_DECAYED_ABOVE", 64)
+    grads = torch.eye(3, dtype=torch.float64)
+    decayed, _ = _decaying_matrix(100, 0.85)  # 0.85^k > 1e-3 for k <= 42 > 25: kept whole
+    steep, steep_values = _decaying_matrix(100, 0.7)  # 0.7^k > 1e-3 for k <= 19: truncated to 20
+    narrow, _ = _decaying_matrix(60, 0.7)  # not wider than 64
+    bases = eigen.eigenbases({"decayed": (decayed, grads), "steep": (steep, grads), "narrow": (narrow, grads)})
+    assert not bases["decayed"].truncated and not bases["narrow"].truncated
+    steep_basis = bases["steep"]
+    kept = int((steep_values > eigen.TRUNCATION_TOLERANCE).sum())
+    assert steep_basis.eigvecs_inputs.shape == (100, kept) and kept == 20
+    torch.testing.assert_close(steep_basis.eigenvalues[0], steep_values[:kept], rtol=1e-10, atol=1e-14)
+    # The discarded directions' block: the mean of the rest of the spectrum (G's eigenvalues are 1).
+    torch.testing.assert_close(steep_basis.residual, torch.full((3,), float(steep_values[kept:].mean())).double())
+    identity = torch.eye(kept, dtype=torch.float64)
+    torch.testing.assert_close(steep_basis.eigvecs_inputs.T @ steep_basis.eigvecs_inputs, identity, atol=1e-12, rtol=0)
+
+
+def test_truncated_conv_ekfac_second_moments_inside_and_outside_the_kept_directions(
+    trained_cnn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A convolution's per-sample gradient sums its positions: both moments against torch.func gradients."""
+    model, x, y = trained_cnn
+    monkeypatch.setattr(eigen, "TRUNCATE_DECAYED_ABOVE", 32)
+    monkeypatch.setattr(eigen, "TRUNCATED_FRACTION", 1.0)
+    monkeypatch.setattr(eigen, "TRUNCATION_TOLERANCE", 1e-2)
+    curvature = fit_curvature(model, loader(x, y), curvature="ekfac", damping=0.1, correction_samples=None)
+    per_sample = layer_gradients(model, x, y)
+    layer = curvature.layers["conv2"]
+    inputs, kept = layer.eigvecs_inputs.shape
+    assert layer.truncated and inputs == 55 and 0 < kept < 55
+    assert not curvature.layers["conv1"].truncated  # 10 inputs
+    rotated = layer.eigvecs_grads.T @ per_sample["conv2"]
+    complement = torch.eye(inputs, dtype=torch.float64) - layer.eigvecs_inputs @ layer.eigvecs_inputs.T
+    torch.testing.assert_close(
+        layer.eigenvalues, (rotated @ layer.eigvecs_inputs).square().mean(0), rtol=1e-8, atol=1e-14
+    )
+    outside = (rotated @ complement).square().sum(2).mean(0) / (inputs - kept)
+    torch.testing.assert_close(layer.residual, outside, rtol=1e-8, atol=1e-14)
+
+
+def test_truncating_the_convolution_leaves_default_damped_influence_unchanged(
+    trained_cnn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, x, y = trained_cnn
+    train_data, val_data = loader(x[:192], y[:192]), loader(x[192:], y[192:])
+    full = category_influence(model, train_data, val_data, 10)
+    monkeypatch.setattr(eigen, "TRUNCATE_DECAYED_ABOVE", 32)
+    monkeypatch.setattr(eigen, "TRUNCATED_FRACTION", 1.0)
+    truncated = category_influence(model, train_data, val_data, 10)
+    assert min(spearman(truncated[:, c], full[:, c]) for c in range(10)) > 0.99
