@@ -29,13 +29,13 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import processor
 from scipy.stats import spearmanr
 from torch import nn
 from torch.func import functional_call, grad, hessian, jacrev, vmap
@@ -193,7 +193,7 @@ def main() -> None:
             "synthetic": True,
         },
         "model": "LogisticRegression(102, 2), L-BFGS",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
+        "machine": f"{processor()} shared with other jobs, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
         "repeats": args.repeats,

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _machine import processor
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -553,8 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     result = {
         **previous,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
-        f"(shared), torch {torch.__version__}, python {sys.version.split()[0]}",
+        "machine": f"{processor()} (shared), torch {torch.__version__}, python {sys.version.split()[0]}",
     }
     if args.part in ("speed", "all"):
         print("speed: MNIST CNN on MNIST-5k", flush=True)

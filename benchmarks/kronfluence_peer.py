@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -300,12 +299,13 @@ def compare(args: argparse.Namespace) -> None:
     flat = float(spearmanr(ours.ravel(), theirs.ravel())[0])
     sign = [float((ours[:, c] * theirs[:, c] > 0).mean()) for c in range(NUM_CLASSES)]
     import numpy as np
+    from _machine import processor  # benchmarks/ is the script's folder
 
     pearson = [float(np.corrcoef(ours[:, c], theirs[:, c])[0, 1]) for c in range(NUM_CLASSES)]
     relative = float(np.abs(theirs - ours).max() / np.abs(ours).max())  # max |difference| / max |score|
     scale = float(np.median(theirs / ours))
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
+        "machine": f"{processor()} (shared), "
         f"python {sys.version.split()[0]}; ours torch {ours_meta['torch']}, kronfluence's torch {kf_meta['torch']}",
         "model": "MnistCNN (Table 6 of 'Enhancing Prediction Performance through Influence Measure'), "
         "all Linear/Conv2d layers",

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -45,6 +44,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from _machine import processor
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from torch import nn
 
@@ -273,8 +273,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     result = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
-        f"torch {torch.__version__}, {args.threads} threads",
+        "machine": f"{processor()} (shared), torch {torch.__version__}, {args.threads} threads",
         "case": CASES[args.case],
         "options": {key: value for key, value in vars(args).items() if key != "out"},
         "median": _median_tree([pair["breakdown"] for pair in pairs]),

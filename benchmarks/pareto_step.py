@@ -55,6 +55,8 @@ from torch import Tensor, nn
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
+from _machine import processor  # noqa: E402
+
 from lightning_pareto.influence import InfluenceTimings, category_influence  # noqa: E402
 from lightning_pareto.nets import SmallCNN  # noqa: E402
 from lightning_pareto.pareto import search_weights  # noqa: E402
@@ -307,6 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
             "threads": args.threads,
             "cpu_count": os.cpu_count(),
+            "processor": processor(),
             "load_average_at_end": os.getloadavg(),
             "platform": platform.platform(),
             "torch": torch.__version__,
