@@ -25,8 +25,10 @@ def trained_mlp(digits400) -> nn.Module:
 
 @pytest.fixture
 def truncate_wide_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Truncate the 65-input first layer of the digits MLP (not its 33-input head), from rank 8."""
+    """Truncate the 65-input first layer of the digits MLP (not its 33-input head): sketched with 40 columns."""
     monkeypatch.setattr(eigen, "TRUNCATE_INPUTS_ABOVE", 48)
     monkeypatch.setattr(_eigensolver, "_START_RANK", 8)
     monkeypatch.setattr(_eigensolver, "_OVERSAMPLING", 4)
+    monkeypatch.setattr(_eigensolver, "SKETCH_COLUMNS", 40)
+    monkeypatch.setattr(_eigensolver, "SKETCH_OVERSAMPLING", 4)
     monkeypatch.setattr(eigen, "TRUNCATION_TOLERANCE", 1e-2)

@@ -1,13 +1,23 @@
-"""Randomized subspace iteration for the leading eigenpairs of a wide K-FAC input factor."""
+"""Leading eigenpairs of a wide K-FAC input factor: randomized subspace iteration, or Nyström from a sketch."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch import Tensor
 
 from lightning_pareto.influence._threads import single_threaded_lapack
 
-__all__ = ["leading_eigh"]
+__all__ = [
+    "SKETCH_COLUMNS",
+    "SKETCH_OVERSAMPLING",
+    "InputSketch",
+    "leading_eigh",
+    "nystrom_eigh",
+    "sketch_test_matrix",
+]
 
 # Randomized subspace iteration: starting rank, oversampling, power iterations.
 _START_RANK, _OVERSAMPLING, _POWER_ITERATIONS = 256, 32, 2
@@ -86,3 +96,95 @@ def _next_rank(values: Tensor, tolerance: float, limit: int) -> int | None:
         return None
     wanted = 32 * -(-int(1.25 * reach) // 32)
     return int(min(2 * rank, limit, max(rank + rank // 4, wanted)))
+
+
+SKETCH_COLUMNS = 384
+"""Columns of the random test matrix a wide Linear layer's input factor is sketched with (``InputSketch``)."""
+SKETCH_OVERSAMPLING = 32
+"""Of ``SKETCH_COLUMNS``, the trailing ones not trusted as eigenpairs (so at most 352 directions are kept)."""
+
+
+@dataclass(frozen=True)
+class InputSketch:
+    """A wide input factor ``A`` seen through a random test matrix instead of held whole.
+
+    The factor pass accumulates ``A @ test`` (``d x r``, a few hundred columns) and ``trace(A)``
+    instead of the ``d x d`` Gram matrix: for the MNIST CNN's 3,137-input Linear layer that is 9.6 G
+    multiply-adds over 4,000 samples instead of 20 G, and no subspace iteration on a ``d x d`` matrix
+    afterwards (``nystrom_eigh``).
+
+    Attributes:
+        image: ``A @ test``, shape ``(d, r)``.
+        test: The test matrix (orthonormal columns), shape ``(d, r)``; the same on every rank.
+        trace: ``trace(A)``, a float64 scalar tensor.
+    """
+
+    image: Tensor
+    test: Tensor
+    trace: Tensor
+
+    @property
+    def size(self) -> int:
+        """``d``: the factor's side."""
+        return self.image.shape[0]
+
+
+@cache
+def sketch_test_matrix(size: int, columns: int, *, seed: int = 0) -> Tensor:
+    """A seeded ``(size, columns)`` float32 CPU test matrix with orthonormal columns (Gaussian, then QR).
+
+    The same seed gives the same matrix on every rank, so sketches summed over ranks are one sketch.
+    Cached: every intervention of a run sketches with the same matrix (do not modify it in place).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn(size, columns, generator=generator, dtype=torch.float64)
+    with single_threaded_lapack(gaussian.device):
+        return torch.linalg.qr(gaussian).Q.float()
+
+
+def nystrom_eigh(sketch: InputSketch, tolerance: float) -> tuple[Tensor, Tensor, bool]:
+    """Leading eigenpairs of a PSD matrix from its sketch, down to ``tolerance`` times the largest.
+
+    The single-pass Nyström approximation ``A ~ Y (test^T Y)^+ Y^T`` with ``Y = A test`` (Tropp, Yurtsever,
+    Udell & Cevher 2017, "Fixed-rank approximation of a positive-semidefinite matrix from streaming
+    data", algorithm 3, with its shift for stability; float64). Its eigenvectors are exact for the
+    part of ``A`` the test matrix captures; the EKFAC correction then re-fits the eigenvalues in
+    whatever basis it is given.
+
+    Args:
+        sketch: The factor's ``InputSketch``.
+        tolerance: Relative size of the smallest eigenvalue worth keeping.
+
+    Returns:
+        ``(values descending, vectors as columns, reached)``: the pairs above ``tolerance`` times the
+        largest among the first ``r - SKETCH_OVERSAMPLING``, and whether the spectrum fell below the
+        tolerance within them (if not, all of those are returned).
+    """
+    # Shift by the rounding of the summed image (float32 in training) so the core stays positive definite.
+    shift = float(torch.finfo(sketch.image.dtype).eps * sketch.image.norm() * sketch.size**0.5)
+    image, test = sketch.image.double(), sketch.test.double().to(sketch.image.device)
+    with single_threaded_lapack(image.device):
+        while True:
+            shifted = image + shift * test
+            core = test.T @ shifted
+            factor, info = torch.linalg.cholesky_ex((core + core.T) / 2)
+            if int(info) == 0:
+                break
+            shift *= 10.0
+        # The pairs are the left singular vectors and squared singular values of E = shifted L^{-T}
+        # (core = L L^T); from the r x r eigenproblem of E^T E = L^{-1} (shifted^T shifted) L^{-T},
+        # several times faster than an SVD of the d x r matrix E.
+        gram = shifted.T @ shifted
+        half = torch.linalg.solve_triangular(factor, gram, upper=False)
+        squared, right = torch.linalg.eigh(torch.linalg.solve_triangular(factor, half.T, upper=False))
+    squared, right = squared.flip(0), right.flip(1)
+    values = (squared - shift).clamp(min=0.0)
+    usable = max(1, image.shape[1] - SKETCH_OVERSAMPLING)
+    values = values[:usable]
+    reached = bool(values[-1] <= tolerance * values[0])
+    keep = int((values > tolerance * values[0]).sum()) if reached else usable
+    keep = max(1, min(keep, int((squared[:keep] > 0).sum())))
+    with single_threaded_lapack(image.device):
+        coordinates = torch.linalg.solve_triangular(factor.T, right[:, :keep], upper=True)
+    vectors = (shifted @ coordinates) / squared[:keep].sqrt()
+    return values[:keep], vectors, reached

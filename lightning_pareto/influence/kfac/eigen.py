@@ -2,8 +2,11 @@
 
 Wide layers (more than ``TRUNCATE_INPUTS_ABOVE`` inputs, e.g. the 3,137 of a Linear after a
 flattened feature map) keep only the leading eigenvectors of ``A``: those down to
-``TRUNCATION_TOLERANCE`` times its largest eigenvalue, found by randomized subspace iteration
-(``_eigensolver``). The rest of the input space is one isotropic block with the mean of the
+``TRUNCATION_TOLERANCE`` times its largest eigenvalue (``_eigensolver``). A wide Linear layer's ``A``
+is never formed: the factor pass sketches it (``InputSketch``: ``A`` times a random test matrix of
+``SKETCH_COLUMNS``, and its trace) and ``nystrom_eigh`` finds the pairs from the sketch; a wide
+convolution's ``A`` (from the Gram of its patches) goes to randomized subspace iteration
+(``leading_eigh``). The rest of the input space is one isotropic block with the mean of the
 discarded eigenvalues (K-FAC), or the mean second moment of the gradients' components in it (EKFAC,
 see ``correction``), per output eigendirection. A dense ``d x d`` eigendecomposition and the
 ``n x d x d`` rotations become ``d x d x k`` and ``n x d x k`` work. The price:
@@ -20,6 +23,7 @@ columns cut that phase's work several-fold.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import scipy.linalg
@@ -27,7 +31,7 @@ import torch
 from torch import Tensor
 
 from lightning_pareto.influence._threads import single_threaded_lapack
-from lightning_pareto.influence.kfac._eigensolver import leading_eigh
+from lightning_pareto.influence.kfac._eigensolver import InputSketch, leading_eigh, nystrom_eigh
 from lightning_pareto.influence.kfac.curvature import KroneckerFactors
 
 __all__ = [
@@ -53,11 +57,11 @@ TRUNCATED_FRACTION = 0.25
 """Such a factor is truncated when at most this fraction of its eigenvalues reach ``TRUNCATION_TOLERANCE``."""
 
 
-def eigenbases(factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, KroneckerFactors]:
+def eigenbases(factors: Mapping[str, tuple[Tensor | InputSketch, Tensor]]) -> dict[str, KroneckerFactors]:
     """Eigendecompose each layer's ``A`` and ``G`` in float64: the K-FAC curvature in its eigenbasis.
 
     Args:
-        factors: Layer name -> ``(A, G)`` from ``kronecker_factors``.
+        factors: Layer name -> ``(A, G)`` from ``kronecker_factors`` (``A`` may be an ``InputSketch``).
 
     Returns:
         Layer name -> ``KroneckerFactors`` with K-FAC eigenvalues ``outer(eig(G), eig(A))`` (rounding
@@ -69,13 +73,19 @@ def eigenbases(factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, Kronec
     bases = {}
     for name, (inputs, grads) in factors.items():
         # A sum is non-finite when any entry is (NaN/inf propagate), without a d x d mask.
-        if not (torch.isfinite(inputs.sum()) and torch.isfinite(grads.sum())):
+        seen = inputs.image if isinstance(inputs, InputSketch) else inputs
+        if not (torch.isfinite(seen.sum()) and torch.isfinite(grads.sum())):
             raise FloatingPointError(
                 f"the K-FAC factors of layer {name!r} are not finite: the model or the training data "
                 "produce NaN/inf activations or gradients"
             )
         values_g, vectors_g = symmetric_eigh(grads)
         values_g = values_g.clamp(min=0.0)
+        if isinstance(inputs, InputSketch):
+            values_a, vectors_a = _sketched_leading(name, inputs)
+            discarded = (inputs.trace - values_a.sum()).clamp(min=0.0) / (inputs.size - values_a.shape[0])
+            bases[name] = KroneckerFactors(vectors_a, vectors_g, torch.outer(values_g, values_a), values_g * discarded)
+            continue
         size = inputs.shape[0]
         leading = leading_eigh(inputs, TRUNCATION_TOLERANCE) if size > TRUNCATE_INPUTS_ABOVE else None
         if leading is None:
@@ -91,6 +101,21 @@ def eigenbases(factors: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, Kronec
         discarded = (torch.trace(inputs).double() - values_a.sum()).clamp(min=0.0) / (size - values_a.shape[0])
         bases[name] = KroneckerFactors(vectors_a, vectors_g, torch.outer(values_g, values_a), values_g * discarded)
     return bases
+
+
+def _sketched_leading(name: str, sketch: InputSketch) -> tuple[Tensor, Tensor]:
+    """``nystrom_eigh`` of a sketched factor, with a warning where its spectrum outlasts the sketch."""
+    values, vectors, reached = nystrom_eigh(sketch, TRUNCATION_TOLERANCE)
+    if not reached:
+        warnings.warn(
+            f"the input factor of layer {name!r} ({sketch.size} inputs) has more than {values.shape[0]} "
+            f"eigenvalues above {TRUNCATION_TOLERANCE:g} of its largest, more than its sketch resolves: the "
+            f"leading {values.shape[0]} are kept and the rest averaged (raise "
+            "lightning_pareto.influence.kfac._eigensolver.SKETCH_COLUMNS for more)",
+            UserWarning,
+            stacklevel=4,
+        )
+    return values, vectors
 
 
 def _decayed_rank(values: Tensor) -> int | None:

@@ -23,11 +23,20 @@ from lightning_pareto.influence._layout import layer_shape
 from lightning_pareto.influence._passes import CapturedBatch, StoredBatch, captured_batches, model_device
 from lightning_pareto.influence._subset import SystematicRows
 from lightning_pareto.influence.capture import LayerCapture
-from lightning_pareto.influence.kfac import eigen
+from lightning_pareto.influence.kfac import _eigensolver, eigen
 from lightning_pareto.influence.kfac._conv_gram import conv_input_gram, conv_output_gram, supports_shifted_gram
+from lightning_pareto.influence.kfac._eigensolver import InputSketch, sketch_test_matrix
 from lightning_pareto.influence.kfac._gram import accumulate_gram, symmetrized
 
-__all__ = ["FactorSums", "KeptRows", "factors_keeping_rows", "kronecker_factors", "plain_linear", "stash_budget"]
+__all__ = [
+    "FactorSums",
+    "KeptRows",
+    "factors_keeping_rows",
+    "kronecker_factors",
+    "plain_linear",
+    "sketched",
+    "stash_budget",
+]
 
 
 def plain_linear(module: nn.Module, inputs: list[Tensor]) -> bool:
@@ -35,8 +44,15 @@ def plain_linear(module: nn.Module, inputs: list[Tensor]) -> bool:
     return isinstance(module, nn.Linear) and len(inputs) == 1 and inputs[0].dim() == 2
 
 
+def sketched(module: nn.Module) -> bool:
+    """Whether a layer's input factor is sketched (``InputSketch``): a Linear with more than ``eigen.TRUNCATE_INPUTS_ABOVE`` inputs."""
+    return isinstance(module, nn.Linear) and layer_shape(module)[1] > eigen.TRUNCATE_INPUTS_ABOVE
+
+
 class FactorSums:
     """Running sums of every tracked layer's ``A`` and ``G`` over captured batches; ``factors()`` divides them.
+
+    Wide Linear layers (``sketched``) sum ``A @ test`` and ``trace(A)`` instead of ``A`` (``InputSketch``).
 
     Args:
         tracked: Qualified name -> tracked layer.
@@ -44,10 +60,16 @@ class FactorSums:
 
     def __init__(self, tracked: Mapping[str, nn.Module]) -> None:
         self.tracked = dict(tracked)
-        self._inputs, self._grads = {}, {}
+        self._inputs, self._grads, self._tests, self._traces = {}, {}, {}, {}
         for name, module in self.tracked.items():
             outputs, inputs = layer_shape(module)
-            self._inputs[name] = module.weight.new_zeros(inputs, inputs)
+            if sketched(module):
+                columns = min(_eigensolver.SKETCH_COLUMNS, inputs)
+                self._tests[name] = sketch_test_matrix(inputs, columns).to(module.weight)
+                self._inputs[name] = module.weight.new_zeros(inputs, columns)
+                self._traces[name] = torch.zeros((), dtype=torch.float64, device=module.weight.device)
+            else:
+                self._inputs[name] = module.weight.new_zeros(inputs, inputs)
             self._grads[name] = module.weight.new_zeros(outputs, outputs)
         self._has_bias = {name: module.bias is not None for name, module in self.tracked.items()}
         self._positions = dict.fromkeys(self.tracked, 0)
@@ -69,24 +91,40 @@ class FactorSums:
                 continue
             if plain_linear(module, inputs):
                 # The input as it is: no copy into rows, and BLAS runs faster on its even width.
-                accumulate_gram(self._inputs[name], inputs[0], ones_implied=self._has_bias[name])
-                accumulate_gram(self._grads[name], grads[0])
-                self._positions[name] += inputs[0].shape[0]
-                continue
-            a, g = batch.layers[name]
-            rows_a, rows_g = a.flatten(end_dim=1), g.flatten(end_dim=1)
-            if grad_scale != 1.0:
-                rows_g = rows_g * grad_scale
-            accumulate_gram(self._inputs[name], rows_a, ones_last=self._has_bias[name])
+                rows_a, rows_g, ones = inputs[0], grads[0], {"ones_implied": self._has_bias[name]}
+            else:
+                a, g = batch.layers[name]
+                rows_a, rows_g = a.flatten(end_dim=1), g.flatten(end_dim=1)
+                if grad_scale != 1.0:
+                    rows_g = rows_g * grad_scale
+                ones = {"ones_last": self._has_bias[name]}
+            if name in self._tests:
+                self._add_sketch(name, rows_a, **ones)
+            else:
+                accumulate_gram(self._inputs[name], rows_a, **ones)
             accumulate_gram(self._grads[name], rows_g)
             self._positions[name] += rows_a.shape[0]
 
-    def factors(self) -> dict[str, tuple[Tensor, Tensor]]:
+    def _add_sketch(self, name: str, rows: Tensor, *, ones_last: bool = False, ones_implied: bool = False) -> None:
+        """``image += rows^T (rows @ test)``, ``trace += ||rows||^2``; the bias slot's ones as in ``accumulate_gram``."""
+        test, image = self._tests[name], self._inputs[name]
+        if not (ones_last or ones_implied):
+            image.addmm_(rows.T, rows @ test)
+            self._traces[name] += rows.square().sum(dtype=torch.float64)
+            return
+        features = rows if ones_implied else rows[:, :-1]
+        projected = torch.addmm(test[-1], features, test[:-1])  # [features, 1] @ test
+        image[:-1].addmm_(features.T, projected)
+        image[-1] += projected.sum(dim=0)
+        self._traces[name] += features.square().sum(dtype=torch.float64) + rows.shape[0]
+
+    def factors(self) -> dict[str, tuple[Tensor | InputSketch, Tensor]]:
         """Layer name -> ``(A, G)``, summed over ranks under DDP (a collective); consumes the sums.
 
         Returns:
             ``(A, G)`` of shapes ``(in + has_bias, in + has_bias)`` and ``(out, out)``, float64 except
-            ``A`` of a layer with more than ``eigen.TRUNCATE_INPUTS_ABOVE`` inputs: float32, as accumulated.
+            ``A`` of a layer with more than ``eigen.TRUNCATE_INPUTS_ABOVE`` inputs: float32, as accumulated,
+            and for a ``sketched`` layer an ``InputSketch`` of ``A`` (float32 image, float64 trace).
 
         Raises:
             ValueError: If no sample was added on any rank.
@@ -98,6 +136,12 @@ class FactorSums:
             raise ValueError("train_loader yielded no samples")
         factors = {}
         for name in self.tracked:
+            if name in self._tests:
+                image = all_reduce_sum(self._inputs[name]).div_(layer_positions[name])
+                trace = all_reduce_sum(self._traces[name]) / layer_positions[name]
+                grads = all_reduce_sum(symmetrized(self._grads[name])).double().div_(samples)
+                factors[name] = (InputSketch(image, self._tests[name], trace), grads)
+                continue
             inputs = all_reduce_sum(symmetrized(self._inputs[name], ones_last=self._has_bias[name]))
             # A wide factor stays in its float32 (the sums are not used again, so it is divided in place):
             # leading_eigh's range finder runs in float32, and a float64 copy of a wide matrix costs more
@@ -196,7 +240,7 @@ def factors_keeping_rows(
     rows: SystematicRows | None,
     samples: int | None = None,
     widen: bool = False,
-) -> tuple[dict[str, tuple[Tensor, Tensor]], KeptRows]:
+) -> tuple[dict[str, tuple[Tensor | InputSketch, Tensor]], KeptRows]:
     """``kronecker_factors`` (empirical Fisher) that also keeps copies of rows the later phases take.
 
     The correction and the scores need the finished factors (their eigenbases, the preconditioned
