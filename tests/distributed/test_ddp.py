@@ -34,6 +34,7 @@ from lightning_pareto._distributed import (
 from lightning_pareto.callbacks._run import check_strategy
 from lightning_pareto.data import DigitsDataModule
 from lightning_pareto.influence import category_influence
+from lightning_pareto.influence.kfac import _eigensolver, eigen
 from lightning_pareto.nets import MLP
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -41,6 +42,8 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 WORKER = r'''
 """One DDP run on 2 CPU ranks: influence probe, Direct Improvement and Course Correction in turn."""
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -52,6 +55,7 @@ from lightning_pareto import ClassifierModule, CourseCorrection, DirectImproveme
 from lightning_pareto._distributed import global_rank, world_size
 from lightning_pareto.data import DigitsDataModule
 from lightning_pareto.influence import category_influence
+from lightning_pareto.influence.kfac import _eigensolver, eigen
 from lightning_pareto.nets import MLP
 
 torch.set_num_threads(1)
@@ -80,6 +84,19 @@ def data():
     return DigitsDataModule(batch_size=64, label_noise=0.2, seed=0)
 
 
+@contextmanager
+def sketched_first_layer():
+    """The 65-input first layer counts as wide: its input factor is sketched, 24 columns (20 kept)."""
+    saved = eigen.TRUNCATE_INPUTS_ABOVE, _eigensolver.SKETCH_COLUMNS, _eigensolver.SKETCH_OVERSAMPLING
+    eigen.TRUNCATE_INPUTS_ABOVE, _eigensolver.SKETCH_COLUMNS, _eigensolver.SKETCH_OVERSAMPLING = 48, 24, 4
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # more than 20 directions above the tolerance: the sketch's 20 kept
+            yield
+    finally:
+        eigen.TRUNCATE_INPUTS_ABOVE, _eigensolver.SKETCH_COLUMNS, _eigensolver.SKETCH_OVERSAMPLING = saved
+
+
 class InfluenceProbe(Callback):
     """After epoch 1: EKFAC influence from this rank's shard, and the model it was computed on."""
 
@@ -92,7 +109,9 @@ class InfluenceProbe(Callback):
         val_shard = DataLoader(val, batch_size=100, sampler=range(global_rank(), len(val), world_size()))
         with torch.inference_mode(False), torch.enable_grad():
             influence = category_influence(pl_module.net, shard, val_shard, 10)
-        torch.save({"influence": influence, "state": pl_module.net.state_dict()},
+            with sketched_first_layer():
+                sketched = category_influence(pl_module.net, shard, val_shard, 10)
+        torch.save({"influence": influence, "sketched": sketched, "state": pl_module.net.state_dict()},
                    OUT / f"influence_rank{trainer.global_rank}.pt")
 
 
@@ -215,6 +234,30 @@ def test_influence_under_ddp_equals_one_process(ddp_run: Path) -> None:
     # Sums over two shards instead of one set: float32 summation order only.
     scale = float(reference.abs().max())
     torch.testing.assert_close(ranks[0]["influence"], reference, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_a_sketched_input_factor_under_ddp_equals_one_process(ddp_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rank sketches with the same test matrix and the sketches are summed: one process's sketch."""
+    ranks = [_load(ddp_run / f"influence_rank{rank}.pt") for rank in (0, 1)]
+    torch.testing.assert_close(ranks[1]["sketched"], ranks[0]["sketched"], rtol=0, atol=0)
+    datamodule = DigitsDataModule(batch_size=64, label_noise=0.2, seed=0)
+    datamodule.setup("fit")
+    model = MLP(64, 10, hidden=(16,))
+    model.load_state_dict(ranks[0]["state"])
+    monkeypatch.setattr(eigen, "TRUNCATE_INPUTS_ABOVE", 48)
+    monkeypatch.setattr(_eigensolver, "SKETCH_COLUMNS", 24)
+    monkeypatch.setattr(_eigensolver, "SKETCH_OVERSAMPLING", 4)
+    with pytest.warns(UserWarning, match="more than its sketch resolves"):
+        reference = category_influence(
+            model,
+            DataLoader(datamodule.train_dataset, batch_size=100),
+            DataLoader(datamodule.val_dataset, batch_size=100),
+            10,
+        )
+    # The sketch changed the scores (20 of 65 input directions kept), and DDP did not.
+    assert float((reference - ranks[0]["influence"]).abs().max()) > 1e-3 * float(reference.abs().max())
+    scale = float(reference.abs().max())
+    torch.testing.assert_close(ranks[0]["sketched"], reference, rtol=1e-4, atol=1e-5 * scale)
 
 
 @pytest.mark.slow
