@@ -14,19 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import influence as bench  # benchmarks/influence.py (the script's folder): the same case and loaders
 import torch
 from _machine import processor
 from scipy.stats import spearmanr
 
-sys.path.insert(0, str(Path(__file__).parent))
-import influence as bench  # noqa: E402  (benchmarks/influence.py: the same case and loaders)
-
-from lightning_pareto.influence import InfluenceTimings, category_influence  # noqa: E402
-from lightning_pareto.influence.kfac import factors  # noqa: E402
+from lightning_pareto.influence import InfluenceTimings, category_influence
+from lightning_pareto.influence.kfac import factors
 
 RESULTS = Path(__file__).parent / "results" / "sketch_agreement.json"
 

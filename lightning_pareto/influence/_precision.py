@@ -11,7 +11,8 @@ import torch
 __all__ = ["MATMUL_PRECISIONS", "MatmulPrecision", "check_matmul_precision", "float32_matmul_precision"]
 
 # The values of torch.set_float32_matmul_precision: "medium" lets float32 products use bfloat16
-# internally (oneDNN with AMX on CPU: an AMD EPYC with AVX512-BF16 stays float32; on CUDA, TF32 or bfloat16), "high" TF32 on CUDA.
+# internally (oneDNN with AMX on CPU, not an AMD EPYC's AVX512-BF16; on CUDA, TF32 or bfloat16),
+# "high" TF32 on CUDA.
 MatmulPrecision = Literal["highest", "high", "medium"]
 MATMUL_PRECISIONS: tuple[str, ...] = get_args(MatmulPrecision)
 

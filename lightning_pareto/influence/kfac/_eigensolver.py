@@ -160,6 +160,8 @@ def nystrom_eigh(sketch: InputSketch, tolerance: float) -> tuple[Tensor, Tensor,
         largest among the first ``r - SKETCH_OVERSAMPLING``, and whether the spectrum fell below the
         tolerance within them (if not, all of those are returned).
     """
+    if not bool(sketch.image.any()):  # an all-zero factor (inputs all zero): any direction, eigenvalue 0
+        return sketch.image.new_zeros(1, dtype=torch.float64), sketch.test[:, :1].double(), True
     # Shift by the rounding of the summed image (float32 in training) so the core stays positive definite.
     shift = float(torch.finfo(sketch.image.dtype).eps * sketch.image.norm() * sketch.size**0.5)
     image, test = sketch.image.double(), sketch.test.double().to(sketch.image.device)

@@ -82,12 +82,10 @@ def eigenbases(factors: Mapping[str, tuple[Tensor | InputSketch, Tensor]]) -> di
         values_g, vectors_g = symmetric_eigh(grads)
         values_g = values_g.clamp(min=0.0)
         if isinstance(inputs, InputSketch):
-            values_a, vectors_a = _sketched_leading(name, inputs)
-            discarded = (inputs.trace - values_a.sum()).clamp(min=0.0) / (inputs.size - values_a.shape[0])
-            bases[name] = KroneckerFactors(vectors_a, vectors_g, torch.outer(values_g, values_a), values_g * discarded)
-            continue
-        size = inputs.shape[0]
-        leading = leading_eigh(inputs, TRUNCATION_TOLERANCE) if size > TRUNCATE_INPUTS_ABOVE else None
+            size, leading = inputs.size, _sketched_leading(name, inputs)
+        else:
+            size = inputs.shape[0]
+            leading = leading_eigh(inputs, TRUNCATION_TOLERANCE) if size > TRUNCATE_INPUTS_ABOVE else None
         if leading is None:
             values_a, vectors_a = symmetric_eigh(inputs)
             values_a = values_a.clamp(min=0.0)
@@ -98,7 +96,8 @@ def eigenbases(factors: Mapping[str, tuple[Tensor | InputSketch, Tensor]]) -> di
             leading = values_a[-kept:].flip(0), vectors_a[:, -kept:].flip(1)
         values_a, vectors_a = leading
         values_a = values_a.clamp(min=0.0)
-        discarded = (torch.trace(inputs).double() - values_a.sum()).clamp(min=0.0) / (size - values_a.shape[0])
+        trace = inputs.trace if isinstance(inputs, InputSketch) else torch.trace(inputs).double()
+        discarded = (trace - values_a.sum()).clamp(min=0.0) / (size - values_a.shape[0])
         bases[name] = KroneckerFactors(vectors_a, vectors_g, torch.outer(values_g, values_a), values_g * discarded)
     return bases
 

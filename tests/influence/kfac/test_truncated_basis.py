@@ -396,3 +396,12 @@ def test_truncating_the_convolution_leaves_default_damped_influence_unchanged(
     monkeypatch.setattr(eigen, "TRUNCATED_FRACTION", 1.0)
     truncated = category_influence(model, train_data, val_data, 10)
     assert min(spearman(truncated[:, c], full[:, c]) for c in range(10)) > 0.99
+
+
+def test_nystrom_eigh_of_an_all_zero_factor_ends_with_a_zero_eigenvalue() -> None:
+    """Inputs that are all zero (a dead layer): a zero shift would never make the core positive definite."""
+    test = _eigensolver.sketch_test_matrix(100, 24)
+    sketch = _eigensolver.InputSketch(torch.zeros(100, 24), test, torch.zeros((), dtype=torch.float64))
+    values, vectors, reached = _eigensolver.nystrom_eigh(sketch, tolerance=1e-3)
+    assert reached and values.shape == (1,) and float(values[0]) == 0.0
+    assert vectors.shape == (100, 1) and torch.isfinite(vectors).all()
