@@ -136,6 +136,17 @@ class CapturedBatch:
         """
         return _copied_rows(self._raw, rows, capture, self.index)
 
+    def kept(self, capture: LayerCapture) -> StoredBatch:
+        """The whole batch as a ``StoredBatch`` of the recorded tensors themselves, without copies.
+
+        The pass records fresh inputs and output gradients for every batch (only the rows of
+        ``layers`` live in reused buffers), so these stay valid after it moves on.
+
+        Args:
+            capture: As in ``subset``: writes the stored batch's ``layers``, into tensors of its own.
+        """
+        return StoredBatch(capture, self._raw, self.size, self.index)
+
     @property
     def nbytes(self) -> int:
         """Bytes of the recorded tensors, what a ``subset`` of every row would hold."""

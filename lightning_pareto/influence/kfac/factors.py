@@ -75,7 +75,7 @@ class FactorSums:
         self._positions = dict.fromkeys(self.tracked, 0)
         self.samples = 0
 
-    def add(self, batch: CapturedBatch, grad_scale: float = 1.0) -> None:
+    def add(self, batch: CapturedBatch | StoredBatch, grad_scale: float = 1.0) -> None:
         """Add one batch; ``grad_scale`` multiplies its output gradients first (per-sample from a mean loss: the batch size)."""
         self.samples += batch.size
         for name, module in self.tracked.items():
@@ -280,7 +280,6 @@ def factors_keeping_rows(
     for batch in captured_batches(
         model, loader, tracked, fisher="empirical", seed=seed, desc="influence: factors", progress=progress
     ):
-        sums.add(batch)
         seen += batch.size
         chosen = torch.arange(batch.size) if rows is None else rows.take(batch.size)
         whole = batch.nbytes
@@ -288,12 +287,16 @@ def factors_keeping_rows(
             # Room the correction's rows still to come need, at this batch's bytes per sample.
             reserve = whole / batch.size * fraction * max(samples - seen, 0)
             if held + whole + reserve <= budget:
-                stored = batch.subset(torch.arange(batch.size), kept.capture)
+                # Kept as recorded (no copy); the sums form its rows (a convolution's patches) in the
+                # stored batch, where the correction and the scores find them instead of forming them again.
+                stored = batch.kept(kept.capture)
+                sums.add(stored)
                 held += whole
                 kept.scored.append(stored)
                 if kept.correction is not None and chosen.numel():
                     kept.correction.append(stored if chosen.numel() == batch.size else (stored, chosen))
                 continue
+        sums.add(batch)
         every_batch_whole = False
         if kept.correction is None or chosen.numel() == 0:
             continue

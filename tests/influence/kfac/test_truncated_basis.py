@@ -363,10 +363,10 @@ def test_a_decayed_dense_input_factor_is_truncated_a_flat_one_is_not(monkeypatch
     torch.testing.assert_close(steep_basis.eigvecs_inputs.T @ steep_basis.eigvecs_inputs, identity, atol=1e-12, rtol=0)
 
 
-def test_truncated_conv_ekfac_second_moments_inside_and_outside_the_kept_directions(
+def test_truncated_conv_ekfac_fits_inside_the_kept_directions_and_keeps_kfac_outside(
     trained_cnn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A convolution's per-sample gradient sums its positions: both moments against torch.func gradients."""
+    """Inside: per-sample second moments against torch.func gradients. Outside: K-FAC's discarded block from dense factors."""
     model, x, y = trained_cnn
     monkeypatch.setattr(eigen, "TRUNCATE_DECAYED_ABOVE", 32)
     monkeypatch.setattr(eigen, "TRUNCATED_FRACTION", 1.0)
@@ -378,12 +378,33 @@ def test_truncated_conv_ekfac_second_moments_inside_and_outside_the_kept_directi
     assert layer.truncated and inputs == 55 and 0 < kept < 55
     assert not curvature.layers["conv1"].truncated  # 10 inputs
     rotated = layer.eigvecs_grads.T @ per_sample["conv2"]
-    complement = torch.eye(inputs, dtype=torch.float64) - layer.eigvecs_inputs @ layer.eigvecs_inputs.T
     torch.testing.assert_close(
         layer.eigenvalues, (rotated @ layer.eigvecs_inputs).square().mean(0), rtol=1e-8, atol=1e-14
     )
-    outside = (rotated @ complement).square().sum(2).mean(0) / (inputs - kept)
-    torch.testing.assert_close(layer.residual, outside, rtol=1e-8, atol=1e-14)
+    # Dense K-FAC factors of conv2 (KFC scaling): A over every position of the unfolded patches, G
+    # over every position's output gradient per sample.
+    captured = {}
+    handle = model.conv2.register_forward_hook(lambda module, args, output: captured.update(x=args[0], z=output))
+    training = model.training
+    logits = model.eval()(x)
+    model.train(training)
+    handle.remove()
+    (grads,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), [captured["z"]])
+    conv = model.conv2
+    padding = tuple(k // 2 for k in conv.kernel_size) if conv.padding == "same" else conv.padding
+    patches = F.unfold(captured["x"].detach(), conv.kernel_size, padding=padding, stride=conv.stride)
+    patches = torch.cat([patches, torch.ones_like(patches[:, :1])], 1).transpose(1, 2).flatten(end_dim=1)
+    a = patches.T @ patches / patches.shape[0]
+    flat_grads = grads.permute(0, 2, 3, 1).flatten(end_dim=2)
+    g = flat_grads.T @ flat_grads / len(x)
+    values_a = torch.linalg.eigvalsh(a).flip(0)
+    discarded_mean = values_a[kept:].sum() / (inputs - kept)
+    kfac_outside = (layer.eigvecs_grads.T @ g @ layer.eigvecs_grads).diagonal() * discarded_mean
+    torch.testing.assert_close(layer.residual, kfac_outside, rtol=1e-6, atol=1e-14)
+    # Not the fitted second moments (what a Linear layer gets): the check above would not pass by accident.
+    complement = torch.eye(inputs, dtype=torch.float64) - layer.eigvecs_inputs @ layer.eigvecs_inputs.T
+    fitted = (rotated @ complement).square().sum(2).mean(0) / (inputs - kept)
+    assert relative_error(layer.residual, fitted) > 1e-2
 
 
 def test_truncating_the_convolution_leaves_default_damped_influence_unchanged(
