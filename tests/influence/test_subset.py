@@ -283,3 +283,25 @@ def test_on_a_gpu_the_factor_pass_keeps_at_most_a_quarter_of_the_free_memory(mon
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 << 30))
     assert factors.stash_budget(torch.device("cuda", 0)) == expected
     assert factors.stash_budget(torch.device("cpu")) == factors.STASH_BYTES
+
+
+def test_a_batch_kept_whole_unfolds_its_patches_once(digits64, monkeypatch) -> None:
+    """The factor sums form a kept batch's conv rows in the stored batch; the correction and the scores reuse them."""
+    from lightning_pareto.influence import capture
+
+    x, y = digits64
+    model = _conv_model()
+    conv = model[1]
+    unfolded = []
+    original = capture._write_inputs
+
+    def counted(module, inputs, out, cache):
+        if module is conv:
+            unfolded.append(inputs.shape[0])
+        return original(module, inputs, out, cache)
+
+    monkeypatch.setattr(capture, "_write_inputs", counted)
+    category_influence(model, loader(x[:480], y[:480]), loader(x[480:], y[480:]), 10, damping=0.05)
+    # 480 training rows in 8 batches (factors, correction and scores from one unfolding each) and the
+    # 120 validation rows of the queries.
+    assert sorted(unfolded) == sorted([64] * 7 + [32] + [64, 56])
