@@ -140,7 +140,8 @@ class CapturedBatch:
         """The whole batch as a ``StoredBatch`` of the recorded tensors themselves, without copies.
 
         The pass records fresh inputs and output gradients for every batch (only the rows of
-        ``layers`` live in reused buffers), so these stay valid after it moves on.
+        ``layers`` live in reused buffers, and an input batch that shares the loader's memory is
+        copied first, see ``_owned``), so these stay valid after it moves on.
 
         Args:
             capture: As in ``subset``: writes the stored batch's ``layers``, into tensors of its own.
@@ -265,7 +266,7 @@ def captured_batches(
     with LayerCapture(tracked, reuse_buffers=reuse_buffers, probe=True) as capture:
         for batch in progress_bar(loader, desc=desc, enabled=progress):
             x, y, index = unpack_batch(batch)
-            x, y = _channels_last(x.to(device)), torch.as_tensor(y).to(device)
+            x, y = _owned(_channels_last(x.to(device)), x), torch.as_tensor(y).to(device)
             index = None if index is None else torch.as_tensor(index, dtype=torch.int64)
             capture.clear()
             logits = model(x)
@@ -273,6 +274,18 @@ def captured_batches(
             if capture.probes():  # none when no tracked layer ran: capture.layer says so below
                 torch.autograd.grad(loss, capture.probes(), allow_unused=True)
             yield CapturedBatch(capture, y, index)
+
+
+def _owned(x: Tensor, source: Tensor) -> Tensor:
+    """``x``, copied if it shares memory with the loader's batch ``source``.
+
+    A pass may keep what it records (``CapturedBatch.kept``), and a layer's recorded input can be the
+    batch itself or a view of it (a Linear layer first); a loader that writes its batches into one
+    buffer would overwrite those. The copy is of the input batch only, small beside the activations.
+    """
+    if x.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
+        return x.clone(memory_format=torch.preserve_format)
+    return x
 
 
 def _channels_last(x: Tensor) -> Tensor:

@@ -305,3 +305,22 @@ def test_a_batch_kept_whole_unfolds_its_patches_once(digits64, monkeypatch) -> N
     # 480 training rows in 8 batches (factors, correction and scores from one unfolding each) and the
     # 120 validation rows of the queries.
     assert sorted(unfolded) == sorted([64] * 7 + [32] + [64, 56])
+
+
+def test_a_loader_that_reuses_its_batch_buffer_gives_the_same_scores(digits64) -> None:
+    """Batches kept whole hold what the pass recorded: a loader that overwrites one buffer must not change them."""
+    x, y = digits64
+    train_x, train_y = x[:480], y[:480]
+    model = train(mlp().double(), train_x, train_y, steps=30)
+    val = loader(x[480:], y[480:])
+    expected = category_influence(model, loader(train_x, train_y), val, 10, damping=0.05)
+    buffer = torch.empty(64, train_x.shape[1], dtype=train_x.dtype)
+
+    def collate_into_buffer(items: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+        inputs, labels, index = (torch.stack(column) for column in zip(*items))
+        return buffer[: len(items)].copy_(inputs), labels, index
+
+    dataset = TensorDataset(train_x, train_y, torch.arange(480))
+    reusing = DataLoader(dataset, batch_size=64, collate_fn=collate_into_buffer)
+    actual = category_influence(model, reusing, val, 10, damping=0.05)
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
