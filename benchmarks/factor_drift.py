@@ -12,7 +12,10 @@ per class, median over the 10 classes):
 - ``whole_last_epoch``: factors from every step of the last epoch (the model moves, dropout on);
 - ``last_quarter``: from its last quarter of steps only (less movement, fewer samples);
 - ``frozen_train_mode``: the final model, no optimizer step, training mode (dropout only);
-- ``frozen_eval_mode``: the final model, no step, eval mode: checks the accumulator itself (1.0).
+- ``frozen_eval_mode``: the final model, no step, eval mode: checks the accumulator itself (1.0);
+- ``frozen_eval_half`` / ``frozen_eval_quarter``: the same from every 2nd / 4th batch only (the
+  eigenbases from a subset; the correction, so the eigenvalues, still from every sample): would a
+  factor pass over fewer samples do?
 
 Writes ``benchmarks/results/factor_drift.json``.
 
@@ -76,9 +79,15 @@ def main() -> None:
         frozen_train, frozen_eval = FactorAccumulator(model), FactorAccumulator(model)
         with frozen_train:
             _steps(model, _loader(train_x, train_y, 64), None)
+        frozen_half, frozen_quarter = FactorAccumulator(model), FactorAccumulator(model)
         model.eval()
         with frozen_eval:
             _steps(model, _loader(train_x, train_y, 64), None)
+        ordered = list(_loader(train_x, train_y, 64))
+        with frozen_half:
+            _steps(model, ordered[::2], None)
+        with frozen_quarter:
+            _steps(model, ordered[::4], None)
         model.train()
         reference = category_influence(model, train_loader, val_loader, 10, correction_samples=None)
         row = {}
@@ -87,6 +96,8 @@ def main() -> None:
             ("last_quarter", last_quarter),
             ("frozen_train_mode", frozen_train),
             ("frozen_eval_mode", frozen_eval),
+            ("frozen_eval_half", frozen_half),
+            ("frozen_eval_quarter", frozen_quarter),
         ]:
             fitted = accumulator.curvature(train_loader, correction_samples=None, progress=False)
             scores = category_influence(model, train_loader, val_loader, 10, curvature=fitted)
