@@ -8,8 +8,8 @@ is never formed: the factor pass sketches it (``InputSketch``: ``A`` times a ran
 convolution's ``A`` (from the Gram of its patches) goes to randomized subspace iteration
 (``leading_eigh``). The rest of the input space is one isotropic block with the mean of the
 discarded eigenvalues (K-FAC, and EKFAC's convolutions), or the mean second moment of the gradients'
-components in it (EKFAC's Linear layers, see ``correction``), per output eigendirection. A dense ``d x d`` eigendecomposition and the
-``n x d x d`` rotations become ``d x d x k`` and ``n x d x k`` work. The price:
+components in it (EKFAC's Linear layers, see ``correction``), per output eigendirection. A dense
+``d x d`` eigendecomposition and the ``n x d x d`` rotations become ``d x d x k`` and ``n x d x k`` work. The price:
 ``(lambda_j + damping)^{-1}`` of a discarded direction is replaced by that of the block's mean, an
 error below ``TRUNCATION_TOLERANCE`` times the layer's largest eigenvalue over the damping (at most
 1e-2 at the default damping, for the layer with the curvature's largest eigenvalue).
